@@ -1,0 +1,104 @@
+//! [`ClerkUser`]: the verified, synced user, and its Axum extractors.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use http::request::Parts;
+
+use crate::error::ErrorBody;
+use crate::token::SessionClaims;
+
+/// The signed-in user of a request, put in the request extensions by [`crate::ClerkSyncLayer`].
+///
+/// Extract it in a handler as `ClerkUser` (the route must be behind the layer) or
+/// `Option<ClerkUser>` (behind [`crate::ClerkSync::optional_layer`]). Cloning is cheap.
+#[derive(Debug, Clone)]
+pub struct ClerkUser {
+    claims: Arc<SessionClaims>,
+    tier: Arc<str>,
+    synced: bool,
+}
+
+impl ClerkUser {
+    pub(crate) fn new(claims: Arc<SessionClaims>, tier: Arc<str>, synced: bool) -> Self {
+        Self {
+            claims,
+            tier,
+            synced,
+        }
+    }
+
+    /// The Clerk user id (`sub`), also the `users.id` of the row.
+    pub fn user_id(&self) -> &str {
+        &self.claims.sub
+    }
+
+    /// The Clerk session id (`sid`).
+    pub fn session_id(&self) -> Option<&str> {
+        self.claims.sid.as_deref()
+    }
+
+    /// All claims of the verified token.
+    pub fn claims(&self) -> &SessionClaims {
+        &self.claims
+    }
+
+    /// The user's tier as stored in the database (or the default tier when not synced).
+    pub fn tier(&self) -> &str {
+        &self.tier
+    }
+
+    /// `true` when the user row is known to exist. Only `false` under
+    /// [`crate::FailurePolicy::Open`] while the store is failing.
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+}
+
+/// Rejection of the `ClerkUser` extractor: the route is not behind the layer. A server bug,
+/// so a 500 that says how to fix it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "no ClerkUser in the request extensions: is `ClerkSyncLayer` (clerk.layer()) applied to this route? \
+     For routes that allow anonymous requests, use clerk.optional_layer() and extract Option<ClerkUser>"
+)]
+pub struct MissingClerkLayer;
+
+impl IntoResponse for MissingClerkLayer {
+    fn into_response(self) -> Response {
+        tracing::error!("{self}");
+        let message = self.to_string();
+        let body = ErrorBody {
+            error: "clerk_layer_missing",
+            message: &message,
+        };
+        (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClerkUser {
+    type Rejection = MissingClerkLayer;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<ClerkUser>()
+            .cloned()
+            .ok_or(MissingClerkLayer)
+    }
+}
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for ClerkUser {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<ClerkUser>().cloned())
+    }
+}

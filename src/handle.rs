@@ -1,0 +1,311 @@
+//! [`ClerkSync`], the handle the app keeps, and its builder.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
+
+use crate::config::ClerkConfig;
+use crate::error::{AuthError, ConfigError};
+use crate::extract::ClerkUser;
+use crate::layer::{ClerkSyncLayer, Mode};
+use crate::stats::{Counters, Stats};
+use crate::sync::cache::{SyncOptions, Syncer};
+use crate::sync::{FailurePolicy, ProfileClaims, UserStore};
+use crate::token::extract::token_from_headers;
+use crate::token::keys::{KeyOptions, KeyStore};
+use crate::token::verify::VerifierOptions;
+use crate::token::{AuthorizedPartyPolicy, Verifier};
+
+/// Verifies Clerk session tokens and keeps users synced; cheap to clone (an `Arc` inside).
+///
+/// Build one per process with [`ClerkSync::builder`], then put [`ClerkSync::layer`] in front
+/// of authenticated routes.
+#[derive(Clone)]
+pub struct ClerkSync {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    verifier: Verifier,
+    syncer: Syncer,
+    counters: Arc<Counters>,
+}
+
+impl fmt::Debug for ClerkSync {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClerkSync")
+            .field("verifier", &self.inner.verifier)
+            .field("cached_users", &self.inner.syncer.cached_users())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClerkSync {
+    /// Starts a builder for this Clerk instance.
+    pub fn builder(config: ClerkConfig) -> ClerkSyncBuilder {
+        ClerkSyncBuilder::new(config)
+    }
+
+    /// A layer that requires a valid session: requests without one get 401.
+    pub fn layer(&self) -> ClerkSyncLayer {
+        ClerkSyncLayer::new(self.clone(), Mode::Required)
+    }
+
+    /// A layer that lets requests without any token through with no [`ClerkUser`]. A token
+    /// that is present must still be valid: a bad or expired one gets 401, so clients learn
+    /// that their session broke instead of silently becoming anonymous.
+    pub fn optional_layer(&self) -> ClerkSyncLayer {
+        ClerkSyncLayer::new(self.clone(), Mode::Optional)
+    }
+
+    /// The token verifier, for code outside the layer (WebSocket upgrades, jobs, the CLI).
+    pub fn verifier(&self) -> &Verifier {
+        &self.inner.verifier
+    }
+
+    /// Forgets the synced user in this process, so the next request upserts it again and
+    /// reads its tier afresh (call it after changing a user's tier).
+    pub async fn invalidate(&self, user_id: &str) {
+        self.inner.syncer.invalidate(user_id).await;
+    }
+
+    /// Counters since this `ClerkSync` was built.
+    pub fn stats(&self) -> Stats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Verifies the request's token and makes sure its user is synced. `Ok(None)` only in
+    /// [`Mode::Optional`] for a request without a token. Rejections are counted and logged.
+    pub(crate) async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        mode: Mode,
+    ) -> Result<Option<ClerkUser>, AuthError> {
+        let result = self.authenticate_inner(headers, mode).await;
+        if let Err(error) = &result {
+            self.inner.counters.reject(error);
+            if error.is_server_fault() {
+                tracing::warn!(code = error.code(), "request rejected: {error}");
+            } else {
+                tracing::debug!(code = error.code(), "request rejected: {error}");
+            }
+        }
+        result
+    }
+
+    async fn authenticate_inner(
+        &self,
+        headers: &HeaderMap,
+        mode: Mode,
+    ) -> Result<Option<ClerkUser>, AuthError> {
+        let token = match token_from_headers(headers)? {
+            Some(token) => token,
+            None if mode == Mode::Optional => return Ok(None),
+            None => return Err(AuthError::MissingToken),
+        };
+        let claims = self.inner.verifier.verify(token).await?;
+        let (tier, synced) = self.inner.syncer.ensure(&claims).await?;
+        Ok(Some(ClerkUser::new(claims, tier, synced)))
+    }
+}
+
+/// Builder for [`ClerkSync`]. Every setter documents its default.
+pub struct ClerkSyncBuilder {
+    config: ClerkConfig,
+    store: Option<Arc<dyn UserStore>>,
+    leeway: Duration,
+    azp_policy: AuthorizedPartyPolicy,
+    allow_pending_sessions: bool,
+    failure_policy: FailurePolicy,
+    user_cache_capacity: u64,
+    user_cache_ttl: Duration,
+    token_cache_capacity: u64,
+    sync_timeout: Duration,
+    jwks_min_refresh_interval: Duration,
+    jwks_max_age: Duration,
+    jwks_timeout: Duration,
+    profile_claims: ProfileClaims,
+    default_tier: String,
+}
+
+impl fmt::Debug for ClerkSyncBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClerkSyncBuilder")
+            .field("config", &self.config)
+            .field("has_store", &self.store.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClerkSyncBuilder {
+    fn new(config: ClerkConfig) -> Self {
+        Self {
+            config,
+            store: None,
+            leeway: Duration::from_secs(5),
+            azp_policy: AuthorizedPartyPolicy::default(),
+            allow_pending_sessions: false,
+            failure_policy: FailurePolicy::default(),
+            user_cache_capacity: 100_000,
+            user_cache_ttl: Duration::from_secs(600),
+            token_cache_capacity: 100_000,
+            sync_timeout: Duration::from_secs(5),
+            jwks_min_refresh_interval: Duration::from_secs(10),
+            jwks_max_age: Duration::from_secs(3600),
+            jwks_timeout: Duration::from_secs(5),
+            profile_claims: ProfileClaims::default(),
+            default_tier: "free".to_owned(),
+        }
+    }
+
+    /// Where users are written, for example [`crate::PgUserStore`]. Required.
+    pub fn store(mut self, store: impl UserStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Clock-skew allowance for `exp`, `nbf` and `iat`. Default: 5 s, as Clerk's SDKs.
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// How `azp` is checked. Default: [`AuthorizedPartyPolicy::CheckWhenPresent`].
+    pub fn authorized_party_policy(mut self, policy: AuthorizedPartyPolicy) -> Self {
+        self.azp_policy = policy;
+        self
+    }
+
+    /// Accept sessions with `sts: pending` (unfinished session tasks). Default: `false`, they
+    /// get 401 `session_pending` as Clerk treats them as signed out.
+    pub fn allow_pending_sessions(mut self, allow: bool) -> Self {
+        self.allow_pending_sessions = allow;
+        self
+    }
+
+    /// What happens when the store fails. Default: [`FailurePolicy::Closed`] (503).
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.failure_policy = policy;
+        self
+    }
+
+    /// Most users kept in the synced-user cache. Default: 100,000.
+    pub fn user_cache_capacity(mut self, capacity: u64) -> Self {
+        self.user_cache_capacity = capacity;
+        self
+    }
+
+    /// How long a synced user stays cached; bounds how stale a tier can be in a process that
+    /// was not told to [`invalidate`](ClerkSync::invalidate). Default: 10 minutes.
+    pub fn user_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.user_cache_ttl = ttl;
+        self
+    }
+
+    /// Most tokens kept in the verified-token cache; each lives until its `exp`.
+    /// Default: 100,000.
+    pub fn token_cache_capacity(mut self, capacity: u64) -> Self {
+        self.token_cache_capacity = capacity;
+        self
+    }
+
+    /// Deadline of one upsert, on top of the pool's own acquire timeout. Default: 5 s.
+    pub fn sync_timeout(mut self, timeout: Duration) -> Self {
+        self.sync_timeout = timeout;
+        self
+    }
+
+    /// At most one JWKS fetch per this interval, however many unknown `kid`s arrive.
+    /// Default: 10 s.
+    pub fn jwks_min_refresh_interval(mut self, interval: Duration) -> Self {
+        self.jwks_min_refresh_interval = interval;
+        self
+    }
+
+    /// A key set older than this is refetched on the next new token, so keys removed from
+    /// the JWKS stop being accepted. Default: 1 hour.
+    pub fn jwks_max_age(mut self, max_age: Duration) -> Self {
+        self.jwks_max_age = max_age;
+        self
+    }
+
+    /// Timeout of one JWKS request. Default: 5 s.
+    pub fn jwks_timeout(mut self, timeout: Duration) -> Self {
+        self.jwks_timeout = timeout;
+        self
+    }
+
+    /// Which custom claims carry profile fields. Default: [`ProfileClaims::default`].
+    pub fn profile_claims(mut self, claims: ProfileClaims) -> Self {
+        self.profile_claims = claims;
+        self
+    }
+
+    /// The tier reported for users that could not be synced under [`FailurePolicy::Open`].
+    /// Rows get their tier from the column default. Default: `free`.
+    pub fn default_tier(mut self, tier: impl Into<String>) -> Self {
+        self.default_tier = tier.into();
+        self
+    }
+
+    /// Builds the handle. Does no I/O: keys are fetched by the first request that needs them.
+    pub fn build(self) -> Result<ClerkSync, ConfigError> {
+        let store = self.store.ok_or_else(|| {
+            ConfigError::new(
+                "store",
+                "no user store: call .store(PgUserStore::new(pool))",
+            )
+        })?;
+        if self.azp_policy == AuthorizedPartyPolicy::Required
+            && self.config.authorized_parties.is_empty()
+        {
+            return Err(ConfigError::new(
+                "CLERK_AUTHORIZED_PARTIES",
+                "the `Required` azp policy needs at least one authorized party",
+            ));
+        }
+        let counters = Arc::new(Counters::default());
+        let keys = KeyStore::new(
+            &self.config.key_source,
+            KeyOptions {
+                min_refresh_interval: self.jwks_min_refresh_interval,
+                max_age: self.jwks_max_age,
+                http_timeout: self.jwks_timeout,
+            },
+            counters.clone(),
+        )?;
+        let verifier = Verifier::new(
+            keys,
+            VerifierOptions {
+                issuer: self.config.issuer.clone(),
+                leeway_secs: self.leeway.as_secs(),
+                authorized_parties: self.config.authorized_parties.clone(),
+                azp_policy: self.azp_policy,
+                allow_pending_sessions: self.allow_pending_sessions,
+                token_cache_capacity: self.token_cache_capacity,
+            },
+            counters.clone(),
+        );
+        let syncer = Syncer::new(
+            store,
+            SyncOptions {
+                capacity: self.user_cache_capacity,
+                ttl: self.user_cache_ttl,
+                timeout: self.sync_timeout,
+                failure_policy: self.failure_policy,
+                profile_claims: self.profile_claims,
+                default_tier: self.default_tier.into(),
+            },
+            counters.clone(),
+        );
+        Ok(ClerkSync {
+            inner: Arc::new(Inner {
+                verifier,
+                syncer,
+                counters,
+            }),
+        })
+    }
+}

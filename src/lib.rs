@@ -1,0 +1,35 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(
+    unreachable_pub,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    clippy::unwrap_used
+)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod config;
+mod error;
+mod extract;
+mod handle;
+mod layer;
+mod stats;
+mod sync;
+mod token;
+
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+pub use config::{ClerkConfig, ClerkConfigBuilder, KeySource, Secret};
+pub use error::{AuthError, ConfigError};
+pub use extract::{ClerkUser, MissingClerkLayer};
+pub use handle::{ClerkSync, ClerkSyncBuilder};
+pub use layer::{ClerkSyncLayer, ClerkSyncService, ResponseFuture};
+pub use stats::Stats;
+pub use sync::{
+    FailurePolicy, ProfileClaims, StoreError, StoreFuture, UpsertOutcome, UserProfile, UserStore,
+};
+#[cfg(feature = "postgres")]
+pub use sync::{PgUserStore, migrate};
+pub use token::{AuthorizedPartyPolicy, SessionClaims, Verifier};

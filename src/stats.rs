@@ -1,0 +1,91 @@
+//! Counters behind [`crate::ClerkSync::stats`].
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::error::AuthError;
+
+/// Live counters shared by the verifier, the key store and the syncer.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) tokens_verified: AtomicU64,
+    pub(crate) token_cache_hits: AtomicU64,
+    pub(crate) user_cache_hits: AtomicU64,
+    pub(crate) user_cache_misses: AtomicU64,
+    pub(crate) upserts_ok: AtomicU64,
+    pub(crate) upserts_failed: AtomicU64,
+    pub(crate) jwks_fetches: AtomicU64,
+    pub(crate) jwks_fetch_failures: AtomicU64,
+    rejected: [AtomicU64; AuthError::CODES.len()],
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn reject(&self, error: &AuthError) {
+        Self::bump(&self.rejected[error.index()]);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let load = |counter: &AtomicU64| counter.load(Relaxed);
+        Stats {
+            tokens_verified: load(&self.tokens_verified),
+            token_cache_hits: load(&self.token_cache_hits),
+            user_cache_hits: load(&self.user_cache_hits),
+            user_cache_misses: load(&self.user_cache_misses),
+            upserts_ok: load(&self.upserts_ok),
+            upserts_failed: load(&self.upserts_failed),
+            jwks_fetches: load(&self.jwks_fetches),
+            jwks_fetch_failures: load(&self.jwks_fetch_failures),
+            rejected: std::array::from_fn(|i| load(&self.rejected[i])),
+        }
+    }
+}
+
+/// A snapshot of the counters of one [`crate::ClerkSync`] since it was built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Tokens whose signature and claims were checked (verified-token cache misses that passed).
+    pub tokens_verified: u64,
+    /// Requests whose token was found in the verified-token cache (no RSA work).
+    pub token_cache_hits: u64,
+    /// Requests whose user was found in the synced-user cache (no SQL).
+    pub user_cache_hits: u64,
+    /// Requests whose user was not in the synced-user cache.
+    pub user_cache_misses: u64,
+    /// Upserts that reached the store and succeeded (including deleted-user answers).
+    pub upserts_ok: u64,
+    /// Upserts that failed or timed out.
+    pub upserts_failed: u64,
+    /// JWKS fetch attempts.
+    pub jwks_fetches: u64,
+    /// JWKS fetch attempts that failed.
+    pub jwks_fetch_failures: u64,
+    rejected: [u64; AuthError::CODES.len()],
+}
+
+impl Stats {
+    /// Rejections with this error code (for example `"token_expired"`); 0 for unknown codes.
+    pub fn rejected(&self, code: &str) -> u64 {
+        AuthError::CODES
+            .iter()
+            .position(|known| *known == code)
+            .map_or(0, |i| self.rejected[i])
+    }
+
+    /// All rejections.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().sum()
+    }
+
+    /// `(code, count)` for every code with at least one rejection.
+    pub fn rejections(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        AuthError::CODES
+            .iter()
+            .zip(self.rejected)
+            .filter(|(_, count)| *count > 0)
+            .map(|(code, count)| (*code, count))
+    }
+}

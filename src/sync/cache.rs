@@ -1,0 +1,134 @@
+//! [`Syncer`]: the synced-user cache in front of the store.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use tracing::Instrument as _;
+
+use super::profile::{ProfileClaims, UserProfile};
+use super::store::{UpsertOutcome, UserStore};
+use crate::error::AuthError;
+use crate::stats::Counters;
+use crate::token::SessionClaims;
+
+/// What the layer does when the store fails on a cache miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// Answer 503 `sync_unavailable` with `Retry-After` (the default): no handler runs without
+    /// its user row.
+    #[default]
+    Closed,
+    /// Let the request through with [`crate::ClerkUser::synced`] `== false` and the default
+    /// tier; the failure is logged and counted, and the next request tries again.
+    Open,
+}
+
+pub(crate) struct SyncOptions {
+    pub(crate) capacity: u64,
+    pub(crate) ttl: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) failure_policy: FailurePolicy,
+    pub(crate) profile_claims: ProfileClaims,
+    pub(crate) default_tier: Arc<str>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum SyncFailure {
+    Deleted,
+    Unavailable,
+}
+
+/// Keeps "this process has synced user X, whose tier is T" and runs the upsert on a miss.
+pub(crate) struct Syncer {
+    store: Arc<dyn UserStore>,
+    // user id → tier
+    cache: Cache<Arc<str>, Arc<str>>,
+    options: SyncOptions,
+    counters: Arc<Counters>,
+}
+
+impl Syncer {
+    pub(crate) fn new(
+        store: Arc<dyn UserStore>,
+        options: SyncOptions,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(options.capacity)
+            .time_to_live(options.ttl)
+            .build();
+        Self {
+            store,
+            cache,
+            options,
+            counters,
+        }
+    }
+
+    /// The user's tier and whether the row is known to exist.
+    pub(crate) async fn ensure(&self, claims: &SessionClaims) -> Result<(Arc<str>, bool), AuthError> {
+        if let Some(tier) = self.cache.get(claims.sub.as_str()).await {
+            Counters::bump(&self.counters.user_cache_hits);
+            tracing::trace!(user.id = %claims.sub, "synced-user cache hit");
+            return Ok((tier, true));
+        }
+        Counters::bump(&self.counters.user_cache_misses);
+        // Concurrent misses for one user wait on a single upsert; failures are not cached.
+        let result = self
+            .cache
+            .try_get_with(Arc::from(claims.sub.as_str()), self.upsert(claims))
+            .await;
+        match result {
+            Ok(tier) => Ok((tier, true)),
+            Err(failure) => match *failure {
+                SyncFailure::Deleted => Err(AuthError::UserDeleted),
+                SyncFailure::Unavailable => match self.options.failure_policy {
+                    FailurePolicy::Closed => Err(AuthError::SyncUnavailable),
+                    FailurePolicy::Open => Ok((self.options.default_tier.clone(), false)),
+                },
+            },
+        }
+    }
+
+    async fn upsert(&self, claims: &SessionClaims) -> Result<Arc<str>, SyncFailure> {
+        let profile = UserProfile::from_claims(claims, &self.options.profile_claims);
+        let span = tracing::debug_span!("clerk_sync.upsert", user.id = %claims.sub);
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.options.timeout, self.store.upsert(&profile))
+            .instrument(span)
+            .await;
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match outcome {
+            Ok(Ok(UpsertOutcome::Active { tier, inserted })) => {
+                Counters::bump(&self.counters.upserts_ok);
+                tracing::debug!(user.id = %claims.sub, inserted, elapsed_ms, "synced user");
+                Ok(tier.into())
+            }
+            Ok(Ok(UpsertOutcome::Deleted)) => {
+                Counters::bump(&self.counters.upserts_ok);
+                tracing::info!(user.id = %claims.sub, "deleted user presented a valid token");
+                Err(SyncFailure::Deleted)
+            }
+            Ok(Err(error)) => {
+                Counters::bump(&self.counters.upserts_failed);
+                tracing::error!(user.id = %claims.sub, %error, elapsed_ms, "user upsert failed");
+                Err(SyncFailure::Unavailable)
+            }
+            Err(_) => {
+                Counters::bump(&self.counters.upserts_failed);
+                tracing::error!(user.id = %claims.sub, elapsed_ms, "user upsert timed out");
+                Err(SyncFailure::Unavailable)
+            }
+        }
+    }
+
+    pub(crate) async fn invalidate(&self, user_id: &str) {
+        self.cache.invalidate(user_id).await;
+    }
+
+    pub(crate) fn cached_users(&self) -> u64 {
+        self.cache.entry_count()
+    }
+}

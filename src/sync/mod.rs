@@ -1,0 +1,12 @@
+//! Syncing verified users into the database: profiles, the store trait and its backends, and
+//! the synced-user cache.
+
+pub(crate) mod cache;
+pub(crate) mod profile;
+pub(crate) mod store;
+
+pub use cache::FailurePolicy;
+pub use profile::{ProfileClaims, UserProfile};
+#[cfg(feature = "postgres")]
+pub use store::postgres::{PgUserStore, migrate};
+pub use store::{StoreError, StoreFuture, UpsertOutcome, UserStore};

@@ -1,0 +1,252 @@
+//! Signing keys: one PEM key, or a JWKS fetched over HTTP and cached by `kid`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use jsonwebtoken::DecodingKey;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::config::{KeySource, Secret};
+use crate::error::AuthError;
+use crate::stats::Counters;
+
+/// Tuning of the JWKS cache.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyOptions {
+    /// At most one fetch per this interval, whatever the requests ask for.
+    pub(crate) min_refresh_interval: Duration,
+    /// A key set older than this is refreshed on the next cache miss, so removed keys go away.
+    pub(crate) max_age: Duration,
+    /// Timeout of one JWKS request.
+    pub(crate) http_timeout: Duration,
+}
+
+pub(crate) enum KeyStore {
+    Pem(Arc<DecodingKey>),
+    Jwks(Box<JwksKeys>),
+}
+
+impl KeyStore {
+    pub(crate) fn new(
+        source: &KeySource,
+        options: KeyOptions,
+        counters: Arc<Counters>,
+    ) -> Result<Self, crate::ConfigError> {
+        let (url, bearer) = match source {
+            KeySource::Pem(pem) => {
+                // Checked when the config was built; checked again because the enum is public.
+                let key = DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| {
+                    crate::ConfigError::new("CLERK_JWT_KEY", "not a PEM-encoded RSA public key")
+                })?;
+                return Ok(Self::Pem(Arc::new(key)));
+            }
+            KeySource::JwksUrl(url) => (url.clone(), None),
+            KeySource::BackendApi {
+                api_url,
+                secret_key,
+            } => (format!("{api_url}/v1/jwks"), Some(secret_key.clone())),
+        };
+        let client = reqwest::Client::builder()
+            .timeout(options.http_timeout)
+            .connect_timeout(options.http_timeout)
+            .user_agent(concat!("clerk-sync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| crate::ConfigError::new("CLERK_JWKS_URL", e.to_string()))?;
+        Ok(Self::Jwks(Box::new(JwksKeys {
+            url,
+            bearer,
+            client,
+            options,
+            counters,
+            keys: RwLock::new(Arc::new(KeySet::default())),
+            refresh: Mutex::new(RefreshState::default()),
+        })))
+    }
+
+    /// The key for `kid`. With a PEM key, every `kid` maps to that key.
+    pub(crate) async fn key_for(&self, kid: &str) -> Result<Arc<DecodingKey>, AuthError> {
+        match self {
+            Self::Pem(key) => Ok(key.clone()),
+            Self::Jwks(jwks) => jwks.key_for(kid).await,
+        }
+    }
+}
+
+#[derive(Default)]
+struct KeySet {
+    keys: HashMap<String, Arc<DecodingKey>>,
+    fetched_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct RefreshState {
+    last_attempt: Option<Instant>,
+    last_failed: bool,
+}
+
+pub(crate) struct JwksKeys {
+    url: String,
+    bearer: Option<Secret>,
+    client: reqwest::Client,
+    options: KeyOptions,
+    counters: Arc<Counters>,
+    keys: RwLock<Arc<KeySet>>,
+    // Held across a fetch: requests with unknown `kid`s queue here instead of each fetching.
+    refresh: Mutex<RefreshState>,
+}
+
+impl JwksKeys {
+    fn current(&self) -> Arc<KeySet> {
+        // A poisoned lock still holds a whole `Arc`: writers only swap the pointer.
+        match self.keys.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    async fn key_for(&self, kid: &str) -> Result<Arc<DecodingKey>, AuthError> {
+        let set = self.current();
+        if let Some(key) = set.keys.get(kid) {
+            let stale = set
+                .fetched_at
+                .is_some_and(|at| at.elapsed() >= self.options.max_age);
+            if !stale {
+                return Ok(key.clone());
+            }
+            // Stale: one request refreshes, the others go on with the keys they have.
+            let Ok(mut state) = self.refresh.try_lock() else {
+                return Ok(key.clone());
+            };
+            self.fetch_if_allowed(&mut state).await;
+            drop(state);
+            return self.lookup_after_refresh(kid, false);
+        }
+
+        let mut state = self.refresh.lock().await;
+        // Another request may have fetched the key while this one waited.
+        if let Some(key) = self.current().keys.get(kid) {
+            return Ok(key.clone());
+        }
+        self.fetch_if_allowed(&mut state).await;
+        let failed = state.last_failed;
+        drop(state);
+        self.lookup_after_refresh(kid, failed)
+    }
+
+    fn lookup_after_refresh(&self, kid: &str, fetch_failed: bool) -> Result<Arc<DecodingKey>, AuthError> {
+        let set = self.current();
+        match set.keys.get(kid) {
+            Some(key) => Ok(key.clone()),
+            // Without a working key source we cannot tell a rotated key from a forged one:
+            // that is the server's problem, not the client's.
+            None if fetch_failed || set.fetched_at.is_none() => Err(AuthError::KeysUnavailable {
+                retry_after_secs: self.options.min_refresh_interval.as_secs().max(1),
+            }),
+            None => Err(AuthError::UnknownKey),
+        }
+    }
+
+    async fn fetch_if_allowed(&self, state: &mut RefreshState) {
+        let allowed = state
+            .last_attempt
+            .is_none_or(|at| at.elapsed() >= self.options.min_refresh_interval);
+        if !allowed {
+            return;
+        }
+        state.last_attempt = Some(Instant::now());
+        Counters::bump(&self.counters.jwks_fetches);
+        match self.fetch().await {
+            Ok(keys) => {
+                tracing::debug!(url = %self.url, keys = keys.len(), "fetched JWKS");
+                state.last_failed = false;
+                let set = Arc::new(KeySet {
+                    keys,
+                    fetched_at: Some(Instant::now()),
+                });
+                match self.keys.write() {
+                    Ok(mut guard) => *guard = set,
+                    Err(poisoned) => *poisoned.into_inner() = set,
+                }
+            }
+            Err(error) => {
+                // The last good keys stay in use.
+                Counters::bump(&self.counters.jwks_fetch_failures);
+                state.last_failed = true;
+                tracing::warn!(url = %self.url, %error, "JWKS fetch failed; keeping the last good keys");
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<HashMap<String, Arc<DecodingKey>>, String> {
+        let mut request = self.client.get(&self.url);
+        if let Some(secret) = &self.bearer {
+            request = request.bearer_auth(secret.expose());
+        }
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("HTTP {status}"));
+        }
+        let body = response.bytes().await.map_err(|e| e.to_string())?;
+        parse_jwks(&body)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawJwks {
+    keys: Vec<serde_json::Value>,
+}
+
+/// RSA signing keys with a `kid`, by `kid`. Keys of other types or uses are skipped, so one
+/// unfamiliar entry does not make the whole set unusable.
+fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<DecodingKey>>, String> {
+    let raw: RawJwks =
+        serde_json::from_slice(body).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let mut keys = HashMap::new();
+    for value in raw.keys {
+        let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
+            continue;
+        };
+        let usable = matches!(jwk.algorithm, AlgorithmParameters::RSA(_))
+            && !matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption))
+            && jwk
+                .common
+                .key_algorithm
+                .is_none_or(|alg| alg == jsonwebtoken::jwk::KeyAlgorithm::RS256);
+        let (true, Some(kid)) = (usable, jwk.common.key_id.clone()) else {
+            continue;
+        };
+        if let Ok(key) = DecodingKey::from_jwk(&jwk) {
+            keys.insert(kid, Arc::new(key));
+        }
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwks_parsing_keeps_rsa_signing_keys_only() {
+        let body = br#"{"keys":[
+            {"use":"sig","kty":"RSA","kid":"ins_a","alg":"RS256","n":"8Cm_BLWq9pdfmORNnvIVHqaYEXApYOgFNSxX4HoNYndgJKHVNCMpbiJY_PGw3CctilQ9XrrXAlyHeQgiDwtKCzOj4tSTQ0YfDelr0QFOgyCthSX0ElDRGopswp29q1NN-6vFclTRaggiNo7TWCioMV_3GlJy8o7M3lHLEyfD_AUMDQf461ZEEbU_4adKQQfNeaxL9pP72uID79qrSErmx19rdIPmz_xkG-yX1Y5sNt2b6qsJDkPWb-5X9uobz_yy9yTI1x8Lsy-lHwEpseKVhjfzoEdRGdz50EonvHlJzNl7zl8C4SNGfF4REbD5anxrF76rwvIIoSGthqAC4cMFlw","e":"AQAB"},
+            {"use":"enc","kty":"RSA","kid":"ins_enc","n":"8Cm_BLWq9pdfmORNnvIVHqaYEXApYOgFNSxX4HoNYndgJKHVNCMpbiJY_PGw3CctilQ9XrrXAlyHeQgiDwtKCzOj4tSTQ0YfDelr0QFOgyCthSX0ElDRGopswp29q1NN-6vFclTRaggiNo7TWCioMV_3GlJy8o7M3lHLEyfD_AUMDQf461ZEEbU_4adKQQfNeaxL9pP72uID79qrSErmx19rdIPmz_xkG-yX1Y5sNt2b6qsJDkPWb-5X9uobz_yy9yTI1x8Lsy-lHwEpseKVhjfzoEdRGdz50EonvHlJzNl7zl8C4SNGfF4REbD5anxrF76rwvIIoSGthqAC4cMFlw","e":"AQAB"},
+            {"kty":"OKP","crv":"Ed25519","kid":"ed","x":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"},
+            {"kty":"RSA","n":"AQAB","e":"AQAB"},
+            {"kty":"weird"}
+        ]}"#;
+        let keys = parse_jwks(body).unwrap();
+        assert_eq!(keys.keys().collect::<Vec<_>>(), vec!["ins_a"]);
+    }
+
+    #[test]
+    fn non_jwks_documents_are_errors() {
+        assert!(parse_jwks(b"<html>").is_err());
+        assert!(parse_jwks(br#"{"no_keys":[]}"#).is_err());
+    }
+}

@@ -1,0 +1,9 @@
+//! Session tokens: finding them in a request, their claims, signing keys and verification.
+
+mod claims;
+pub(crate) mod extract;
+pub(crate) mod keys;
+pub(crate) mod verify;
+
+pub use claims::SessionClaims;
+pub use verify::{AuthorizedPartyPolicy, Verifier};

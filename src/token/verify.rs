@@ -1,0 +1,296 @@
+//! [`Verifier`]: RS256 signature, Clerk's header and claim rules, and the verified-token cache.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use moka::Expiry;
+use moka::future::Cache;
+use serde::Deserialize;
+
+use super::claims::SessionClaims;
+use super::extract::MAX_TOKEN_LEN;
+use super::keys::KeyStore;
+use crate::error::AuthError;
+use crate::stats::Counters;
+
+/// What to do with the `azp` (authorized party) claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AuthorizedPartyPolicy {
+    /// Do not look at `azp`.
+    Ignore,
+    /// When `azp` is present it must be one of the authorized parties; a token without `azp`
+    /// passes. The default, because Clerk issues cookie tokens without `azp` when the request
+    /// that refreshed them had no `Origin`. With no authorized parties configured there is
+    /// nothing to check against and every `azp` passes.
+    #[default]
+    CheckWhenPresent,
+    /// `azp` must be present and be one of the authorized parties.
+    Required,
+}
+
+// Clerk's token categories (header `cat`), as its SDK checks them.
+const CAT_SESSION: &str = "cl_B7d4PD111AAA";
+const CAT_TEMPLATE: &str = "cl_B7d4PD222AAA";
+const CAT_IGNORE: &str = "cl_I7d4PD111III";
+
+/// Settings of a [`Verifier`], filled in by [`crate::ClerkSyncBuilder`].
+pub(crate) struct VerifierOptions {
+    pub(crate) issuer: Option<String>,
+    pub(crate) leeway_secs: u64,
+    pub(crate) authorized_parties: Vec<String>,
+    pub(crate) azp_policy: AuthorizedPartyPolicy,
+    pub(crate) allow_pending_sessions: bool,
+    pub(crate) token_cache_capacity: u64,
+}
+
+/// Verifies Clerk session tokens; cheap to clone.
+///
+/// Only RS256 is accepted whatever the header says, the header must carry a `kid`, and
+/// machine-to-machine tokens (`cat`) are refused. `exp`, `nbf` and `iat` are checked with the
+/// configured leeway (5 s by default), `iss` against the configured issuer, `azp` by the
+/// [`AuthorizedPartyPolicy`], and `sts: pending` is refused unless allowed. A verified token is
+/// cached until its `exp` (plus leeway), and a cache hit checks `exp` again.
+#[derive(Clone)]
+pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    keys: KeyStore,
+    validation: Validation,
+    leeway: i64,
+    authorized_parties: Vec<String>,
+    azp_policy: AuthorizedPartyPolicy,
+    allow_pending_sessions: bool,
+    cache: Cache<Box<str>, Arc<SessionClaims>>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("issuer", &self.inner.validation.iss)
+            .field("leeway", &self.inner.leeway)
+            .field("azp_policy", &self.inner.azp_policy)
+            .field("cached_tokens", &self.inner.cache.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Cache entries live until the token expires (plus leeway), never longer.
+struct UntilExpiry {
+    leeway: i64,
+}
+
+impl Expiry<Box<str>, Arc<SessionClaims>> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _token: &Box<str>,
+        claims: &Arc<SessionClaims>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        let left = claims.exp.saturating_add(self.leeway) - unix_now();
+        Some(Duration::from_secs(left.max(0).unsigned_abs()))
+    }
+}
+
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: String,
+    kid: Option<String>,
+    cat: Option<String>,
+}
+
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl Verifier {
+    pub(crate) fn new(keys: KeyStore, options: VerifierOptions, counters: Arc<Counters>) -> Self {
+        // jsonwebtoken panics when it cannot pick a crypto provider (both of its backends
+        // enabled by feature unification somewhere in the app): choose aws-lc explicitly.
+        // An `Err` means a provider is already installed, which is all we need.
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+
+        let mut validation = Validation::new(Algorithm::RS256);
+        // jsonwebtoken defaults to a 60 s leeway and no `nbf` check; Clerk's SDKs use 5 s.
+        validation.leeway = options.leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        match &options.issuer {
+            Some(issuer) => {
+                validation.set_issuer(&[issuer]);
+                validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+            }
+            None => validation.set_required_spec_claims(&["exp", "sub"]),
+        }
+        let leeway = i64::try_from(options.leeway_secs).unwrap_or(i64::MAX);
+        let cache = Cache::builder()
+            .max_capacity(options.token_cache_capacity)
+            .expire_after(UntilExpiry { leeway })
+            .build();
+        Self {
+            inner: Arc::new(Inner {
+                keys,
+                validation,
+                leeway,
+                authorized_parties: options.authorized_parties,
+                azp_policy: options.azp_policy,
+                allow_pending_sessions: options.allow_pending_sessions,
+                cache,
+                counters,
+            }),
+        }
+    }
+
+    /// Verifies a session token and returns its claims.
+    ///
+    /// A token verified before and not yet expired is answered from the cache without any
+    /// signature work; concurrent first uses of one token share one verification.
+    pub async fn verify(&self, token: &str) -> Result<Arc<SessionClaims>, AuthError> {
+        let inner = &self.inner;
+        if let Some(claims) = inner.cache.get(token).await {
+            if claims.exp.saturating_add(inner.leeway) < unix_now() {
+                return Err(AuthError::TokenExpired);
+            }
+            Counters::bump(&inner.counters.token_cache_hits);
+            return Ok(claims);
+        }
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::malformed("the token is longer than 16 KiB"));
+        }
+        inner
+            .cache
+            .try_get_with(token.into(), self.verify_uncached(token))
+            .await
+            .map_err(|error| (*error).clone())
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<Arc<SessionClaims>, AuthError> {
+        let inner = &self.inner;
+        let header = parse_header(token)?;
+        if header.alg != "RS256" {
+            return Err(AuthError::bad_signature("only RS256 tokens are accepted"));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| AuthError::malformed("the token header has no `kid`"))?;
+        match header.cat.as_deref() {
+            None | Some(CAT_SESSION | CAT_TEMPLATE | CAT_IGNORE) => {}
+            Some(_) => return Err(AuthError::InvalidTokenCategory),
+        }
+        let key = inner.keys.key_for(&kid).await?;
+        let claims = jsonwebtoken::decode::<SessionClaims>(token, &key, &inner.validation)
+            .map_err(|error| jwt_error(error.into_kind()))?
+            .claims;
+
+        // jsonwebtoken does not look at `iat`; a token from the future is not valid yet.
+        if claims.iat > unix_now().saturating_add(inner.leeway) {
+            return Err(AuthError::TokenNotYetValid);
+        }
+        if claims.sub.trim().is_empty() {
+            return Err(AuthError::malformed("the `sub` claim is empty"));
+        }
+        self.check_authorized_party(claims.azp.as_deref())?;
+        if claims.sts.as_deref() == Some("pending") && !inner.allow_pending_sessions {
+            return Err(AuthError::SessionPending);
+        }
+        Counters::bump(&inner.counters.tokens_verified);
+        Ok(Arc::new(claims))
+    }
+
+    fn check_authorized_party(&self, azp: Option<&str>) -> Result<(), AuthError> {
+        let parties = &self.inner.authorized_parties;
+        let allowed = |azp: &str| parties.iter().any(|party| party == azp);
+        let ok = match (self.inner.azp_policy, azp) {
+            (AuthorizedPartyPolicy::Ignore, _) => true,
+            (AuthorizedPartyPolicy::CheckWhenPresent, None) => true,
+            (AuthorizedPartyPolicy::CheckWhenPresent, Some(azp)) => {
+                parties.is_empty() || allowed(azp)
+            }
+            (AuthorizedPartyPolicy::Required, Some(azp)) => allowed(azp),
+            (AuthorizedPartyPolicy::Required, None) => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(AuthError::InvalidAuthorizedParty)
+        }
+    }
+
+    /// Number of tokens in the verified-token cache (approximate, as moka counts).
+    pub fn cached_tokens(&self) -> u64 {
+        self.inner.cache.entry_count()
+    }
+}
+
+fn parse_header(token: &str) -> Result<RawHeader, AuthError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::malformed("a JWT has three dot-separated parts"));
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| AuthError::malformed("the token header is not base64url"))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|_| AuthError::malformed("the token header is not a JWT header"))
+}
+
+fn jwt_error(kind: ErrorKind) -> AuthError {
+    match kind {
+        ErrorKind::ExpiredSignature => AuthError::TokenExpired,
+        ErrorKind::ImmatureSignature => AuthError::TokenNotYetValid,
+        ErrorKind::InvalidIssuer => AuthError::InvalidIssuer,
+        ErrorKind::InvalidSignature => {
+            AuthError::bad_signature("the signature does not match the key")
+        }
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::MissingAlgorithm => {
+            AuthError::bad_signature("only RS256 tokens are accepted")
+        }
+        ErrorKind::MissingRequiredClaim(claim) => {
+            AuthError::MalformedToken(Cow::Owned(format!("the `{claim}` claim is missing")))
+        }
+        ErrorKind::InvalidClaimFormat(claim) => {
+            AuthError::MalformedToken(Cow::Owned(format!("the `{claim}` claim has the wrong type")))
+        }
+        ErrorKind::Json(_) => {
+            AuthError::malformed("the claims are not JSON, or a claim is missing or mistyped")
+        }
+        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+            AuthError::malformed("the token is not a valid JWT")
+        }
+        _ => AuthError::bad_signature("the signature could not be checked"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_parsing_rejects_garbage() {
+        for token in ["", "abc", "a.b", "a.b.c.d", "!!!.b.c", "e30.b.c"] {
+            let error = parse_header(token).err().map(|e| e.code());
+            assert_eq!(error, Some("malformed_token"), "{token:?}");
+        }
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":"ins_1","cat":"x"}"#);
+        let parsed = parse_header(&format!("{header}.e30.sig")).unwrap();
+        assert_eq!(
+            (parsed.alg.as_str(), parsed.kid.as_deref(), parsed.cat.as_deref()),
+            ("RS256", Some("ins_1"), Some("x"))
+        );
+    }
+}
