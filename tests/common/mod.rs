@@ -1,0 +1,204 @@
+//! Shared helpers of the integration tests: an app whose handler reads the user row back from
+//! PostgreSQL, a counting wrapper around the real store, and a TCP proxy that can be cut.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use clerk_sync::testing::DevIssuer;
+use clerk_sync::{
+    ClerkSync, ClerkSyncBuilder, ClerkUser, PgUserStore, StoreFuture, UpsertOutcome, UserProfile,
+    UserStore,
+};
+use http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+/// Wraps the real Postgres store and counts upserts that reach it.
+#[derive(Clone)]
+pub struct CountingStore {
+    inner: PgUserStore,
+    calls: Arc<AtomicU64>,
+}
+
+impl CountingStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            inner: PgUserStore::new(pool),
+            calls: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl UserStore for CountingStore {
+    fn upsert<'a>(&'a self, profile: &'a UserProfile) -> StoreFuture<'a, UpsertOutcome> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.upsert(profile)
+    }
+}
+
+/// A `ClerkSync` for the dev issuer, writing through `store`, with `tweak` applied.
+pub fn clerk(
+    issuer: &DevIssuer,
+    store: impl UserStore,
+    tweak: impl FnOnce(ClerkSyncBuilder) -> ClerkSyncBuilder,
+) -> ClerkSync {
+    let config = issuer.config().build().unwrap();
+    tweak(ClerkSync::builder(config).store(store)).build().unwrap()
+}
+
+/// `/me` behind the layer: the handler reads the user's row from the database, so a 200
+/// proves the row existed before the handler ran. `/anon` is behind the optional layer.
+pub fn app(clerk: &ClerkSync, pool: PgPool) -> Router {
+    let required = Router::new().route("/me", get(me)).layer(clerk.layer());
+    let optional = Router::new()
+        .route("/anon", get(anon))
+        .layer(clerk.optional_layer());
+    required.merge(optional).with_state(pool)
+}
+
+async fn me(State(pool): State<PgPool>, user: ClerkUser) -> Json<Value> {
+    let row: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT tier, email FROM users WHERE id = $1")
+            .bind(user.user_id())
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+    Json(json!({
+        "user_id": user.user_id(),
+        "session_id": user.session_id(),
+        "tier": user.tier(),
+        "synced": user.synced(),
+        "row_tier": row.as_ref().map(|r| r.0.clone()),
+        "row_email": row.and_then(|r| r.1),
+    }))
+}
+
+async fn anon(user: Option<ClerkUser>) -> Json<Value> {
+    Json(json!({ "user_id": user.as_ref().map(|u| u.user_id().to_owned()) }))
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+/// `GET path` with `Authorization: Bearer <token>` when a token is given.
+pub async fn get_with_token(router: &Router, path: &str, token: Option<&str>) -> Reply {
+    let mut request = Request::get(path);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    send(router, request.body(Body::empty()).unwrap()).await
+}
+
+pub async fn send(router: &Router, request: Request<Body>) -> Reply {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn user_rows(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Asserts the JSON error shape and returns the code.
+pub fn error_code(reply: &Reply) -> String {
+    let code = reply.body["error"].as_str().unwrap_or_default().to_owned();
+    let message = reply.body["message"].as_str().unwrap_or_default();
+    assert!(!code.is_empty(), "no error code in {}", reply.body);
+    assert!(!message.is_empty(), "no message in {}", reply.body);
+    assert_eq!(
+        reply.headers[header::CONTENT_TYPE],
+        "application/json",
+        "error bodies are JSON"
+    );
+    code
+}
+
+/// A loopback TCP proxy in front of PostgreSQL that a test can cut and restore. While cut,
+/// open connections are closed and new ones are accepted and dropped at once.
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    generation: watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let (generation, _) = watch::channel(0u64);
+        let task = {
+            let up = up.clone();
+            let generation = generation.clone();
+            tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if !up.load(Ordering::SeqCst) {
+                        let _ = client.shutdown().await;
+                        continue;
+                    }
+                    let mut cut = generation.subscribe();
+                    tokio::spawn(async move {
+                        let Ok(mut server) = TcpStream::connect(upstream).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cut.changed() => {}
+                        }
+                    });
+                }
+            })
+        };
+        Self {
+            addr,
+            up,
+            generation,
+            task,
+        }
+    }
+
+    /// Closes every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
