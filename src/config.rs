@@ -328,11 +328,21 @@ pub(crate) fn frontend_api_host(key: &str) -> Result<String, ConfigError> {
         .trim()
         .strip_prefix("pk_test_")
         .or_else(|| key.trim().strip_prefix("pk_live_"))
-        .ok_or_else(|| ConfigError::new(SETTING, "expected a key starting with `pk_test_` or `pk_live_`"))?;
+        .ok_or_else(|| {
+            ConfigError::new(
+                SETTING,
+                "expected a key starting with `pk_test_` or `pk_live_`",
+            )
+        })?;
     let bytes = LENIENT
         .decode(encoded)
         .or_else(|_| general_purpose::URL_SAFE_NO_PAD.decode(encoded))
-        .map_err(|_| ConfigError::new(SETTING, "the part after `pk_test_`/`pk_live_` is not base64"))?;
+        .map_err(|_| {
+            ConfigError::new(
+                SETTING,
+                "the part after `pk_test_`/`pk_live_` is not base64",
+            )
+        })?;
     let decoded = String::from_utf8(bytes)
         .map_err(|_| ConfigError::new(SETTING, "the decoded key is not UTF-8"))?;
     let host = decoded
@@ -343,7 +353,10 @@ pub(crate) fn frontend_api_host(key: &str) -> Result<String, ConfigError> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
     if !valid {
-        return Err(ConfigError::new(SETTING, "the decoded key is not a host name"));
+        return Err(ConfigError::new(
+            SETTING,
+            "the decoded key is not a host name",
+        ));
     }
     Ok(host.to_owned())
 }
@@ -426,13 +439,19 @@ lwIDAQAB
             ("CLERK_JWKS_URL", "http://127.0.0.1:1/jwks"),
             ("CLERK_JWT_KEY", PEM),
         ];
-        assert!(matches!(from_vars(&all).unwrap().key_source(), KeySource::Pem(_)));
+        assert!(matches!(
+            from_vars(&all).unwrap().key_source(),
+            KeySource::Pem(_)
+        ));
         assert_eq!(
             from_vars(&all[..3]).unwrap().key_source(),
             &KeySource::JwksUrl("http://127.0.0.1:1/jwks".into())
         );
         match from_vars(&all[..2]).unwrap().key_source() {
-            KeySource::BackendApi { api_url, secret_key } => {
+            KeySource::BackendApi {
+                api_url,
+                secret_key,
+            } => {
                 assert_eq!(api_url, "https://api.clerk.com");
                 assert_eq!(secret_key.expose(), "sk_test_secret");
             }

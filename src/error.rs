@@ -16,9 +16,7 @@ use serde::Serialize;
 #[non_exhaustive]
 pub enum AuthError {
     /// No token in `Authorization` or the `__session` cookie (401 `missing_token`).
-    #[error(
-        "no session token: send `Authorization: Bearer <token>` or the `__session` cookie"
-    )]
+    #[error("no session token: send `Authorization: Bearer <token>` or the `__session` cookie")]
     MissingToken,
     /// The token could not be parsed, or a required claim is missing or mistyped
     /// (401 `malformed_token`).
@@ -173,9 +171,8 @@ impl IntoResponse for AuthError {
                     .chars()
                     .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
                     .collect();
-                let value = format!(
-                    "Bearer error=\"invalid_token\", error_description=\"{description}\""
-                );
+                let value =
+                    format!("Bearer error=\"invalid_token\", error_description=\"{description}\"");
                 if let Ok(value) = HeaderValue::from_str(&value) {
                     headers.insert(header::WWW_AUTHENTICATE, value);
                 }
@@ -254,7 +251,9 @@ mod tests {
     fn unauthorized_responses_follow_rfc_6750() {
         let response = AuthError::TokenExpired.into_response();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        let value = response.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        let value = response.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap();
         assert_eq!(
             value,
             "Bearer error=\"invalid_token\", error_description=\"the session token has expired\""

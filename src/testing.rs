@@ -17,9 +17,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
+use aws_lc_rs::encoding::AsDer as _;
 use aws_lc_rs::rsa::{KeyPair, KeySize, PublicKeyComponents};
 use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
-use aws_lc_rs::encoding::AsDer as _;
 use axum::Router;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -30,9 +30,9 @@ use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
 
+use crate::ClerkConfig;
 use crate::config::ClerkConfigBuilder;
 use crate::token::verify::unix_now;
-use crate::ClerkConfig;
 
 /// The `azp` of minted tokens and the authorized party of [`DevIssuer::config`].
 pub const DEV_AUTHORIZED_PARTY: &str = "http://localhost:3000";
@@ -360,9 +360,11 @@ impl TokenBuilder<'_> {
         let signature = match &self.signing {
             Signing::Rs256 | Signing::Tampered => rsa_sign(&self.key, &message),
             Signing::WrongKey => {
-                let wrong = self.issuer.shared.wrong_key.get_or_init(|| {
-                    DevKey::generate(self.key.kid.clone()).ok().map(Arc::new)
-                });
+                let wrong = self
+                    .issuer
+                    .shared
+                    .wrong_key
+                    .get_or_init(|| DevKey::generate(self.key.kid.clone()).ok().map(Arc::new));
                 wrong
                     .as_ref()
                     .map(|key| rsa_sign(key, &message))
@@ -371,7 +373,9 @@ impl TokenBuilder<'_> {
             Signing::Unsigned => Vec::new(),
             Signing::Hs256(secret) => {
                 let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
-                aws_lc_rs::hmac::sign(&key, message.as_bytes()).as_ref().to_vec()
+                aws_lc_rs::hmac::sign(&key, message.as_bytes())
+                    .as_ref()
+                    .to_vec()
             }
         };
         let message = if matches!(self.signing, Signing::Tampered) {

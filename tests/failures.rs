@@ -26,12 +26,7 @@ async fn proxied_pool(options: &PgConnectOptions) -> (TcpProxy, PgPool) {
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(
-            options
-                .clone()
-                .host("127.0.0.1")
-                .port(proxy.addr.port()),
-        )
+        .connect_with(options.clone().host("127.0.0.1").port(proxy.addr.port()))
         .await
         .unwrap();
     (proxy, pool)
@@ -39,7 +34,10 @@ async fn proxied_pool(options: &PgConnectOptions) -> (TcpProxy, PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn outage_gives_fast_503s_then_recovers(_: PgPoolOptions, options: PgConnectOptions) {
-    let direct = PgPoolOptions::new().connect_with(options.clone()).await.unwrap();
+    let direct = PgPoolOptions::new()
+        .connect_with(options.clone())
+        .await
+        .unwrap();
     clerk_sync::migrate(&direct).await.unwrap();
     let (proxy, pool) = proxied_pool(&options).await;
     let issuer = DevIssuer::start().await.unwrap();
@@ -47,7 +45,10 @@ async fn outage_gives_fast_503s_then_recovers(_: PgPoolOptions, options: PgConne
     let router = app(&clerk, direct.clone());
 
     let known = issuer.token("user_known");
-    assert_eq!(get_with_token(&router, "/me", Some(&known)).await.status, StatusCode::OK);
+    assert_eq!(
+        get_with_token(&router, "/me", Some(&known)).await.status,
+        StatusCode::OK
+    );
 
     proxy.cut();
     let token = issuer.token("user_during_outage");
@@ -55,7 +56,12 @@ async fn outage_gives_fast_503s_then_recovers(_: PgPoolOptions, options: PgConne
         let started = Instant::now();
         let reply = get_with_token(&router, "/me", Some(&token)).await;
         let elapsed = started.elapsed();
-        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.body);
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.body
+        );
         assert_eq!(error_code(&reply), "sync_unavailable");
         assert_eq!(reply.headers[header::RETRY_AFTER], "1");
         assert!(
@@ -64,8 +70,15 @@ async fn outage_gives_fast_503s_then_recovers(_: PgPoolOptions, options: PgConne
         );
     }
     // A user synced before the outage is served from the cache, without the database.
-    assert_eq!(get_with_token(&router, "/me", Some(&known)).await.status, StatusCode::OK);
-    assert_eq!(user_rows(&direct).await, 1, "nothing written during the outage");
+    assert_eq!(
+        get_with_token(&router, "/me", Some(&known)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        user_rows(&direct).await,
+        1,
+        "nothing written during the outage"
+    );
     assert_eq!(clerk.stats().upserts_failed, 3, "failures are not cached");
 
     proxy.restore();
@@ -77,7 +90,10 @@ async fn outage_gives_fast_503s_then_recovers(_: PgPoolOptions, options: PgConne
 
 #[sqlx::test(migrations = false)]
 async fn fail_open_passes_unsynced_users_through(_: PgPoolOptions, options: PgConnectOptions) {
-    let direct = PgPoolOptions::new().connect_with(options.clone()).await.unwrap();
+    let direct = PgPoolOptions::new()
+        .connect_with(options.clone())
+        .await
+        .unwrap();
     clerk_sync::migrate(&direct).await.unwrap();
     let (proxy, pool) = proxied_pool(&options).await;
     let issuer = DevIssuer::start().await.unwrap();

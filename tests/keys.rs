@@ -22,7 +22,10 @@ async fn rotated_key_is_accepted_after_one_refetch(pool: PgPool) {
     let router = app(&clerk, pool.clone());
 
     let old = issuer.token("user_old_key");
-    assert_eq!(get_with_token(&router, "/me", Some(&old)).await.status, StatusCode::OK);
+    assert_eq!(
+        get_with_token(&router, "/me", Some(&old)).await.status,
+        StatusCode::OK
+    );
     assert_eq!(issuer.jwks_fetches(), 1);
 
     let new_kid = issuer.rotate_key().unwrap();
@@ -31,7 +34,11 @@ async fn rotated_key_is_accepted_after_one_refetch(pool: PgPool) {
     assert!(new.len() > 10 && issuer.kid() == new_kid);
     let reply = get_with_token(&router, "/me", Some(&new)).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    assert_eq!(issuer.jwks_fetches(), 2, "exactly one refetch for the new kid");
+    assert_eq!(
+        issuer.jwks_fetches(),
+        2,
+        "exactly one refetch for the new kid"
+    );
 
     // The old key is still published, so fresh tokens signed with it keep working.
     assert_eq!(clerk.stats().jwks_fetches, 2);
@@ -47,7 +54,9 @@ async fn random_kids_cause_at_most_one_fetch_per_interval(pool: PgPool) {
     });
     let router = app(&clerk, pool.clone());
     assert_eq!(
-        get_with_token(&router, "/me", Some(&issuer.token("user_ok"))).await.status,
+        get_with_token(&router, "/me", Some(&issuer.token("user_ok")))
+            .await
+            .status,
         StatusCode::OK
     );
     assert_eq!(issuer.jwks_fetches(), 1);
@@ -97,7 +106,9 @@ async fn known_keys_keep_working_when_the_jwks_goes_down(pool: PgPool) {
     });
     let router = app(&clerk, pool.clone());
     assert_eq!(
-        get_with_token(&router, "/me", Some(&issuer.token("user_before"))).await.status,
+        get_with_token(&router, "/me", Some(&issuer.token("user_before")))
+            .await
+            .status,
         StatusCode::OK
     );
 
@@ -108,7 +119,10 @@ async fn known_keys_keep_working_when_the_jwks_goes_down(pool: PgPool) {
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     }
     let stats = clerk.stats();
-    assert!(stats.jwks_fetch_failures >= 3, "refreshes were tried: {stats:?}");
+    assert!(
+        stats.jwks_fetch_failures >= 3,
+        "refreshes were tried: {stats:?}"
+    );
     assert_eq!(user_rows(&pool).await, 4);
 }
 

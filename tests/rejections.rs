@@ -136,17 +136,32 @@ async fn bad_tokens_are_rejected_without_touching_the_database(pool: PgPool) {
         ),
         (
             "foreign azp",
-            Some(issuer.token_for("user_a").claim("azp", "https://evil.example").build()),
+            Some(
+                issuer
+                    .token_for("user_a")
+                    .claim("azp", "https://evil.example")
+                    .build(),
+            ),
             "invalid_authorized_party",
         ),
         (
             "machine-to-machine category",
-            Some(issuer.token_for("user_a").header("cat", "cl_B7d4PD333AAA").build()),
+            Some(
+                issuer
+                    .token_for("user_a")
+                    .header("cat", "cl_B7d4PD333AAA")
+                    .build(),
+            ),
             "invalid_token_category",
         ),
         (
             "unknown category",
-            Some(issuer.token_for("user_a").header("cat", "cl_XXXXXXXXXXXX").build()),
+            Some(
+                issuer
+                    .token_for("user_a")
+                    .header("cat", "cl_XXXXXXXXXXXX")
+                    .build(),
+            ),
             "invalid_token_category",
         ),
         (
@@ -156,15 +171,32 @@ async fn bad_tokens_are_rejected_without_touching_the_database(pool: PgPool) {
         ),
         (
             "unknown kid",
-            Some(issuer.token_for("user_a").header("kid", "ins_unknown").build()),
+            Some(
+                issuer
+                    .token_for("user_a")
+                    .header("kid", "ins_unknown")
+                    .build(),
+            ),
             "unknown_key",
         ),
     ];
     // Load the keys first, so `unknown kid` is judged against a fetched key set.
-    assert_eq!(clerk.verifier().verify(&valid).await.unwrap().sub, "user_victim");
+    assert_eq!(
+        clerk.verifier().verify(&valid).await.unwrap().sub,
+        "user_victim"
+    );
 
     for (case, token, code) in &cases {
-        assert_rejected(&router, &pool, &store, case, token.as_deref(), unauthorized, code).await;
+        assert_rejected(
+            &router,
+            &pool,
+            &store,
+            case,
+            token.as_deref(),
+            unauthorized,
+            code,
+        )
+        .await;
     }
     let stats = clerk.stats();
     assert_eq!(stats.rejected_total(), cases.len() as u64);
@@ -182,13 +214,21 @@ async fn leeway_is_five_seconds_not_sixty(pool: PgPool) {
 
     let four_past = issuer.token_for("user_edge").expired_for(4).build();
     let reply = get_with_token(&router, "/me", Some(&four_past)).await;
-    assert_eq!(reply.status, StatusCode::OK, "4 s past exp is within the leeway");
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "4 s past exp is within the leeway"
+    );
 
     let ten_past = issuer.token_for("user_late").expired_for(10).build();
     let reply = get_with_token(&router, "/me", Some(&ten_past)).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     assert_eq!(error_code(&reply), "token_expired");
-    assert_eq!(user_rows(&pool).await, 1, "only the in-leeway user was written");
+    assert_eq!(
+        user_rows(&pool).await,
+        1,
+        "only the in-leeway user was written"
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -200,8 +240,14 @@ async fn cached_token_is_rejected_once_it_expires(pool: PgPool) {
     let router = app(&clerk, pool.clone());
 
     // Valid for one more second.
-    let token = issuer.token_for("user_short").claim("exp", now() + 1).build();
-    assert_eq!(get_with_token(&router, "/me", Some(&token)).await.status, StatusCode::OK);
+    let token = issuer
+        .token_for("user_short")
+        .claim("exp", now() + 1)
+        .build();
+    assert_eq!(
+        get_with_token(&router, "/me", Some(&token)).await.status,
+        StatusCode::OK
+    );
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let reply = get_with_token(&router, "/me", Some(&token)).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
@@ -244,9 +290,18 @@ async fn policies_can_require_azp_or_allow_pending_sessions(pool: PgPool) {
         b.allow_pending_sessions(true)
     });
     let router = app(&lenient, pool.clone());
-    let pending = issuer.token_for("user_pending").claim("sts", "pending").build();
-    assert_eq!(get_with_token(&router, "/me", Some(&no_azp)).await.status, StatusCode::OK);
-    assert_eq!(get_with_token(&router, "/me", Some(&pending)).await.status, StatusCode::OK);
+    let pending = issuer
+        .token_for("user_pending")
+        .claim("sts", "pending")
+        .build();
+    assert_eq!(
+        get_with_token(&router, "/me", Some(&no_azp)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_with_token(&router, "/me", Some(&pending)).await.status,
+        StatusCode::OK
+    );
     assert_eq!(user_rows(&pool).await, 2);
 }
 

@@ -41,13 +41,19 @@ async fn insert_then_update_is_idempotent(pool: PgPool) {
     let store = PgUserStore::new(pool.clone());
     let snapshot = profile("user_1", Some("a@example.com"), Some(1_000));
     assert_eq!(store.upsert(&snapshot).await.unwrap(), active("free", true));
-    assert_eq!(store.upsert(&snapshot).await.unwrap(), active("free", false));
+    assert_eq!(
+        store.upsert(&snapshot).await.unwrap(),
+        active("free", false)
+    );
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
         .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(count, 1);
-    assert_eq!(email(&pool, "user_1").await.as_deref(), Some("a@example.com"));
+    assert_eq!(
+        email(&pool, "user_1").await.as_deref(),
+        Some("a@example.com")
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -63,7 +69,10 @@ async fn older_snapshot_never_overwrites_a_newer_one(pool: PgPool) {
         .upsert(&profile("user_1", Some("old@example.com"), Some(1_000)))
         .await
         .unwrap();
-    assert_eq!(email(&pool, "user_1").await.as_deref(), Some("new@example.com"));
+    assert_eq!(
+        email(&pool, "user_1").await.as_deref(),
+        Some("new@example.com")
+    );
     let version: i64 = sqlx::query_scalar(
         "SELECT (extract(epoch FROM clerk_updated_at) * 1000)::bigint FROM users",
     )
@@ -83,7 +92,10 @@ async fn older_snapshot_never_overwrites_a_newer_one(pool: PgPool) {
         .upsert(&profile("user_1", Some("newest@example.com"), Some(3_000)))
         .await
         .unwrap();
-    assert_eq!(email(&pool, "user_1").await.as_deref(), Some("newest@example.com"));
+    assert_eq!(
+        email(&pool, "user_1").await.as_deref(),
+        Some("newest@example.com")
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -118,9 +130,16 @@ async fn unversioned_snapshot_does_not_overwrite_a_versioned_row(pool: PgPool) {
         .upsert(&profile("user_1", Some("first@example.com"), None))
         .await
         .unwrap();
-    assert_eq!(email(&pool, "user_1").await.as_deref(), Some("first@example.com"));
+    assert_eq!(
+        email(&pool, "user_1").await.as_deref(),
+        Some("first@example.com")
+    );
     store
-        .upsert(&profile("user_1", Some("versioned@example.com"), Some(5_000)))
+        .upsert(&profile(
+            "user_1",
+            Some("versioned@example.com"),
+            Some(5_000),
+        ))
         .await
         .unwrap();
     // ...but never overrides a versioned one.
@@ -128,7 +147,10 @@ async fn unversioned_snapshot_does_not_overwrite_a_versioned_row(pool: PgPool) {
         .upsert(&profile("user_1", Some("stale@example.com"), None))
         .await
         .unwrap();
-    assert_eq!(email(&pool, "user_1").await.as_deref(), Some("versioned@example.com"));
+    assert_eq!(
+        email(&pool, "user_1").await.as_deref(),
+        Some("versioned@example.com")
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -171,12 +193,17 @@ async fn deleted_user_is_not_resurrected_or_changed(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn custom_table_names_are_validated_and_used(pool: PgPool) {
     clerk_sync::migrate(&pool).await.unwrap();
-    sqlx::query("CREATE SCHEMA app").execute(&pool).await.unwrap();
+    sqlx::query("CREATE SCHEMA app")
+        .execute(&pool)
+        .await
+        .unwrap();
     sqlx::query("CREATE TABLE app.members (LIKE public.users INCLUDING ALL)")
         .execute(&pool)
         .await
         .unwrap();
-    let store = PgUserStore::new(pool.clone()).with_table("app.members").unwrap();
+    let store = PgUserStore::new(pool.clone())
+        .with_table("app.members")
+        .unwrap();
     assert_eq!(
         store.upsert(&UserProfile::new("user_1")).await.unwrap(),
         active("free", true)
@@ -191,7 +218,14 @@ async fn custom_table_names_are_validated_and_used(pool: PgPool) {
         .unwrap();
     assert_eq!((members, users), (1, 0));
 
-    for bad in ["users; DROP TABLE users", "a.b.c", "", "1users", "us\"ers", "app."] {
+    for bad in [
+        "users; DROP TABLE users",
+        "a.b.c",
+        "",
+        "1users",
+        "us\"ers",
+        "app.",
+    ] {
         let error = PgUserStore::new(pool.clone()).with_table(bad).unwrap_err();
         assert_eq!(error.setting(), "table", "{bad}");
     }
@@ -211,5 +245,8 @@ async fn migrations_are_rerunnable_and_kept_apart_from_the_apps(pool: PgPool) {
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(app_table, None, "the app's own migration table is untouched");
+    assert_eq!(
+        app_table, None,
+        "the app's own migration table is untouched"
+    );
 }

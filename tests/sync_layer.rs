@@ -33,7 +33,12 @@ async fn first_request_creates_the_row_before_the_handler_runs(pool: PgPool) {
     assert_eq!(reply.body["user_id"], "user_first");
     assert_eq!(reply.body["tier"], "free");
     assert_eq!(reply.body["synced"], true);
-    assert!(reply.body["session_id"].as_str().unwrap().starts_with("sess_"));
+    assert!(
+        reply.body["session_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("sess_")
+    );
     // Read by the handler from the database: the row was there before it ran.
     assert_eq!(reply.body["row_tier"], "free");
     assert_eq!(reply.body["row_email"], "first@example.com");
@@ -49,13 +54,19 @@ async fn repeated_token_does_no_sql_and_no_signature_check(pool: PgPool) {
     let router = app(&clerk, pool.clone());
     let token = issuer.token("user_repeat");
 
-    assert_eq!(get_with_token(&router, "/me", Some(&token)).await.status, StatusCode::OK);
+    assert_eq!(
+        get_with_token(&router, "/me", Some(&token)).await.status,
+        StatusCode::OK
+    );
     let after_first = clerk.stats();
     assert_eq!(after_first.tokens_verified, 1);
     assert_eq!(after_first.upserts_ok, 1);
 
     for _ in 0..5 {
-        assert_eq!(get_with_token(&router, "/me", Some(&token)).await.status, StatusCode::OK);
+        assert_eq!(
+            get_with_token(&router, "/me", Some(&token)).await.status,
+            StatusCode::OK
+        );
     }
     let stats = clerk.stats();
     assert_eq!(stats.tokens_verified, 1, "no second RSA verification");
@@ -75,7 +86,10 @@ async fn new_token_for_a_synced_user_verifies_but_does_not_upsert(pool: PgPool) 
 
     for _ in 0..3 {
         let token = issuer.token("user_refreshing");
-        assert_eq!(get_with_token(&router, "/me", Some(&token)).await.status, StatusCode::OK);
+        assert_eq!(
+            get_with_token(&router, "/me", Some(&token)).await.status,
+            StatusCode::OK
+        );
     }
     assert_eq!(clerk.stats().tokens_verified, 3);
     assert_eq!(store.calls(), 1);
@@ -149,7 +163,10 @@ async fn session_cookie_authenticates_like_the_header(pool: PgPool) {
     let request = Request::get("/me")
         .header(
             header::COOKIE,
-            format!("__client_uat=1700000000; __session={}", issuer.token("user_cookie")),
+            format!(
+                "__client_uat=1700000000; __session={}",
+                issuer.token("user_cookie")
+            ),
         )
         .body(Body::empty())
         .unwrap();
@@ -158,7 +175,10 @@ async fn session_cookie_authenticates_like_the_header(pool: PgPool) {
     assert_eq!(reply.body["row_tier"], "free");
 
     let lower = Request::get("/me")
-        .header(header::AUTHORIZATION, format!("bearer {}", issuer.token("user_lower")))
+        .header(
+            header::AUTHORIZATION,
+            format!("bearer {}", issuer.token("user_lower")),
+        )
         .body(Body::empty())
         .unwrap();
     assert_eq!(send(&router, lower).await.status, StatusCode::OK);
@@ -189,11 +209,19 @@ async fn optional_layer_passes_anonymous_requests_but_not_bad_tokens(pool: PgPoo
 #[sqlx::test(migrations = false)]
 async fn extractor_without_the_layer_says_how_to_fix_it(pool: PgPool) {
     clerk_sync::migrate(&pool).await.unwrap();
-    let router = Router::new().route("/me", get(|user: ClerkUser| async move { user.user_id().to_owned() }));
+    let router = Router::new().route(
+        "/me",
+        get(|user: ClerkUser| async move { user.user_id().to_owned() }),
+    );
     let reply = get_with_token(&router, "/me", Some("a.b.c")).await;
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(error_code(&reply), "clerk_layer_missing");
-    assert!(reply.body["message"].as_str().unwrap().contains("ClerkSyncLayer"));
+    assert!(
+        reply.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("ClerkSyncLayer")
+    );
     assert_eq!(user_rows(&pool).await, 0);
 }
 
@@ -203,7 +231,10 @@ async fn layer_works_inside_a_service_builder(pool: PgPool) {
     let issuer = DevIssuer::start().await.unwrap();
     let clerk = clerk(&issuer, PgUserStore::new(pool.clone()), |b| b);
     let router = Router::new()
-        .route("/me", get(|user: ClerkUser| async move { user.tier().to_owned() }))
+        .route(
+            "/me",
+            get(|user: ClerkUser| async move { user.tier().to_owned() }),
+        )
         .layer(ServiceBuilder::new().layer(clerk.layer()));
     let reply = get_with_token(&router, "/me", Some(&issuer.token("user_sb"))).await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -217,14 +248,20 @@ async fn tier_changes_apply_after_invalidate(pool: PgPool) {
     let clerk = clerk(&issuer, PgUserStore::new(pool.clone()), |b| b);
     let router = app(&clerk, pool.clone());
     let token = issuer.token("user_upgrade");
-    assert_eq!(get_with_token(&router, "/me", Some(&token)).await.body["tier"], "free");
+    assert_eq!(
+        get_with_token(&router, "/me", Some(&token)).await.body["tier"],
+        "free"
+    );
 
     sqlx::query("UPDATE users SET tier = 'pro' WHERE id = 'user_upgrade'")
         .execute(&pool)
         .await
         .unwrap();
     // Cached until told otherwise...
-    assert_eq!(get_with_token(&router, "/me", Some(&token)).await.body["tier"], "free");
+    assert_eq!(
+        get_with_token(&router, "/me", Some(&token)).await.body["tier"],
+        "free"
+    );
     clerk.invalidate("user_upgrade").await;
     // ...and the upsert returns the stored tier without changing it.
     let reply = get_with_token(&router, "/me", Some(&token)).await;

@@ -68,7 +68,10 @@ impl Syncer {
     }
 
     /// The user's tier and whether the row is known to exist.
-    pub(crate) async fn ensure(&self, claims: &SessionClaims) -> Result<(Arc<str>, bool), AuthError> {
+    pub(crate) async fn ensure(
+        &self,
+        claims: &SessionClaims,
+    ) -> Result<(Arc<str>, bool), AuthError> {
         if let Some(tier) = self.cache.get(claims.sub.as_str()).await {
             Counters::bump(&self.counters.user_cache_hits);
             tracing::trace!(user.id = %claims.sub, "synced-user cache hit");

@@ -170,7 +170,10 @@ mod tests {
         assert_eq!(profile.id, "user_1");
         assert_eq!(profile.email.as_deref(), Some("a@example.com"));
         assert_eq!(profile.first_name.as_deref(), Some("Ada"));
-        assert_eq!(profile.username, None, "empty strings are unknown, not values");
+        assert_eq!(
+            profile.username, None,
+            "empty strings are unknown, not values"
+        );
         assert_eq!(profile.version_ms, Some(100_000));
     }
 

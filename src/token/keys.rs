@@ -137,7 +137,11 @@ impl JwksKeys {
         self.lookup_after_refresh(kid, failed)
     }
 
-    fn lookup_after_refresh(&self, kid: &str, fetch_failed: bool) -> Result<Arc<DecodingKey>, AuthError> {
+    fn lookup_after_refresh(
+        &self,
+        kid: &str,
+        fetch_failed: bool,
+    ) -> Result<Arc<DecodingKey>, AuthError> {
         let set = self.current();
         match set.keys.get(kid) {
             Some(key) => Ok(key.clone()),

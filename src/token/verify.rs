@@ -257,15 +257,13 @@ fn jwt_error(kind: ErrorKind) -> AuthError {
         }
         ErrorKind::InvalidAlgorithm
         | ErrorKind::InvalidAlgorithmName
-        | ErrorKind::MissingAlgorithm => {
-            AuthError::bad_signature("only RS256 tokens are accepted")
-        }
+        | ErrorKind::MissingAlgorithm => AuthError::bad_signature("only RS256 tokens are accepted"),
         ErrorKind::MissingRequiredClaim(claim) => {
             AuthError::MalformedToken(Cow::Owned(format!("the `{claim}` claim is missing")))
         }
-        ErrorKind::InvalidClaimFormat(claim) => {
-            AuthError::MalformedToken(Cow::Owned(format!("the `{claim}` claim has the wrong type")))
-        }
+        ErrorKind::InvalidClaimFormat(claim) => AuthError::MalformedToken(Cow::Owned(format!(
+            "the `{claim}` claim has the wrong type"
+        ))),
         ErrorKind::Json(_) => {
             AuthError::malformed("the claims are not JSON, or a claim is missing or mistyped")
         }
@@ -289,7 +287,11 @@ mod tests {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":"ins_1","cat":"x"}"#);
         let parsed = parse_header(&format!("{header}.e30.sig")).unwrap();
         assert_eq!(
-            (parsed.alg.as_str(), parsed.kid.as_deref(), parsed.cat.as_deref()),
+            (
+                parsed.alg.as_str(),
+                parsed.kid.as_deref(),
+                parsed.cat.as_deref()
+            ),
             ("RS256", Some("ins_1"), Some("x"))
         );
     }

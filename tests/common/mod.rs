@@ -58,7 +58,9 @@ pub fn clerk(
     tweak: impl FnOnce(ClerkSyncBuilder) -> ClerkSyncBuilder,
 ) -> ClerkSync {
     let config = issuer.config().build().unwrap();
-    tweak(ClerkSync::builder(config).store(store)).build().unwrap()
+    tweak(ClerkSync::builder(config).store(store))
+        .build()
+        .unwrap()
 }
 
 /// `/me` behind the layer: the handler reads the user's row from the database, so a 200

@@ -81,9 +81,12 @@ impl PgUserStore {
     fn build(pool: PgPool, table: &str) -> Self {
         // A field is replaced only by a known value from a snapshot at least as new as the
         // stored one; `>=` makes redelivery of the same snapshot a no-op rather than a skip.
-        let newer = "(u.clerk_updated_at IS NULL OR EXCLUDED.clerk_updated_at >= u.clerk_updated_at)";
+        let newer =
+            "(u.clerk_updated_at IS NULL OR EXCLUDED.clerk_updated_at >= u.clerk_updated_at)";
         let field = |name: &str| {
-            format!("{name} = CASE WHEN {newer} THEN COALESCE(EXCLUDED.{name}, u.{name}) ELSE u.{name} END")
+            format!(
+                "{name} = CASE WHEN {newer} THEN COALESCE(EXCLUDED.{name}, u.{name}) ELSE u.{name} END"
+            )
         };
         let upsert_sql = format!(
             "INSERT INTO {table} AS u \
