@@ -204,8 +204,8 @@ impl ClerkSyncBuilder {
         self
     }
 
-    /// Most tokens kept in the verified-token cache; each lives until its `exp`.
-    /// Default: 100,000.
+    /// Most tokens kept in the verified-token cache; each lives until its `exp`. `0` turns
+    /// the cache off: every request pays one RSA verification. Default: 100,000.
     pub fn token_cache_capacity(mut self, capacity: u64) -> Self {
         self.token_cache_capacity = capacity;
         self

@@ -268,3 +268,23 @@ async fn tier_changes_apply_after_invalidate(pool: PgPool) {
     assert_eq!(reply.body["tier"], "pro");
     assert_eq!(reply.body["row_tier"], "pro");
 }
+
+#[sqlx::test(migrations = false)]
+async fn token_cache_capacity_zero_verifies_every_request(pool: PgPool) {
+    clerk_sync::migrate(&pool).await.unwrap();
+    let issuer = DevIssuer::start().await.unwrap();
+    let store = CountingStore::new(pool.clone());
+    let clerk = clerk(&issuer, store.clone(), |b| b.token_cache_capacity(0));
+    let router = app(&clerk, pool.clone());
+    let token = issuer.token("user_nocache");
+    for _ in 0..3 {
+        assert_eq!(
+            get_with_token(&router, "/me", Some(&token)).await.status,
+            StatusCode::OK
+        );
+    }
+    let stats = clerk.stats();
+    assert_eq!((stats.tokens_verified, stats.token_cache_hits), (3, 0));
+    assert_eq!(clerk.verifier().cached_tokens(), 0);
+    assert_eq!(store.calls(), 1, "the user cache still works");
+}

@@ -68,7 +68,8 @@ struct Inner {
     authorized_parties: Vec<String>,
     azp_policy: AuthorizedPartyPolicy,
     allow_pending_sessions: bool,
-    cache: Cache<Box<str>, Arc<SessionClaims>>,
+    // `None` when the capacity is 0: every request is verified.
+    cache: Option<Cache<Box<str>, Arc<SessionClaims>>>,
     counters: Arc<Counters>,
 }
 
@@ -78,7 +79,7 @@ impl std::fmt::Debug for Verifier {
             .field("issuer", &self.inner.validation.iss)
             .field("leeway", &self.inner.leeway)
             .field("azp_policy", &self.inner.azp_policy)
-            .field("cached_tokens", &self.inner.cache.entry_count())
+            .field("cached_tokens", &self.cached_tokens())
             .finish_non_exhaustive()
     }
 }
@@ -134,10 +135,12 @@ impl Verifier {
             None => validation.set_required_spec_claims(&["exp", "sub"]),
         }
         let leeway = i64::try_from(options.leeway_secs).unwrap_or(i64::MAX);
-        let cache = Cache::builder()
-            .max_capacity(options.token_cache_capacity)
-            .expire_after(UntilExpiry { leeway })
-            .build();
+        let cache = (options.token_cache_capacity > 0).then(|| {
+            Cache::builder()
+                .max_capacity(options.token_cache_capacity)
+                .expire_after(UntilExpiry { leeway })
+                .build()
+        });
         Self {
             inner: Arc::new(Inner {
                 keys,
@@ -158,18 +161,20 @@ impl Verifier {
     /// signature work; concurrent first uses of one token share one verification.
     pub async fn verify(&self, token: &str) -> Result<Arc<SessionClaims>, AuthError> {
         let inner = &self.inner;
-        if let Some(claims) = inner.cache.get(token).await {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::malformed("the token is longer than 16 KiB"));
+        }
+        let Some(cache) = &inner.cache else {
+            return self.verify_uncached(token).await;
+        };
+        if let Some(claims) = cache.get(token).await {
             if claims.exp.saturating_add(inner.leeway) < unix_now() {
                 return Err(AuthError::TokenExpired);
             }
             Counters::bump(&inner.counters.token_cache_hits);
             return Ok(claims);
         }
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(AuthError::malformed("the token is longer than 16 KiB"));
-        }
-        inner
-            .cache
+        cache
             .try_get_with(token.into(), self.verify_uncached(token))
             .await
             .map_err(|error| (*error).clone())
@@ -229,7 +234,7 @@ impl Verifier {
 
     /// Number of tokens in the verified-token cache (approximate, as moka counts).
     pub fn cached_tokens(&self) -> u64 {
-        self.inner.cache.entry_count()
+        self.inner.cache.as_ref().map_or(0, Cache::entry_count)
     }
 }
 
