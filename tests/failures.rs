@@ -15,8 +15,14 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A pool that reaches the test database through a proxy the test can cut.
-async fn proxied_pool(options: &PgConnectOptions) -> (TcpProxy, PgPool) {
+/// Migrates the test database and returns the proxy, a pool that reaches the database through
+/// it, and a direct pool for the handler and the assertions.
+async fn proxied_pool(options: &PgConnectOptions) -> (TcpProxy, PgPool, PgPool) {
+    let direct = PgPoolOptions::new()
+        .connect_with(options.clone())
+        .await
+        .unwrap();
+    clerk_sync::migrate(&direct).await.unwrap();
     let upstream = tokio::net::lookup_host((options.get_host(), options.get_port()))
         .await
         .unwrap()
@@ -29,17 +35,12 @@ async fn proxied_pool(options: &PgConnectOptions) -> (TcpProxy, PgPool) {
         .connect_with(options.clone().host("127.0.0.1").port(proxy.addr.port()))
         .await
         .unwrap();
-    (proxy, pool)
+    (proxy, pool, direct)
 }
 
 #[sqlx::test(migrations = false)]
 async fn outage_gives_fast_503s_then_recovers(_: PgPoolOptions, options: PgConnectOptions) {
-    let direct = PgPoolOptions::new()
-        .connect_with(options.clone())
-        .await
-        .unwrap();
-    clerk_sync::migrate(&direct).await.unwrap();
-    let (proxy, pool) = proxied_pool(&options).await;
+    let (proxy, pool, direct) = proxied_pool(&options).await;
     let issuer = DevIssuer::start().await.unwrap();
     let clerk = clerk(&issuer, PgUserStore::new(pool.clone()), |b| b);
     let router = app(&clerk, direct.clone());
@@ -90,12 +91,7 @@ async fn outage_gives_fast_503s_then_recovers(_: PgPoolOptions, options: PgConne
 
 #[sqlx::test(migrations = false)]
 async fn fail_open_passes_unsynced_users_through(_: PgPoolOptions, options: PgConnectOptions) {
-    let direct = PgPoolOptions::new()
-        .connect_with(options.clone())
-        .await
-        .unwrap();
-    clerk_sync::migrate(&direct).await.unwrap();
-    let (proxy, pool) = proxied_pool(&options).await;
+    let (proxy, pool, direct) = proxied_pool(&options).await;
     let issuer = DevIssuer::start().await.unwrap();
     let clerk = clerk(&issuer, PgUserStore::new(pool.clone()), |b| {
         b.failure_policy(FailurePolicy::Open).default_tier("basic")

@@ -7,19 +7,22 @@ use std::time::Duration;
 
 use clerk_sync::testing::DevIssuer;
 use clerk_sync::{ClerkConfig, ClerkSync, PgUserStore};
-use common::{app, clerk, error_code, get_with_token, user_rows};
+use common::{Harness, app, clerk, error_code, get_with_token, user_rows};
 use http::{StatusCode, header};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 
 #[sqlx::test(migrations = false)]
 async fn rotated_key_is_accepted_after_one_refetch(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
-    let issuer = DevIssuer::start().await.unwrap();
-    let clerk = clerk(&issuer, PgUserStore::new(pool.clone()), |b| {
+    let Harness {
+        issuer,
+        clerk,
+        router,
+        ..
+    } = Harness::start(&pool, |b| {
         b.jwks_min_refresh_interval(Duration::from_millis(300))
-    });
-    let router = app(&clerk, pool.clone());
+    })
+    .await;
 
     let old = issuer.token("user_old_key");
     assert_eq!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::Body;
 use clerk_sync::testing::DevIssuer;
 use clerk_sync::{AuthorizedPartyPolicy, ClerkConfig, ClerkSync, PgUserStore};
-use common::{CountingStore, app, clerk, error_code, get_with_token, send, user_rows};
+use common::{CountingStore, Harness, app, clerk, error_code, get_with_token, send, user_rows};
 use http::{Request, StatusCode, header};
 use sqlx::PgPool;
 
@@ -42,11 +42,12 @@ async fn assert_rejected(
 
 #[sqlx::test(migrations = false)]
 async fn bad_tokens_are_rejected_without_touching_the_database(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
-    let issuer = DevIssuer::start().await.unwrap();
-    let store = CountingStore::new(pool.clone());
-    let clerk = clerk(&issuer, store.clone(), |b| b);
-    let router = app(&clerk, pool.clone());
+    let Harness {
+        issuer,
+        store,
+        clerk,
+        router,
+    } = Harness::start(&pool, |b| b).await;
     let pem = issuer.public_key_pem();
     let valid = issuer.token("user_victim");
     let truncated = &valid[..valid.len() / 2];
@@ -206,11 +207,7 @@ async fn bad_tokens_are_rejected_without_touching_the_database(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn leeway_is_five_seconds_not_sixty(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
-    let issuer = DevIssuer::start().await.unwrap();
-    let store = CountingStore::new(pool.clone());
-    let clerk = clerk(&issuer, store.clone(), |b| b);
-    let router = app(&clerk, pool.clone());
+    let Harness { issuer, router, .. } = Harness::start(&pool, |b| b).await;
 
     let four_past = issuer.token_for("user_edge").expired_for(4).build();
     let reply = get_with_token(&router, "/me", Some(&four_past)).await;
@@ -233,11 +230,7 @@ async fn leeway_is_five_seconds_not_sixty(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn cached_token_is_rejected_once_it_expires(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
-    let issuer = DevIssuer::start().await.unwrap();
-    let store = CountingStore::new(pool.clone());
-    let clerk = clerk(&issuer, store.clone(), |b| b.leeway(Duration::ZERO));
-    let router = app(&clerk, pool.clone());
+    let Harness { issuer, router, .. } = Harness::start(&pool, |b| b.leeway(Duration::ZERO)).await;
 
     // Valid for one more second.
     let token = issuer
@@ -256,10 +249,7 @@ async fn cached_token_is_rejected_once_it_expires(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn other_authorization_schemes_are_malformed(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
-    let issuer = DevIssuer::start().await.unwrap();
-    let clerk = clerk(&issuer, PgUserStore::new(pool.clone()), |b| b);
-    let router = app(&clerk, pool.clone());
+    let Harness { router, .. } = Harness::start(&pool, |b| b).await;
     let oversized = format!("Bearer {}", "a".repeat(16 * 1024 + 1));
     for value in ["Basic dXNlcjpwYXNz", "Bearer ", oversized.as_str()] {
         let request = Request::get("/me")

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::routing::get;
 use clerk_sync::testing::DevIssuer;
 use clerk_sync::{ClerkUser, PgUserStore};
-use common::{CountingStore, app, clerk, error_code, get_with_token, send, user_rows};
+use common::{Harness, app, clerk, error_code, get_with_token, send, user_rows};
 use http::{Request, StatusCode, header};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -17,11 +17,12 @@ use tower::ServiceBuilder;
 
 #[sqlx::test(migrations = false)]
 async fn first_request_creates_the_row_before_the_handler_runs(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
-    let issuer = DevIssuer::start().await.unwrap();
-    let store = CountingStore::new(pool.clone());
-    let clerk = clerk(&issuer, store.clone(), |b| b);
-    let router = app(&clerk, pool.clone());
+    let Harness {
+        issuer,
+        store,
+        router,
+        ..
+    } = Harness::start(&pool, |b| b).await;
 
     let token = issuer
         .token_for("user_first")
@@ -47,11 +48,12 @@ async fn first_request_creates_the_row_before_the_handler_runs(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn repeated_token_does_no_sql_and_no_signature_check(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
-    let issuer = DevIssuer::start().await.unwrap();
-    let store = CountingStore::new(pool.clone());
-    let clerk = clerk(&issuer, store.clone(), |b| b);
-    let router = app(&clerk, pool.clone());
+    let Harness {
+        issuer,
+        store,
+        clerk,
+        router,
+    } = Harness::start(&pool, |b| b).await;
     let token = issuer.token("user_repeat");
 
     assert_eq!(
@@ -78,11 +80,12 @@ async fn repeated_token_does_no_sql_and_no_signature_check(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn new_token_for_a_synced_user_verifies_but_does_not_upsert(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
-    let issuer = DevIssuer::start().await.unwrap();
-    let store = CountingStore::new(pool.clone());
-    let clerk = clerk(&issuer, store.clone(), |b| b);
-    let router = app(&clerk, pool.clone());
+    let Harness {
+        issuer,
+        store,
+        clerk,
+        router,
+    } = Harness::start(&pool, |b| b).await;
 
     for _ in 0..3 {
         let token = issuer.token("user_refreshing");
@@ -97,11 +100,12 @@ async fn new_token_for_a_synced_user_verifies_but_does_not_upsert(pool: PgPool) 
 
 #[sqlx::test(migrations = false)]
 async fn concurrent_first_requests_run_one_upsert_per_user(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
-    let issuer = DevIssuer::start().await.unwrap();
-    let store = CountingStore::new(pool.clone());
-    let clerk = clerk(&issuer, store.clone(), |b| b);
-    let router = app(&clerk, pool.clone());
+    let Harness {
+        issuer,
+        store,
+        clerk,
+        router,
+    } = Harness::start(&pool, |b| b).await;
 
     // 200 requests, 10 per user, each with its own fresh token.
     let mut requests = JoinSet::new();
@@ -155,10 +159,7 @@ async fn deleted_user_gets_403_and_the_row_is_unchanged(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn session_cookie_authenticates_like_the_header(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
-    let issuer = DevIssuer::start().await.unwrap();
-    let clerk = clerk(&issuer, PgUserStore::new(pool.clone()), |b| b);
-    let router = app(&clerk, pool.clone());
+    let Harness { issuer, router, .. } = Harness::start(&pool, |b| b).await;
 
     let request = Request::get("/me")
         .header(
@@ -187,10 +188,7 @@ async fn session_cookie_authenticates_like_the_header(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn optional_layer_passes_anonymous_requests_but_not_bad_tokens(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
-    let issuer = DevIssuer::start().await.unwrap();
-    let clerk = clerk(&issuer, PgUserStore::new(pool.clone()), |b| b);
-    let router = app(&clerk, pool.clone());
+    let Harness { issuer, router, .. } = Harness::start(&pool, |b| b).await;
 
     let anonymous = get_with_token(&router, "/anon", None).await;
     assert_eq!(anonymous.status, StatusCode::OK);
@@ -243,10 +241,12 @@ async fn layer_works_inside_a_service_builder(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn tier_changes_apply_after_invalidate(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
-    let issuer = DevIssuer::start().await.unwrap();
-    let clerk = clerk(&issuer, PgUserStore::new(pool.clone()), |b| b);
-    let router = app(&clerk, pool.clone());
+    let Harness {
+        issuer,
+        clerk,
+        router,
+        ..
+    } = Harness::start(&pool, |b| b).await;
     let token = issuer.token("user_upgrade");
     assert_eq!(
         get_with_token(&router, "/me", Some(&token)).await.body["tier"],
@@ -271,11 +271,12 @@ async fn tier_changes_apply_after_invalidate(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn token_cache_capacity_zero_verifies_every_request(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
-    let issuer = DevIssuer::start().await.unwrap();
-    let store = CountingStore::new(pool.clone());
-    let clerk = clerk(&issuer, store.clone(), |b| b.token_cache_capacity(0));
-    let router = app(&clerk, pool.clone());
+    let Harness {
+        issuer,
+        store,
+        clerk,
+        router,
+    } = Harness::start(&pool, |b| b.token_cache_capacity(0)).await;
     let token = issuer.token("user_nocache");
     for _ in 0..3 {
         assert_eq!(

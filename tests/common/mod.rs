@@ -204,3 +204,31 @@ impl Drop for TcpProxy {
         self.task.abort();
     }
 }
+
+/// A migrated database, a dev issuer, a counting store over the real Postgres store, a
+/// `ClerkSync` with `tweak` applied, and the `/me` app.
+pub struct Harness {
+    pub issuer: DevIssuer,
+    pub store: CountingStore,
+    pub clerk: ClerkSync,
+    pub router: Router,
+}
+
+impl Harness {
+    pub async fn start(
+        pool: &PgPool,
+        tweak: impl FnOnce(ClerkSyncBuilder) -> ClerkSyncBuilder,
+    ) -> Self {
+        clerk_sync::migrate(pool).await.unwrap();
+        let issuer = DevIssuer::start().await.unwrap();
+        let store = CountingStore::new(pool.clone());
+        let clerk = clerk(&issuer, store.clone(), tweak);
+        let router = app(&clerk, pool.clone());
+        Self {
+            issuer,
+            store,
+            clerk,
+            router,
+        }
+    }
+}
