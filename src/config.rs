@@ -61,6 +61,32 @@ pub struct ClerkConfig {
     pub(crate) authorized_parties: Vec<String>,
     pub(crate) secret_key: Option<Secret>,
     pub(crate) api_url: String,
+    pub(crate) webhook_secret: Option<WebhookSecret>,
+}
+
+/// The key of a Svix webhook endpoint (`whsec_` + base64), decoded; `Debug` is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct WebhookSecret(pub(crate) Vec<u8>);
+
+impl fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WebhookSecret(\"[redacted]\")")
+    }
+}
+
+impl WebhookSecret {
+    /// Svix's format: an optional `whsec_` prefix, then standard base64 of the key bytes.
+    pub(crate) fn parse(value: &str) -> Result<Self, ConfigError> {
+        let value = value.trim();
+        let encoded = value.strip_prefix("whsec_").unwrap_or(value);
+        match general_purpose::STANDARD.decode(encoded) {
+            Ok(key) if !key.is_empty() => Ok(Self(key)),
+            _ => Err(ConfigError::new(
+                "CLERK_WEBHOOK_SIGNING_SECRET",
+                "expected `whsec_` followed by base64, as shown in Clerk's dashboard",
+            )),
+        }
+    }
 }
 
 impl ClerkConfig {
@@ -80,6 +106,7 @@ impl ClerkConfig {
     /// | `CLERK_ISSUER` | explicit issuer, overrides the one decoded from the publishable key |
     /// | `CLERK_AUTHORIZED_PARTIES` | comma-separated origins accepted in `azp` |
     /// | `CLERK_API_URL` | Backend API base URL, default `https://api.clerk.com` |
+    /// | `CLERK_WEBHOOK_SIGNING_SECRET` | `whsec_...`; enables [`crate::ClerkSync::webhook_router`] |
     ///
     /// Empty variables count as unset. The error names the variable at fault.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -110,6 +137,9 @@ impl ClerkConfig {
         }
         if let Some(value) = get("CLERK_API_URL") {
             builder = builder.api_url(value);
+        }
+        if let Some(value) = get("CLERK_WEBHOOK_SIGNING_SECRET") {
+            builder = builder.webhook_signing_secret(value);
         }
         builder.build()
     }
@@ -156,6 +186,7 @@ pub struct ClerkConfigBuilder {
     skip_issuer_check: bool,
     authorized_parties: Vec<String>,
     api_url: Option<String>,
+    webhook_secret: Option<Secret>,
 }
 
 impl fmt::Debug for ClerkConfigBuilder {
@@ -166,6 +197,7 @@ impl fmt::Debug for ClerkConfigBuilder {
             .field("jwks_url", &self.jwks_url)
             .field("issuer", &self.issuer)
             .field("authorized_parties", &self.authorized_parties)
+            .field("webhook_secret", &self.webhook_secret)
             .finish_non_exhaustive()
     }
 }
@@ -228,8 +260,20 @@ impl ClerkConfigBuilder {
         self
     }
 
+    /// `CLERK_WEBHOOK_SIGNING_SECRET`: the endpoint's `whsec_...` signing secret.
+    /// Default: unset (no webhook endpoint).
+    pub fn webhook_signing_secret(mut self, secret: impl Into<String>) -> Self {
+        self.webhook_secret = Some(Secret::new(secret));
+        self
+    }
+
     /// Checks the settings and applies the precedence rules.
     pub fn build(self) -> Result<ClerkConfig, ConfigError> {
+        let webhook_secret = self
+            .webhook_secret
+            .as_ref()
+            .map(|secret| WebhookSecret::parse(secret.expose()))
+            .transpose()?;
         let frontend_host = self
             .publishable_key
             .as_deref()
@@ -299,6 +343,7 @@ impl ClerkConfigBuilder {
             authorized_parties: self.authorized_parties,
             secret_key: self.secret_key,
             api_url,
+            webhook_secret,
         })
     }
 }
@@ -496,6 +541,8 @@ lwIDAQAB
             ("CLERK_ISSUER", "clerk.example.com"),
             ("CLERK_SECRET_KEY", "pk_oops"),
             ("CLERK_API_URL", "api.clerk.com"),
+            ("CLERK_WEBHOOK_SIGNING_SECRET", "whsec_not base64!"),
+            ("CLERK_WEBHOOK_SIGNING_SECRET", "whsec_"),
         ];
         for (name, value) in cases {
             let error = from_vars(&[("CLERK_PUBLISHABLE_KEY", &pk), (name, value)]).unwrap_err();
@@ -535,10 +582,19 @@ lwIDAQAB
         let config = from_vars(&[
             ("CLERK_PUBLISHABLE_KEY", &pk("clerk.example.com")),
             ("CLERK_SECRET_KEY", "sk_test_very_secret"),
+            (
+                "CLERK_WEBHOOK_SIGNING_SECRET",
+                "whsec_c2VjcmV0LXdlYmhvb2sta2V5",
+            ),
         ])
         .unwrap();
         let debug = format!("{config:?}");
         assert!(!debug.contains("very_secret"), "{debug}");
+        assert!(!debug.contains("c2VjcmV0"), "{debug}");
+        assert_eq!(
+            config.webhook_secret.map(|s| s.0),
+            Some(b"secret-webhook-key".to_vec())
+        );
         assert!(debug.contains("[redacted]"));
     }
 }

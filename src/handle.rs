@@ -4,19 +4,24 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use http::HeaderMap;
+use tokio::sync::watch;
 
-use crate::config::ClerkConfig;
+use crate::config::{ClerkConfig, WebhookSecret};
 use crate::error::{AuthError, ConfigError};
 use crate::extract::ClerkUser;
 use crate::layer::{ClerkSyncLayer, Mode};
 use crate::stats::{Counters, Stats};
 use crate::sync::cache::{SyncOptions, Syncer};
-use crate::sync::{FailurePolicy, ProfileClaims, UserStore};
+use crate::sync::{
+    FailurePolicy, ProfileClaims, StoreError, UserChange, UserStore, WebhookOutcome,
+};
 use crate::token::extract::token_from_headers;
 use crate::token::keys::{KeyOptions, KeyStore};
 use crate::token::verify::VerifierOptions;
 use crate::token::{AuthorizedPartyPolicy, Verifier};
+use crate::webhook::{self, WebhookError};
 
 /// Verifies Clerk session tokens and keeps users synced; cheap to clone (an `Arc` inside).
 ///
@@ -31,6 +36,9 @@ struct Inner {
     verifier: Verifier,
     syncer: Syncer,
     counters: Arc<Counters>,
+    webhook_secret: Option<WebhookSecret>,
+    // Dropped with the last clone: tells the store's listener task to end.
+    _alive: watch::Sender<()>,
 }
 
 impl fmt::Debug for ClerkSync {
@@ -65,10 +73,68 @@ impl ClerkSync {
         &self.inner.verifier
     }
 
-    /// Forgets the synced user in this process, so the next request upserts it again and
-    /// reads its tier afresh (call it after changing a user's tier).
-    pub async fn invalidate(&self, user_id: &str) {
+    /// Forgets the synced user in this process and tells the other processes on the same
+    /// store to do the same, so the next request of that user upserts again and reads its
+    /// tier afresh. Call it after changing a user's tier.
+    ///
+    /// The local eviction always happens; the error says the other processes could not be
+    /// told (their caches expire after the user-cache TTL at the latest).
+    pub async fn invalidate(&self, user_id: &str) -> Result<(), StoreError> {
         self.inner.syncer.invalidate(user_id).await;
+        self.inner
+            .syncer
+            .store()
+            .publish_invalidation(user_id)
+            .await
+    }
+
+    /// A router with one route, `POST path`, that receives Clerk's webhooks (Svix-signed
+    /// `user.created`, `user.updated`, `user.deleted`) and applies them through the store.
+    /// Merge it into your app outside the session layer. Needs
+    /// `CLERK_WEBHOOK_SIGNING_SECRET`.
+    pub fn webhook_router(&self, path: &str) -> Result<Router, ConfigError> {
+        let secret = self.inner.webhook_secret.clone().ok_or_else(|| {
+            ConfigError::new(
+                "CLERK_WEBHOOK_SIGNING_SECRET",
+                "not set: copy the endpoint's signing secret (`whsec_...`) from Clerk's dashboard",
+            )
+        })?;
+        Ok(webhook::router(self.clone(), secret, path))
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// Applies a verified webhook change and evicts the user here; the store notifies the
+    /// other processes.
+    pub(crate) async fn apply_webhook(
+        &self,
+        delivery_id: &str,
+        change: &UserChange,
+    ) -> Result<WebhookOutcome, WebhookError> {
+        let syncer = &self.inner.syncer;
+        let applied = tokio::time::timeout(
+            syncer.timeout(),
+            syncer.store().apply_webhook(delivery_id, change),
+        )
+        .await;
+        match applied {
+            Ok(Ok(outcome)) => {
+                if outcome != WebhookOutcome::Duplicate {
+                    syncer.invalidate(change.user_id()).await;
+                }
+                Ok(outcome)
+            }
+            Ok(Err(error)) => {
+                tracing::error!(user.id = change.user_id(), %error, "webhook write failed");
+                Err(WebhookError::StoreUnavailable)
+            }
+            Err(_) => {
+                tracing::error!(user.id = change.user_id(), "webhook write timed out");
+                Err(WebhookError::StoreUnavailable)
+            }
+        }
     }
 
     /// Counters since this `ClerkSync` was built.
@@ -250,7 +316,10 @@ impl ClerkSyncBuilder {
         self
     }
 
-    /// Builds the handle. Does no I/O: keys are fetched by the first request that needs them.
+    /// Builds the handle. Keys are fetched by the first request that needs them. When called
+    /// inside a Tokio runtime, it also starts the store's invalidation listener (for
+    /// [`crate::PgUserStore`]: `LISTEN` on one pooled connection), which ends when the last
+    /// clone of the handle is dropped.
     pub fn build(self) -> Result<ClerkSync, ConfigError> {
         let store = self.store.ok_or_else(|| {
             ConfigError::new(
@@ -300,11 +369,21 @@ impl ClerkSyncBuilder {
             },
             counters.clone(),
         );
+        let (alive, closed) = watch::channel(());
+        if tokio::runtime::Handle::try_current().is_ok() {
+            syncer.store().start_listener(syncer.invalidator(closed));
+        } else {
+            tracing::warn!(
+                "ClerkSync built outside a Tokio runtime: no cross-process invalidation listener"
+            );
+        }
         Ok(ClerkSync {
             inner: Arc::new(Inner {
                 verifier,
                 syncer,
                 counters,
+                webhook_secret: self.config.webhook_secret.clone(),
+                _alive: alive,
             }),
         })
     }

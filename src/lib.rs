@@ -13,10 +13,12 @@ mod config;
 mod error;
 mod extract;
 mod handle;
+mod invalidate;
 mod layer;
 mod stats;
 mod sync;
 mod token;
+mod webhook;
 
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -25,11 +27,14 @@ pub use config::{ClerkConfig, ClerkConfigBuilder, KeySource, Secret};
 pub use error::{AuthError, ConfigError};
 pub use extract::{ClerkUser, MissingClerkLayer};
 pub use handle::{ClerkSync, ClerkSyncBuilder};
+pub use invalidate::Invalidator;
 pub use layer::{ClerkSyncLayer, ClerkSyncService, ResponseFuture};
 pub use stats::Stats;
 pub use sync::{
-    FailurePolicy, ProfileClaims, StoreError, StoreFuture, UpsertOutcome, UserProfile, UserStore,
+    FailurePolicy, ProfileClaims, StoreError, StoreFuture, UpsertOutcome, UserChange, UserProfile,
+    UserStore, WebhookOutcome,
 };
 #[cfg(feature = "postgres")]
 pub use sync::{PgUserStore, migrate};
 pub use token::{AuthorizedPartyPolicy, SessionClaims, Verifier};
+pub use webhook::WebhookError;

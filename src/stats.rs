@@ -15,6 +15,12 @@ pub(crate) struct Counters {
     pub(crate) upserts_failed: AtomicU64,
     pub(crate) jwks_fetches: AtomicU64,
     pub(crate) jwks_fetch_failures: AtomicU64,
+    pub(crate) webhooks_applied: AtomicU64,
+    pub(crate) webhooks_duplicate: AtomicU64,
+    pub(crate) webhooks_ignored: AtomicU64,
+    pub(crate) webhooks_rejected: AtomicU64,
+    pub(crate) invalidations_received: AtomicU64,
+    pub(crate) listener_connects: AtomicU64,
     rejected: [AtomicU64; AuthError::CODES.len()],
 }
 
@@ -38,6 +44,12 @@ impl Counters {
             upserts_failed: load(&self.upserts_failed),
             jwks_fetches: load(&self.jwks_fetches),
             jwks_fetch_failures: load(&self.jwks_fetch_failures),
+            webhooks_applied: load(&self.webhooks_applied),
+            webhooks_duplicate: load(&self.webhooks_duplicate),
+            webhooks_ignored: load(&self.webhooks_ignored),
+            webhooks_rejected: load(&self.webhooks_rejected),
+            invalidations_received: load(&self.invalidations_received),
+            listener_connects: load(&self.listener_connects),
             rejected: std::array::from_fn(|i| load(&self.rejected[i])),
         }
     }
@@ -63,6 +75,18 @@ pub struct Stats {
     pub jwks_fetches: u64,
     /// JWKS fetch attempts that failed.
     pub jwks_fetch_failures: u64,
+    /// Webhook deliveries applied (including older snapshots that changed nothing).
+    pub webhooks_applied: u64,
+    /// Webhook deliveries whose `svix-id` was seen before.
+    pub webhooks_duplicate: u64,
+    /// Webhook deliveries of other event types, or for deleted users.
+    pub webhooks_ignored: u64,
+    /// Webhook deliveries answered with an error.
+    pub webhooks_rejected: u64,
+    /// Users evicted because another process (or this one) published an invalidation.
+    pub invalidations_received: u64,
+    /// Times the invalidation listener (re)connected.
+    pub listener_connects: u64,
     rejected: [u64; AuthError::CODES.len()],
 }
 

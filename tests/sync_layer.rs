@@ -262,7 +262,7 @@ async fn tier_changes_apply_after_invalidate(pool: PgPool) {
         get_with_token(&router, "/me", Some(&token)).await.body["tier"],
         "free"
     );
-    clerk.invalidate("user_upgrade").await;
+    clerk.invalidate("user_upgrade").await.unwrap();
     // ...and the upsert returns the stored tier without changing it.
     let reply = get_with_token(&router, "/me", Some(&token)).await;
     assert_eq!(reply.body["tier"], "pro");

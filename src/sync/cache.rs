@@ -9,6 +9,7 @@ use tracing::Instrument as _;
 use super::profile::{ProfileClaims, UserProfile};
 use super::store::{UpsertOutcome, UserStore};
 use crate::error::AuthError;
+use crate::invalidate::Invalidator;
 use crate::stats::Counters;
 use crate::token::SessionClaims;
 
@@ -129,6 +130,19 @@ impl Syncer {
 
     pub(crate) async fn invalidate(&self, user_id: &str) {
         self.cache.invalidate(user_id).await;
+    }
+
+    pub(crate) fn store(&self) -> &dyn UserStore {
+        &*self.store
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.options.timeout
+    }
+
+    /// A handle on the cache for a store's invalidation listener.
+    pub(crate) fn invalidator(&self, closed: tokio::sync::watch::Receiver<()>) -> Invalidator {
+        Invalidator::new(self.cache.clone(), self.counters.clone(), closed)
     }
 
     pub(crate) fn cached_users(&self) -> u64 {

@@ -9,4 +9,4 @@ pub use cache::FailurePolicy;
 pub use profile::{ProfileClaims, UserProfile};
 #[cfg(feature = "postgres")]
 pub use store::postgres::{PgUserStore, migrate};
-pub use store::{StoreError, StoreFuture, UpsertOutcome, UserStore};
+pub use store::{StoreError, StoreFuture, UpsertOutcome, UserChange, UserStore, WebhookOutcome};

@@ -1,5 +1,7 @@
 //! [`UserProfile`]: one versioned snapshot of a user, and how it is read from token claims.
 
+use serde::Deserialize;
+
 use crate::token::SessionClaims;
 
 /// A snapshot of a Clerk user, as written by [`crate::UserStore::upsert`].
@@ -73,6 +75,54 @@ impl UserProfile {
         ]
         .iter()
         .any(|field| field.is_some())
+    }
+}
+
+/// A user object as Clerk's webhooks and Backend API send it; unknown fields are ignored.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct ClerkUserObject {
+    id: String,
+    #[serde(default)]
+    email_addresses: Option<Vec<EmailAddress>>,
+    primary_email_address_id: Option<String>,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    username: Option<String>,
+    image_url: Option<String>,
+    /// Unix milliseconds.
+    updated_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct EmailAddress {
+    id: String,
+    email_address: String,
+}
+
+impl ClerkUserObject {
+    /// The profile, versioned by `updated_at`; the email is the one whose id is
+    /// `primary_email_address_id`. Empty strings count as unknown.
+    pub(crate) fn into_profile(self) -> UserProfile {
+        let known = |value: Option<String>| value.filter(|v| !v.is_empty());
+        let email = self
+            .primary_email_address_id
+            .as_deref()
+            .and_then(|primary| {
+                self.email_addresses
+                    .iter()
+                    .flatten()
+                    .find(|address| address.id == primary)
+                    .map(|address| address.email_address.clone())
+            });
+        UserProfile {
+            id: self.id,
+            email: known(email),
+            first_name: known(self.first_name),
+            last_name: known(self.last_name),
+            username: known(self.username),
+            image_url: known(self.image_url),
+            version_ms: self.updated_at,
+        }
     }
 }
 
@@ -181,6 +231,32 @@ mod tests {
     fn tokens_without_profile_claims_carry_no_version() {
         let profile = UserProfile::from_claims(&claims(json!({})), &ProfileClaims::default());
         assert_eq!(profile, UserProfile::new("user_1"));
+    }
+
+    #[test]
+    fn clerk_user_objects_give_the_primary_email_and_updated_at() {
+        let user: ClerkUserObject = serde_json::from_value(json!({
+            "object": "user", "id": "user_2g7", "username": null, "first_name": "John",
+            "last_name": "", "image_url": "https://img.clerk.com/x",
+            "primary_email_address_id": "idn_2",
+            "email_addresses": [
+                {"id": "idn_1", "object": "email_address", "email_address": "old@example.com"},
+                {"id": "idn_2", "object": "email_address", "email_address": "john@example.com"}
+            ],
+            "updated_at": 1716883200000_i64, "created_at": 1716883200000_i64,
+            "public_metadata": {}, "banned": false
+        }))
+        .unwrap();
+        let profile = user.into_profile();
+        assert_eq!(profile.email.as_deref(), Some("john@example.com"));
+        assert_eq!(profile.first_name.as_deref(), Some("John"));
+        assert_eq!(profile.last_name, None);
+        assert_eq!(profile.username, None);
+        assert_eq!(profile.version_ms, Some(1_716_883_200_000));
+
+        let bare: ClerkUserObject =
+            serde_json::from_value(json!({"id": "user_3", "email_addresses": null})).unwrap();
+        assert_eq!(bare.into_profile(), UserProfile::new("user_3"));
     }
 
     #[test]

@@ -12,8 +12,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use clerk_sync::testing::DevIssuer;
 use clerk_sync::{
-    ClerkSync, ClerkSyncBuilder, ClerkUser, PgUserStore, StoreFuture, UpsertOutcome, UserProfile,
-    UserStore,
+    ClerkSync, ClerkSyncBuilder, ClerkUser, Invalidator, PgUserStore, StoreFuture, UpsertOutcome,
+    UserChange, UserProfile, UserStore, WebhookOutcome,
 };
 use http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
@@ -24,7 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-/// Wraps the real Postgres store and counts upserts that reach it.
+/// Wraps the real Postgres store and counts the layer's upserts that reach it; everything else
+/// is delegated unchanged.
 #[derive(Clone)]
 pub struct CountingStore {
     inner: PgUserStore,
@@ -48,6 +49,22 @@ impl UserStore for CountingStore {
     fn upsert<'a>(&'a self, profile: &'a UserProfile) -> StoreFuture<'a, UpsertOutcome> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.upsert(profile)
+    }
+
+    fn apply_webhook<'a>(
+        &'a self,
+        delivery_id: &'a str,
+        change: &'a UserChange,
+    ) -> StoreFuture<'a, WebhookOutcome> {
+        self.inner.apply_webhook(delivery_id, change)
+    }
+
+    fn publish_invalidation<'a>(&'a self, user_id: &'a str) -> StoreFuture<'a, ()> {
+        self.inner.publish_invalidation(user_id)
+    }
+
+    fn start_listener(&self, invalidator: Invalidator) -> bool {
+        self.inner.start_listener(invalidator)
     }
 }
 

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use super::profile::UserProfile;
+use crate::invalidate::Invalidator;
 
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
@@ -21,6 +22,75 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 pub trait UserStore: Send + Sync + 'static {
     /// Inserts or updates the user and returns its tier.
     fn upsert<'a>(&'a self, profile: &'a UserProfile) -> StoreFuture<'a, UpsertOutcome>;
+
+    /// Applies a webhook delivery once: records `delivery_id` (Svix's `svix-id`) and applies
+    /// `change` in one transaction, and tells every process to evict the user. A delivery id
+    /// seen before changes nothing ([`WebhookOutcome::Duplicate`]). An upsert follows the
+    /// rules of [`upsert`](Self::upsert) but does not touch `last_seen_at`; a delete clears the
+    /// personal fields, sets `deleted_at`, and creates a tombstone row if the user was unknown,
+    /// so a late `user.created` cannot bring the user back.
+    ///
+    /// The default answers [`StoreError::Unsupported`]: such a store cannot back webhooks.
+    fn apply_webhook<'a>(
+        &'a self,
+        delivery_id: &'a str,
+        change: &'a UserChange,
+    ) -> StoreFuture<'a, WebhookOutcome> {
+        let _ = (delivery_id, change);
+        Box::pin(async { Err(StoreError::Unsupported("webhooks")) })
+    }
+
+    /// Tells the other processes sharing this store to evict `user_id` from their caches.
+    /// The default does nothing (a store used by one process only).
+    fn publish_invalidation<'a>(&'a self, user_id: &'a str) -> StoreFuture<'a, ()> {
+        let _ = user_id;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Starts a background task that feeds other processes' invalidations to `invalidator`
+    /// until [`Invalidator::closed`] resolves. Returns `false` when the store has no such
+    /// channel (the default).
+    fn start_listener(&self, invalidator: Invalidator) -> bool {
+        let _ = invalidator;
+        false
+    }
+}
+
+/// A change to one user, from a webhook event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UserChange {
+    /// `user.created` / `user.updated`: a versioned snapshot.
+    Upsert(UserProfile),
+    /// `user.deleted`: a soft delete that no later snapshot undoes.
+    Delete {
+        /// Clerk user id.
+        user_id: String,
+        /// Version of the deletion (the event's timestamp), Unix milliseconds.
+        version_ms: Option<i64>,
+    },
+}
+
+impl UserChange {
+    /// The user this change is about.
+    pub fn user_id(&self) -> &str {
+        match self {
+            Self::Upsert(profile) => &profile.id,
+            Self::Delete { user_id, .. } => user_id,
+        }
+    }
+}
+
+/// The result of [`UserStore::apply_webhook`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WebhookOutcome {
+    /// The delivery was recorded and its change applied (an older snapshot applies as a no-op).
+    Applied,
+    /// The delivery id was seen before; nothing changed.
+    Duplicate,
+    /// An upsert for a deleted user: recorded, nothing changed.
+    UserDeleted,
 }
 
 /// The result of [`UserStore::upsert`].
@@ -48,4 +118,7 @@ pub enum StoreError {
     /// Another failure of a custom store.
     #[error("{0}")]
     Other(Box<dyn std::error::Error + Send + Sync>),
+    /// The store does not implement this operation.
+    #[error("this store does not support {0}")]
+    Unsupported(&'static str),
 }

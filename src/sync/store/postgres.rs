@@ -2,19 +2,25 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::{AssertSqlSafe, PgPool, Row};
+use sqlx::postgres::{PgListener, PgRow};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 
-use super::{StoreError, StoreFuture, UpsertOutcome, UserStore};
+use super::{StoreFuture, UpsertOutcome, UserChange, UserStore, WebhookOutcome};
 use crate::error::ConfigError;
+use crate::invalidate::Invalidator;
 use crate::sync::profile::UserProfile;
+
+/// The `NOTIFY` channel; the payload is a user id.
+const CHANNEL: &str = "clerk_sync_users";
 
 /// The table that records which of this crate's migrations ran. It is not `_sqlx_migrations`,
 /// so the app's own sqlx migrations and ours never see each other as "missing".
 const MIGRATIONS_TABLE: &str = "_clerk_sync_migrations";
 
-/// Creates or updates the tables this crate needs (`users`).
+/// Creates or updates the tables this crate needs (`users`, `clerk_webhook_events`).
 ///
 /// Safe to call at every start; concurrent callers are serialised by sqlx's migration lock.
 pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
@@ -29,11 +35,17 @@ pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
 /// NULL RETURNING tier`), so it is atomic and idempotent. It runs as an unnamed (not cached)
 /// prepared statement and uses no session state, so it works behind PgBouncer in transaction
 /// mode (Neon's `-pooler` endpoints) whatever its version.
+///
+/// Across processes, webhook writes and [`crate::ClerkSync::invalidate`] send `NOTIFY` on the
+/// channel `clerk_sync_users`; each `ClerkSync` on this store listens on one connection taken
+/// from the pool for its lifetime. `LISTEN` needs a session, so give the store a pool on a
+/// direct connection string, not a PgBouncer transaction-mode (`-pooler`) one.
 #[derive(Clone)]
 pub struct PgUserStore {
     pool: PgPool,
     table: Arc<str>,
     upsert_sql: Arc<str>,
+    delete_sql: Arc<str>,
 }
 
 impl fmt::Debug for PgUserStore {
@@ -88,16 +100,18 @@ impl PgUserStore {
                 "{name} = CASE WHEN {newer} THEN COALESCE(EXCLUDED.{name}, u.{name}) ELSE u.{name} END"
             )
         };
+        // `$8` says whether this is a visit (the layer) or not (a webhook).
         let upsert_sql = format!(
             "INSERT INTO {table} AS u \
                  (id, email, first_name, last_name, username, image_url, clerk_updated_at, last_seen_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7::bigint / 1000.0), now()) \
+             VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7::bigint / 1000.0), \
+                     CASE WHEN $8::boolean THEN now() END) \
              ON CONFLICT (id) DO UPDATE SET \
                  {email}, {first_name}, {last_name}, {username}, {image_url}, \
                  updated_at = CASE WHEN {newer} AND EXCLUDED.clerk_updated_at IS NOT NULL \
                      THEN now() ELSE u.updated_at END, \
                  clerk_updated_at = GREATEST(u.clerk_updated_at, EXCLUDED.clerk_updated_at), \
-                 last_seen_at = now() \
+                 last_seen_at = CASE WHEN $8::boolean THEN now() ELSE u.last_seen_at END \
              WHERE u.deleted_at IS NULL \
              RETURNING tier, (xmax = 0) AS inserted",
             email = field("email"),
@@ -106,11 +120,93 @@ impl PgUserStore {
             username = field("username"),
             image_url = field("image_url"),
         );
+        // A delete of an unknown user leaves a tombstone, so a late `user.created` cannot
+        // create it; an existing row keeps its id and tier and loses its personal fields.
+        let delete_sql = format!(
+            "INSERT INTO {table} AS u (id, clerk_updated_at, deleted_at) \
+             VALUES ($1, to_timestamp($2::bigint / 1000.0), now()) \
+             ON CONFLICT (id) DO UPDATE SET \
+                 email = NULL, first_name = NULL, last_name = NULL, username = NULL, \
+                 image_url = NULL, updated_at = now(), \
+                 deleted_at = COALESCE(u.deleted_at, now()), \
+                 clerk_updated_at = GREATEST(u.clerk_updated_at, EXCLUDED.clerk_updated_at)"
+        );
         Self {
             pool,
             table: table.into(),
             upsert_sql: upsert_sql.into(),
+            delete_sql: delete_sql.into(),
         }
+    }
+
+    async fn upsert_on(
+        &self,
+        conn: &mut PgConnection,
+        profile: &UserProfile,
+        seen: bool,
+    ) -> Result<Option<PgRow>, sqlx::Error> {
+        // Built from a validated, quoted identifier and fixed text only.
+        sqlx::query(AssertSqlSafe(self.upsert_sql.clone()))
+            .persistent(false)
+            .bind(&profile.id)
+            .bind(&profile.email)
+            .bind(&profile.first_name)
+            .bind(&profile.last_name)
+            .bind(&profile.username)
+            .bind(&profile.image_url)
+            .bind(profile.version_ms)
+            .bind(seen)
+            .fetch_optional(conn)
+            .await
+    }
+
+    async fn apply_in_transaction(
+        &self,
+        delivery_id: &str,
+        change: &UserChange,
+    ) -> Result<WebhookOutcome, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO clerk_webhook_events (svix_id) VALUES ($1) ON CONFLICT DO NOTHING",
+        )
+        .persistent(false)
+        .bind(delivery_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            tx.rollback().await?;
+            return Ok(WebhookOutcome::Duplicate);
+        }
+        sqlx::query(
+            "DELETE FROM clerk_webhook_events WHERE received_at < now() - interval '30 days'",
+        )
+        .persistent(false)
+        .execute(&mut *tx)
+        .await?;
+        let outcome = match change {
+            UserChange::Upsert(profile) => match self.upsert_on(&mut tx, profile, false).await? {
+                Some(_) => WebhookOutcome::Applied,
+                None => WebhookOutcome::UserDeleted,
+            },
+            UserChange::Delete {
+                user_id,
+                version_ms,
+            } => {
+                sqlx::query(AssertSqlSafe(self.delete_sql.clone()))
+                    .persistent(false)
+                    .bind(user_id)
+                    .bind(version_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                WebhookOutcome::Applied
+            }
+        };
+        // Delivered at commit, so listeners never evict before the change is visible.
+        notify(&mut tx, change.user_id()).await?;
+        tx.commit().await?;
+        Ok(outcome)
     }
 
     /// The pool this store writes through.
@@ -119,22 +215,43 @@ impl PgUserStore {
     }
 }
 
+async fn notify(conn: &mut PgConnection, user_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .persistent(false)
+        .bind(CHANNEL)
+        .bind(user_id)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Listens until the connection is lost or fails; evicts every notified user.
+async fn listen(
+    pool: &PgPool,
+    invalidator: &Invalidator,
+    reconnect: bool,
+) -> Result<(), sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    // Whatever was notified while nobody listened is unknown: start from an empty cache. Not
+    // on the first connect, which races with the first requests and can only have missed the
+    // few milliseconds after start-up.
+    if reconnect {
+        invalidator.clear();
+    }
+    invalidator.connected();
+    tracing::debug!(channel = CHANNEL, "listening for user invalidations");
+    while let Some(notification) = listener.try_recv().await? {
+        invalidator.evict(notification.payload()).await;
+    }
+    Ok(())
+}
+
 impl UserStore for PgUserStore {
     fn upsert<'a>(&'a self, profile: &'a UserProfile) -> StoreFuture<'a, UpsertOutcome> {
         Box::pin(async move {
-            // Built from a validated, quoted identifier and fixed text only.
-            let row = sqlx::query(AssertSqlSafe(self.upsert_sql.clone()))
-                .persistent(false)
-                .bind(&profile.id)
-                .bind(&profile.email)
-                .bind(&profile.first_name)
-                .bind(&profile.last_name)
-                .bind(&profile.username)
-                .bind(&profile.image_url)
-                .bind(profile.version_ms)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(StoreError::Database)?;
+            let mut conn = self.pool.acquire().await?;
+            let row = self.upsert_on(&mut conn, profile, true).await?;
             // No row back means the conflict's `WHERE deleted_at IS NULL` failed: deleted.
             Ok(match row {
                 Some(row) => UpsertOutcome::Active {
@@ -145,4 +262,56 @@ impl UserStore for PgUserStore {
             })
         })
     }
+
+    fn apply_webhook<'a>(
+        &'a self,
+        delivery_id: &'a str,
+        change: &'a UserChange,
+    ) -> StoreFuture<'a, WebhookOutcome> {
+        Box::pin(async move { Ok(self.apply_in_transaction(delivery_id, change).await?) })
+    }
+
+    fn publish_invalidation<'a>(&'a self, user_id: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut conn = self.pool.acquire().await?;
+            Ok(notify(&mut conn, user_id).await?)
+        })
+    }
+
+    fn start_listener(&self, invalidator: Invalidator) -> bool {
+        let pool = self.pool.clone();
+        let mut shutdown = invalidator.clone();
+        tokio::spawn(async move {
+            let mut backoff = MIN_BACKOFF;
+            let mut reconnect = false;
+            loop {
+                tokio::select! {
+                    () = shutdown.closed() => return,
+                    result = listen(&pool, &invalidator, reconnect) => {
+                        reconnect = true;
+                        // The cache is cleared when `listen` is back, not now: during a
+                        // database outage the users synced so far keep being served.
+                        match result {
+                            Ok(()) => {
+                                tracing::warn!("invalidation listener lost its connection; reconnecting");
+                                backoff = MIN_BACKOFF;
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, ?backoff, "invalidation listener failed; retrying");
+                            }
+                        }
+                    }
+                }
+                tokio::select! {
+                    () = shutdown.closed() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        });
+        true
+    }
 }
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
