@@ -20,7 +20,9 @@ const DEV_WEBHOOK_SECRET: &str = "whsec_ZGV2LW9ubHktd2ViaG9vay1zZWNyZXQtMzItYnl0
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let demo = common::demo(Some(DEV_WEBHOOK_SECRET)).await?;
-    let app = demo.app().merge(demo.clerk.webhook_router("/webhooks/clerk")?);
+    let app = demo
+        .app()
+        .merge(demo.clerk.webhook_router("/webhooks/clerk")?);
     let dev = demo.dev.is_some();
     demo.serve(app, |addr| {
         if dev {

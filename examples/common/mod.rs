@@ -101,15 +101,21 @@ impl Demo {
         hints: impl FnOnce(SocketAddr),
     ) -> Result<(), Box<dyn Error>> {
         // Outermost first: mark credentials sensitive before the trace layer logs headers.
-        let app = app
-            .layer(TraceLayer::new_for_http())
-            .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, COOKIE]));
+        let app =
+            app.layer(TraceLayer::new_for_http())
+                .layer(SetSensitiveRequestHeadersLayer::new([
+                    AUTHORIZATION,
+                    COOKIE,
+                ]));
         let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".into());
         let listener = TcpListener::bind(&bind).await?;
         let addr = listener.local_addr()?;
         println!("listening on {addr}");
         if let Some(dev) = &self.dev {
-            println!("no Clerk key source configured: using a local dev issuer ({})", dev.issuer());
+            println!(
+                "no Clerk key source configured: using a local dev issuer ({})",
+                dev.issuer()
+            );
             println!("try (the token is valid for one hour):");
             println!(
                 "  curl -H 'Authorization: Bearer {}' http://{addr}/me",
