@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use clerk_sync::testing::{DevIssuer, signed_webhook_request};
 use clerk_sync::{ClerkSync, Stats};
-use common::{CountingStore, app, error_code, get_with_token, send};
+use common::{
+    CountingStore, WEBHOOK_PATH, WEBHOOK_SECRET, app, clerk, error_code, get_with_token, send,
+};
 use http::StatusCode;
 use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-
-const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
 /// One "process": its own pool, store, `ClerkSync` and app.
 struct Process {
@@ -30,16 +30,8 @@ async fn process(issuer: &DevIssuer, options: &PgConnectOptions) -> Process {
         .await
         .unwrap();
     let store = CountingStore::new(pool.clone());
-    let config = issuer
-        .config()
-        .webhook_signing_secret(SECRET)
-        .build()
-        .unwrap();
-    let clerk = ClerkSync::builder(config)
-        .store(store.clone())
-        .build()
-        .unwrap();
-    let router = app(&clerk, pool).merge(clerk.webhook_router("/webhooks/clerk").unwrap());
+    let clerk = clerk(issuer, store.clone(), |b| b);
+    let router = app(&clerk, pool);
     Process {
         clerk,
         store,
@@ -94,8 +86,8 @@ async fn webhook_in_one_process_evicts_the_user_in_the_other(
 
     let delivered = Instant::now();
     let request = signed_webhook_request(
-        "/webhooks/clerk",
-        SECRET,
+        WEBHOOK_PATH,
+        WEBHOOK_SECRET,
         "msg_cross",
         &deleted_event("user_shared"),
     )

@@ -8,39 +8,11 @@ use axum::Router;
 use axum::body::Body;
 use clerk_sync::testing::{DevIssuer, sign_webhook, signed_webhook_request};
 use clerk_sync::{ClerkSync, PgUserStore};
-use common::{Reply, app, error_code, get_with_token, send, user_rows};
+use common::{Harness, WEBHOOK_PATH as PATH, WEBHOOK_SECRET as SECRET};
+use common::{Reply, error_code, get_with_token, send, user_rows};
 use http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-
-const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
-const PATH: &str = "/webhooks/clerk";
-
-struct Fixture {
-    issuer: DevIssuer,
-    clerk: ClerkSync,
-    router: Router,
-}
-
-async fn fixture(pool: &PgPool) -> Fixture {
-    clerk_sync::migrate(pool).await.unwrap();
-    let issuer = DevIssuer::start().await.unwrap();
-    let config = issuer
-        .config()
-        .webhook_signing_secret(SECRET)
-        .build()
-        .unwrap();
-    let clerk = ClerkSync::builder(config)
-        .store(PgUserStore::new(pool.clone()))
-        .build()
-        .unwrap();
-    let router = app(&clerk, pool.clone()).merge(clerk.webhook_router(PATH).unwrap());
-    Fixture {
-        issuer,
-        clerk,
-        router,
-    }
-}
 
 /// A `user.created`/`user.updated` event shaped like Clerk's (webhooks OpenAPI spec).
 fn user_event(kind: &str, id: &str, email: &str, first_name: &str, updated_at: i64) -> String {
@@ -102,7 +74,7 @@ async fn recorded_deliveries(pool: &PgPool) -> i64 {
 
 #[sqlx::test(migrations = false)]
 async fn user_created_is_applied_with_the_primary_email(pool: PgPool) {
-    let f = fixture(&pool).await;
+    let f = Harness::start(&pool, |b| b).await;
     let body = user_event(
         "user.created",
         "user_hook",
@@ -125,7 +97,7 @@ async fn user_created_is_applied_with_the_primary_email(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn redelivery_is_a_no_op(pool: PgPool) {
-    let f = fixture(&pool).await;
+    let f = Harness::start(&pool, |b| b).await;
     let first = user_event(
         "user.updated",
         "user_re",
@@ -157,7 +129,7 @@ async fn redelivery_is_a_no_op(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn older_update_leaves_the_row_unchanged(pool: PgPool) {
-    let f = fixture(&pool).await;
+    let f = Harness::start(&pool, |b| b).await;
     let newer = user_event(
         "user.updated",
         "user_order",
@@ -181,7 +153,7 @@ async fn older_update_leaves_the_row_unchanged(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn deleted_user_with_a_valid_token_gets_403(pool: PgPool) {
-    let f = fixture(&pool).await;
+    let f = Harness::start(&pool, |b| b).await;
     let token = f.issuer.token("user_leaving");
     assert_eq!(
         get_with_token(&f.router, "/me", Some(&token)).await.status,
@@ -216,7 +188,7 @@ async fn deleted_user_with_a_valid_token_gets_403(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn delete_before_create_leaves_a_tombstone(pool: PgPool) {
-    let f = fixture(&pool).await;
+    let f = Harness::start(&pool, |b| b).await;
     deliver(&f.router, "msg_del", &deleted_event("user_ghost")).await;
     let created = user_event(
         "user.created",
@@ -236,7 +208,7 @@ async fn delete_before_create_leaves_a_tombstone(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn unknown_event_types_are_acknowledged_and_ignored(pool: PgPool) {
-    let f = fixture(&pool).await;
+    let f = Harness::start(&pool, |b| b).await;
     let body = json!({"data": {"id": "sess_1", "object": "session"}, "object": "event",
         "type": "session.created", "timestamp": 1716883200, "instance_id": "ins_1"})
     .to_string();
@@ -249,7 +221,7 @@ async fn unknown_event_types_are_acknowledged_and_ignored(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn several_signatures_where_only_the_last_is_valid_are_accepted(pool: PgPool) {
-    let f = fixture(&pool).await;
+    let f = Harness::start(&pool, |b| b).await;
     let body = user_event(
         "user.created",
         "user_multi",
@@ -285,7 +257,7 @@ async fn several_signatures_where_only_the_last_is_valid_are_accepted(pool: PgPo
 
 #[sqlx::test(migrations = false)]
 async fn bad_deliveries_are_rejected_and_write_nothing(pool: PgPool) {
-    let f = fixture(&pool).await;
+    let f = Harness::start(&pool, |b| b).await;
     let body = user_event(
         "user.created",
         "user_evil",
@@ -426,7 +398,7 @@ async fn webhook_router_without_a_secret_names_the_variable(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn database_failure_answers_503_so_svix_retries(pool: PgPool) {
-    let f = fixture(&pool).await;
+    let f = Harness::start(&pool, |b| b).await;
     sqlx::query("DROP TABLE clerk_webhook_events")
         .execute(&pool)
         .await

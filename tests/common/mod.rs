@@ -68,26 +68,42 @@ impl UserStore for CountingStore {
     }
 }
 
-/// A `ClerkSync` for the dev issuer, writing through `store`, with `tweak` applied.
+/// The webhook signing secret of every test app (Svix's documented example secret).
+pub const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+/// Where [`app`] mounts the webhook endpoint.
+pub const WEBHOOK_PATH: &str = "/webhooks/clerk";
+
+/// A `ClerkSync` for the dev issuer with [`WEBHOOK_SECRET`], writing through `store`, with
+/// `tweak` applied.
 pub fn clerk(
     issuer: &DevIssuer,
     store: impl UserStore,
     tweak: impl FnOnce(ClerkSyncBuilder) -> ClerkSyncBuilder,
 ) -> ClerkSync {
-    let config = issuer.config().build().unwrap();
+    let config = issuer
+        .config()
+        .webhook_signing_secret(WEBHOOK_SECRET)
+        .build()
+        .unwrap();
     tweak(ClerkSync::builder(config).store(store))
         .build()
         .unwrap()
 }
 
 /// `/me` behind the layer: the handler reads the user's row from the database, so a 200
-/// proves the row existed before the handler ran. `/anon` is behind the optional layer.
+/// proves the row existed before the handler ran. `/anon` is behind the optional layer, and
+/// the webhook endpoint is at [`WEBHOOK_PATH`] when `clerk` has a signing secret.
 pub fn app(clerk: &ClerkSync, pool: PgPool) -> Router {
     let required = Router::new().route("/me", get(me)).layer(clerk.layer());
     let optional = Router::new()
         .route("/anon", get(anon))
         .layer(clerk.optional_layer());
-    required.merge(optional).with_state(pool)
+    let router = required.merge(optional).with_state(pool);
+    match clerk.webhook_router(WEBHOOK_PATH) {
+        Ok(webhooks) => router.merge(webhooks),
+        // Built without a webhook secret by the test itself.
+        Err(_) => router,
+    }
 }
 
 async fn me(State(pool): State<PgPool>, user: ClerkUser) -> Json<Value> {
