@@ -280,6 +280,13 @@ impl UserStore for PgUserStore {
 
     fn start_listener(&self, invalidator: Invalidator) -> bool {
         let pool = self.pool.clone();
+        if pool.options().get_max_connections() < 2 {
+            tracing::warn!(
+                "the invalidation listener holds one connection of a pool of {}: \
+                 user upserts will wait for a free connection; raise max_connections",
+                pool.options().get_max_connections()
+            );
+        }
         let mut shutdown = invalidator.clone();
         tokio::spawn(async move {
             let mut backoff = MIN_BACKOFF;
