@@ -31,6 +31,11 @@ pub(crate) enum Mode {
     Optional,
 }
 
+/// Put in the extensions of requests that passed the optional layer without a token, so the
+/// rate limiter can tell "anonymous" from "the sync layer did not run".
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AnonymousRequest;
+
 /// Applies [`ClerkSyncService`]; made by [`ClerkSync::layer`] or [`ClerkSync::optional_layer`].
 #[derive(Debug, Clone)]
 pub struct ClerkSyncLayer {
@@ -94,7 +99,9 @@ where
                     Ok(Some(user)) => {
                         request.extensions_mut().insert(user);
                     }
-                    Ok(None) => {}
+                    Ok(None) => {
+                        request.extensions_mut().insert(AnonymousRequest);
+                    }
                     Err(rejection) => return Ok(rejection.into_response()),
                 }
                 inner.call(request).await.map(IntoResponse::into_response)

@@ -15,6 +15,7 @@ mod extract;
 mod handle;
 mod invalidate;
 mod layer;
+pub mod ratelimit;
 mod stats;
 mod sync;
 mod token;
@@ -29,6 +30,9 @@ pub use extract::{ClerkUser, MissingClerkLayer};
 pub use handle::{ClerkSync, ClerkSyncBuilder};
 pub use invalidate::Invalidator;
 pub use layer::{ClerkSyncLayer, ClerkSyncService, ResponseFuture};
+#[cfg(feature = "postgres")]
+pub use ratelimit::PgRateLimitStore;
+pub use ratelimit::{Limit, MemoryRateLimitStore, RateLimitLayer, TierLimits};
 pub use stats::Stats;
 pub use sync::{
     FailurePolicy, ProfileClaims, StoreError, StoreFuture, UpsertOutcome, UserChange, UserProfile,

@@ -1,0 +1,194 @@
+//! [`Limit`] and [`TierLimits`]: how many requests each tier may make.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// `count` requests per `period`, with bursts of up to `count` (GCRA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    count: u32,
+    period: Duration,
+}
+
+impl Limit {
+    /// `count` requests per `period`; `None` when either is zero.
+    pub fn new(count: u32, period: Duration) -> Option<Self> {
+        (count > 0 && !period.is_zero()).then_some(Self { count, period })
+    }
+
+    /// `count` requests per second.
+    pub fn per_second(count: u32) -> Option<Self> {
+        Self::new(count, Duration::from_secs(1))
+    }
+
+    /// `count` requests per minute.
+    pub fn per_minute(count: u32) -> Option<Self> {
+        Self::new(count, Duration::from_secs(60))
+    }
+
+    /// `count` requests per hour.
+    pub fn per_hour(count: u32) -> Option<Self> {
+        Self::new(count, Duration::from_secs(3600))
+    }
+
+    /// Requests allowed per period (also the burst).
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The period.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// Time between two requests at the sustained rate.
+    pub(crate) fn emission_interval(&self) -> Duration {
+        self.period / self.count
+    }
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.period.as_secs();
+        match secs {
+            1 => write!(f, "{}/s", self.count),
+            60 => write!(f, "{}/m", self.count),
+            3600 => write!(f, "{}/h", self.count),
+            86_400 => write!(f, "{}/d", self.count),
+            _ => write!(f, "{} per {:?}", self.count, self.period),
+        }
+    }
+}
+
+impl FromStr for Limit {
+    type Err = String;
+
+    /// `60/m`, `10/s`, `1000/h`, `50000/d`.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let (count, unit) = value
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("`{value}`: expected <count>/<s|m|h|d>, e.g. 60/m"))?;
+        let count: u32 = count
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{value}`: the count is not a positive whole number"))?;
+        let secs = match unit.trim() {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            other => {
+                return Err(format!(
+                    "`{value}`: unknown unit `{other}`; use s, m, h or d"
+                ));
+            }
+        };
+        Self::new(count, Duration::from_secs(secs))
+            .ok_or_else(|| format!("`{value}`: the count must be at least 1"))
+    }
+}
+
+/// The limit of each tier, a default for tiers not listed, and unlimited tiers.
+///
+/// Built in code (`TierLimits::new(default).tier("pro", Limit::per_minute(600))`) or parsed
+/// from a string such as `RATE_LIMITS` (see [`TierLimits::from_str`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierLimits {
+    tiers: HashMap<String, Option<Limit>>,
+    default: Option<Limit>,
+}
+
+impl TierLimits {
+    /// Tiers not listed get `default`; `None` makes them unlimited.
+    pub fn new(default: Option<Limit>) -> Self {
+        Self {
+            tiers: HashMap::new(),
+            default,
+        }
+    }
+
+    /// Sets the limit of `tier`; `None` makes it unlimited.
+    pub fn tier(mut self, tier: impl Into<String>, limit: Option<Limit>) -> Self {
+        self.tiers.insert(tier.into(), limit);
+        self
+    }
+
+    /// The limit for `tier`, `None` when unlimited.
+    pub fn for_tier(&self, tier: &str) -> Option<Limit> {
+        self.tiers.get(tier).copied().unwrap_or(self.default)
+    }
+}
+
+impl FromStr for TierLimits {
+    type Err = ConfigError;
+
+    /// Comma-separated `tier=limit` pairs: `free=60/m,pro=600/m,enterprise=unlimited,*=30/m`.
+    /// `*` is the default for tiers not listed (unlimited when absent). Errors name
+    /// `RATE_LIMITS`.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let error = |reason: String| ConfigError::new("RATE_LIMITS", reason);
+        let mut limits = Self::new(None);
+        for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (tier, limit) = pair
+                .split_once('=')
+                .ok_or_else(|| error(format!("`{pair}`: expected tier=limit, e.g. free=60/m")))?;
+            let limit = match limit.trim() {
+                "unlimited" => None,
+                limit => Some(limit.parse::<Limit>().map_err(error)?),
+            };
+            match tier.trim() {
+                "" => return Err(error(format!("`{pair}`: the tier name is empty"))),
+                "*" => limits.default = limit,
+                tier => limits = limits.tier(tier, limit),
+            }
+        }
+        Ok(limits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_strings_parse() {
+        let limits: TierLimits = "free=60/m, pro=600/m,enterprise=unlimited,*=30/h"
+            .parse()
+            .unwrap();
+        assert_eq!(limits.for_tier("free"), Limit::per_minute(60));
+        assert_eq!(limits.for_tier("pro"), Limit::per_minute(600));
+        assert_eq!(limits.for_tier("enterprise"), None);
+        assert_eq!(limits.for_tier("trial"), Limit::per_hour(30));
+        let no_default: TierLimits = "free=1/s".parse().unwrap();
+        assert_eq!(no_default.for_tier("other"), None);
+    }
+
+    #[test]
+    fn bad_rate_limits_name_the_variable() {
+        for bad in [
+            "free",
+            "free=60",
+            "free=0/m",
+            "free=x/m",
+            "free=60/w",
+            "=60/m",
+        ] {
+            let error = bad.parse::<TierLimits>().unwrap_err();
+            assert_eq!(error.setting(), "RATE_LIMITS", "{bad}");
+        }
+    }
+
+    #[test]
+    fn limits_display_like_they_parse() {
+        for text in ["60/m", "10/s", "1000/h", "5/d"] {
+            assert_eq!(text.parse::<Limit>().unwrap().to_string(), text);
+        }
+        let limit = Limit::per_minute(60).unwrap();
+        assert_eq!(limit.emission_interval(), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,16 @@
+//! Tier-aware rate limiting that runs after the sync layer: [`RateLimitLayer`], [`TierLimits`],
+//! and the memory and Postgres stores.
+
+mod layer;
+mod limits;
+mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+mod store;
+
+pub use layer::{AnonymousPolicy, RateLimit, RateLimitLayer, ResponseFuture, StoreFailurePolicy};
+pub use limits::{Limit, TierLimits};
+pub use memory::MemoryRateLimitStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PgRateLimitStore;
+pub use store::{Decision, RateLimitKey, RateLimitStore};

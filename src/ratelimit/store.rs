@@ -1,0 +1,83 @@
+//! [`RateLimitStore`]: where rate-limit state lives, and the GCRA arithmetic every store shares.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::limits::Limit;
+use crate::sync::StoreFuture;
+
+/// Whose budget a request spends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RateLimitKey<'a> {
+    /// A synced user, by Clerk user id.
+    User(&'a str),
+    /// An anonymous request, by client IP.
+    Ip(IpAddr),
+}
+
+/// The answer for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request may go on.
+    pub allowed: bool,
+    /// Requests left right now (`RateLimit-Remaining`).
+    pub remaining: u32,
+    /// Time until the whole budget is back (`RateLimit-Reset`).
+    pub reset: Duration,
+    /// For a refused request, time until the next one would pass (`Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl Decision {
+    /// Derives the decision from GCRA state: whether the request was allowed and how far the
+    /// theoretical arrival time (TAT) now lies ahead of the clock.
+    ///
+    /// With emission interval `T = period / count` and burst tolerance `τ = period − T`, a
+    /// request is allowed while `TAT − now ≤ τ`; an allowed request pushes TAT by `T`.
+    pub(crate) fn from_gcra(allowed: bool, ahead: Duration, limit: Limit) -> Self {
+        let interval = limit.emission_interval();
+        let tolerance = limit.period().saturating_sub(interval);
+        if allowed {
+            let spare = limit.period().saturating_sub(ahead);
+            let remaining = (spare.as_nanos() / interval.as_nanos().max(1)) as u32;
+            Self {
+                allowed,
+                remaining: remaining.min(limit.count()),
+                reset: ahead,
+                retry_after: None,
+            }
+        } else {
+            Self {
+                allowed,
+                remaining: 0,
+                reset: ahead,
+                retry_after: Some(ahead.saturating_sub(tolerance)),
+            }
+        }
+    }
+}
+
+/// Keeps the GCRA state of every key. Implement it for another backend (Redis, say); the
+/// memory and Postgres stores ship with the crate.
+pub trait RateLimitStore: Send + Sync + 'static {
+    /// Spends one request of `key`'s budget under `limit`, atomically, and answers.
+    fn check<'a>(&'a self, key: RateLimitKey<'a>, limit: Limit) -> StoreFuture<'a, Decision>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcra_decisions_count_down_and_say_when_to_retry() {
+        let limit = Limit::new(3, Duration::from_secs(3)).unwrap();
+        let first = Decision::from_gcra(true, Duration::from_secs(1), limit);
+        assert_eq!((first.remaining, first.reset), (2, Duration::from_secs(1)));
+        let last = Decision::from_gcra(true, Duration::from_secs(3), limit);
+        assert_eq!(last.remaining, 0);
+        let refused = Decision::from_gcra(false, Duration::from_millis(2500), limit);
+        assert_eq!(refused.retry_after, Some(Duration::from_millis(500)));
+        assert_eq!(refused.remaining, 0);
+    }
+}
