@@ -39,7 +39,10 @@ impl Decision {
         let interval = limit.emission_interval();
         let tolerance = limit.period().saturating_sub(interval);
         if allowed {
-            let spare = limit.period().saturating_sub(ahead);
+            // Stores that keep time in microseconds (PostgreSQL) round the interval; a few
+            // microseconds of slack keep `remaining` from dropping one short because of it.
+            let slack = Duration::from_micros(10).min(interval / 2);
+            let spare = limit.period().saturating_sub(ahead) + slack;
             let remaining = (spare.as_nanos() / interval.as_nanos().max(1)) as u32;
             Self {
                 allowed,
@@ -76,6 +79,10 @@ mod tests {
         assert_eq!((first.remaining, first.reset), (2, Duration::from_secs(1)));
         let last = Decision::from_gcra(true, Duration::from_secs(3), limit);
         assert_eq!(last.remaining, 0);
+        // 2/3 s rounded to microseconds, as PostgreSQL returns it, still leaves 2 of 3.
+        let thirds = Limit::new(3, Duration::from_secs(2)).unwrap();
+        let rounded = Decision::from_gcra(true, Duration::from_micros(666_667), thirds);
+        assert_eq!(rounded.remaining, 2);
         let refused = Decision::from_gcra(false, Duration::from_millis(2500), limit);
         assert_eq!(refused.retry_after, Some(Duration::from_millis(500)));
         assert_eq!(refused.remaining, 0);
