@@ -13,11 +13,12 @@ use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::routing::get;
 use axum::{Json, Router};
 use clerk_sync::testing::DevIssuer;
-use clerk_sync::{ClerkConfig, ClerkSync, ClerkUser, PgUserStore};
+use clerk_sync::{ClerkConfig, ClerkSync, ClerkUser, PgUserStore, RateLimitLayer};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
+use tower::ServiceBuilder;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 use tracing_subscriber::EnvFilter;
@@ -78,9 +79,22 @@ pub async fn demo(dev_webhook_secret: Option<&str>) -> Result<Demo, Box<dyn Erro
 impl Demo {
     /// `GET /me` behind the layer, `GET /healthz`, and with a dev issuer `GET /dev/token/{id}`.
     pub fn app(&self) -> Router {
-        let mut app = Router::new()
-            .route("/me", get(me))
-            .layer(self.clerk.layer())
+        self.app_with_limiter(None)
+    }
+
+    /// Like [`Demo::app`], with `limiter` inside the sync layer on `/me`.
+    pub fn app_with_limiter(&self, limiter: Option<RateLimitLayer>) -> Router {
+        let me = Router::new().route("/me", get(me));
+        let me = match limiter {
+            // Outermost first: verify and sync, then limit by the synced tier.
+            Some(limiter) => me.layer(
+                ServiceBuilder::new()
+                    .layer(self.clerk.layer())
+                    .layer(limiter),
+            ),
+            None => me.layer(self.clerk.layer()),
+        };
+        let mut app = me
             .route("/healthz", get(|| async { "ok" }))
             .with_state(self.pool.clone());
         if let Some(dev) = &self.dev {

@@ -1,0 +1,35 @@
+//! Sync + tier-aware rate limiting on `GET /me`.
+//!
+//! ```text
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test RATE_LIMITS='free=3/m,pro=600/m' \
+//!     cargo run --example rate_limited_api
+//! ```
+//!
+//! Reads the quickstart's variables plus:
+//! - `RATE_LIMITS`: comma-separated `tier=<count>/<s|m|h|d>` or `tier=unlimited`; `*` sets the
+//!   limit of tiers not listed (unlimited when absent). Default `free=60/m,pro=600/m`.
+//! - `RATE_LIMIT_STORE`: `memory` (default, one process) or `postgres` (one limit shared by
+//!   every process, in the `clerk_rate_limits` table).
+
+mod common;
+
+use clerk_sync::{PgRateLimitStore, RateLimitLayer, TierLimits};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let demo = common::demo(None).await?;
+    let limits: TierLimits = std::env::var("RATE_LIMITS")
+        .unwrap_or_else(|_| "free=60/m,pro=600/m".into())
+        .parse()?;
+    let limiter = match std::env::var("RATE_LIMIT_STORE").as_deref() {
+        Ok("postgres") => {
+            RateLimitLayer::with_store(limits, PgRateLimitStore::new(demo.pool.clone()))
+        }
+        Ok("memory") | Err(_) => RateLimitLayer::per_tier(limits),
+        Ok(other) => {
+            return Err(format!("RATE_LIMIT_STORE: `{other}` is not memory or postgres").into());
+        }
+    };
+    demo.serve(demo.app_with_limiter(Some(limiter)), |_| {})
+        .await
+}
