@@ -9,7 +9,9 @@
 //! - `layer/both_hit`: tokens seen before, users synced, cycling through 10,000 users;
 //! - `layer/new_token_cached_user`: token cache off, so every request is one RSA
 //!   verification, users synced;
-//! - `verify_only`: the crate's verifier alone on an uncached token.
+//! - `verify_only`: the crate's verifier alone on an uncached token;
+//! - `layer/both_hit+ratelimit_memory` and `layer/both_hit+ratelimit_postgres`: the both-hit
+//!   path with `RateLimitLayer` inside it (a limit no request reaches), on each store.
 //!
 //! The layer cases need PostgreSQL (users are synced once, before measuring, into a database
 //! named `clerk_sync_bench` created next to `DATABASE_URL`'s); without `DATABASE_URL` they are
@@ -23,7 +25,9 @@ use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
 use clerk_sync::testing::DevIssuer;
-use clerk_sync::{ClerkSync, ClerkUser, PgUserStore};
+use clerk_sync::{
+    ClerkSync, ClerkUser, Limit, PgRateLimitStore, PgUserStore, RateLimitLayer, TierLimits,
+};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, header};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -111,6 +115,20 @@ fn overhead(c: &mut Criterion) {
     let layered = Router::new()
         .route("/me", get(handler))
         .layer(cached.layer());
+    // A limit no request in the bench reaches, so every request takes the allowed path.
+    let generous = || TierLimits::new(Limit::new(1_000_000_000, Duration::from_secs(1)));
+    let limited = |limiter: RateLimitLayer| {
+        Router::new().route("/me", get(handler)).layer(
+            tower::ServiceBuilder::new()
+                .layer(cached.layer())
+                .layer(limiter),
+        )
+    };
+    let limited_memory = limited(RateLimitLayer::per_tier(generous()));
+    let limited_postgres = limited(RateLimitLayer::with_store(
+        generous(),
+        PgRateLimitStore::new(pool.clone()),
+    ));
     let verifying = Router::new()
         .route("/me", get(handler))
         .layer(uncached.layer());
@@ -131,6 +149,18 @@ fn overhead(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             i = (i + 1) % USERS;
             layered.clone().oneshot(request(&tokens[i]))
+        })
+    });
+    group.bench_function("layer/both_hit+ratelimit_memory", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % USERS;
+            limited_memory.clone().oneshot(request(&tokens[i]))
+        })
+    });
+    group.bench_function("layer/both_hit+ratelimit_postgres", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % USERS;
+            limited_postgres.clone().oneshot(request(&tokens[i]))
         })
     });
     group.bench_function("layer/new_token_cached_user", |b| {
