@@ -4,13 +4,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, header};
+use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -156,6 +157,15 @@ enum Subject {
     Ip(std::net::IpAddr),
 }
 
+impl Subject {
+    fn key(&self) -> RateLimitKey<'_> {
+        match self {
+            Self::User(user) => RateLimitKey::User(user.user_id()),
+            Self::Ip(ip) => RateLimitKey::Ip(*ip),
+        }
+    }
+}
+
 fn problem(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
@@ -176,13 +186,69 @@ fn secs_ceil(duration: Duration) -> u64 {
     }
 }
 
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
 fn add_headers(headers: &mut HeaderMap, limit: Limit, decision: &Decision) {
-    headers.insert("ratelimit-limit", HeaderValue::from(limit.count()));
-    headers.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
+    headers.reserve(3);
+    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(limit.count()));
+    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(decision.remaining));
     headers.insert(
-        "ratelimit-reset",
+        RATELIMIT_RESET,
         HeaderValue::from(secs_ceil(decision.reset)),
     );
+}
+
+fn too_many_requests(subject: &Subject, limit: Limit, decision: &Decision) -> Response {
+    let retry_after = secs_ceil(decision.retry_after.unwrap_or(decision.reset)).max(1);
+    if let Subject::User(user) = subject {
+        tracing::debug!(user.id = user.user_id(), tier = user.tier(), %limit, "rate limited");
+    }
+    let message = format!("rate limit of {limit} exceeded; retry in {retry_after} s");
+    let mut response = problem(StatusCode::TOO_MANY_REQUESTS, "rate_limited", &message);
+    let headers = response.headers_mut();
+    add_headers(headers, limit, decision);
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    response
+}
+
+fn misconfigured(message: &str) -> Response {
+    tracing::error!("{message}");
+    problem(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "rate_limit_misconfigured",
+        message,
+    )
+}
+
+impl<S> RateLimit<S> {
+    /// Who pays for this request and under which limit; `Ok(None)` when nobody does, `Err`
+    /// with the fix when the layers are set up wrong.
+    fn subject<B>(&self, request: &Request<B>) -> Result<Option<(Subject, Limit)>, &'static str> {
+        let extensions = request.extensions();
+        if let Some(user) = extensions.get::<ClerkUser>() {
+            let limit = self.settings.limits.for_tier(user.tier());
+            return Ok(limit.map(|limit| (Subject::User(user.clone()), limit)));
+        }
+        if extensions.get::<AnonymousRequest>().is_none() {
+            return Err(
+                "RateLimitLayer found no ClerkUser: the Clerk sync layer must run first. \
+                 With ServiceBuilder, add clerk.layer() before RateLimitLayer; with \
+                 Router::layer, call .layer(RateLimitLayer) before .layer(clerk.layer())",
+            );
+        }
+        match self.settings.anonymous {
+            AnonymousPolicy::PassThrough => Ok(None),
+            AnonymousPolicy::ByIp(limit) => match extensions.get::<ConnectInfo<SocketAddr>>() {
+                Some(ConnectInfo(addr)) => Ok(Some((Subject::Ip(addr.ip()), limit))),
+                None => Err(
+                    "AnonymousPolicy::ByIp needs the client address: serve the app with \
+                     `into_make_service_with_connect_info::<SocketAddr>()`",
+                ),
+            },
+        }
+    }
 }
 
 impl<S, B> Service<Request<B>> for RateLimit<S>
@@ -195,58 +261,33 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Error>;
+    type Future = ResponseFuture<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        let (subject, limit) = match self.subject(&request) {
+            Ok(Some(found)) => found,
+            Ok(None) => return ResponseFuture::inner(self.inner.call(request), None),
+            Err(fix) => return ResponseFuture::ready(misconfigured(fix)),
+        };
+        // A store that answers without I/O is decided here, and the service that was polled
+        // ready is called directly: no clone of it, no boxed future.
+        if let Some(decision) = self.settings.store.check_now(subject.key(), limit) {
+            return if decision.allowed {
+                ResponseFuture::inner(self.inner.call(request), Some((limit, decision)))
+            } else {
+                ResponseFuture::ready(too_many_requests(&subject, limit, &decision))
+            };
+        }
         // See ClerkSyncService::call: call the service that was polled ready.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let settings = self.settings.clone();
-        let extensions = request.extensions();
-        let subject = match (
-            extensions.get::<ClerkUser>(),
-            extensions.get::<AnonymousRequest>(),
-            settings.anonymous,
-        ) {
-            (Some(user), _, _) => settings
-                .limits
-                .for_tier(user.tier())
-                .map(|limit| (Subject::User(user.clone()), limit)),
-            (None, Some(_), AnonymousPolicy::PassThrough) => None,
-            (None, Some(_), AnonymousPolicy::ByIp(limit)) => {
-                match extensions.get::<ConnectInfo<SocketAddr>>() {
-                    Some(ConnectInfo(addr)) => Some((Subject::Ip(addr.ip()), limit)),
-                    None => {
-                        return ResponseFuture::ready(misconfigured(
-                            "AnonymousPolicy::ByIp needs the client address: serve the app with \
-                         `into_make_service_with_connect_info::<SocketAddr>()`",
-                        ));
-                    }
-                }
-            }
-            (None, None, _) => {
-                return ResponseFuture::ready(misconfigured(
-                    "RateLimitLayer found no ClerkUser: the Clerk sync layer must run first. \
-                     With ServiceBuilder, add clerk.layer() before RateLimitLayer; with \
-                     Router::layer, call .layer(RateLimitLayer) before .layer(clerk.layer())",
-                ));
-            }
-        };
-        let Some((subject, limit)) = subject else {
-            return ResponseFuture::new(async move {
-                inner.call(request).await.map(IntoResponse::into_response)
-            });
-        };
-        ResponseFuture::new(async move {
-            let key = match &subject {
-                Subject::User(user) => RateLimitKey::User(user.user_id()),
-                Subject::Ip(ip) => RateLimitKey::Ip(*ip),
-            };
-            let decision = match settings.store.check(key, limit).await {
+        ResponseFuture::boxed(async move {
+            let decision = match settings.store.check(subject.key(), limit).await {
                 Ok(decision) => decision,
                 Err(error) => {
                     tracing::error!(%error, "rate-limit store failed");
@@ -269,16 +310,7 @@ where
                 }
             };
             if !decision.allowed {
-                let retry_after = secs_ceil(decision.retry_after.unwrap_or(decision.reset)).max(1);
-                if let Subject::User(user) = &subject {
-                    tracing::debug!(user.id = user.user_id(), tier = user.tier(), %limit, "rate limited");
-                }
-                let message = format!("rate limit of {limit} exceeded; retry in {retry_after} s");
-                let mut response = problem(StatusCode::TOO_MANY_REQUESTS, "rate_limited", &message);
-                let headers = response.headers_mut();
-                add_headers(headers, limit, &decision);
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-                return Ok(response);
+                return Ok(too_many_requests(&subject, limit, &decision));
             }
             let mut response = inner.call(request).await?.into_response();
             add_headers(response.headers_mut(), limit, &decision);
@@ -287,42 +319,78 @@ where
     }
 }
 
-fn misconfigured(message: &str) -> Response {
-    tracing::error!("{message}");
-    problem(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "rate_limit_misconfigured",
-        message,
-    )
+type BoxedResponse<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
+
+pin_project! {
+    /// Response future of [`RateLimit`].
+    pub struct ResponseFuture<F, E> {
+        #[pin]
+        state: State<F, E>,
+    }
 }
 
-/// Response future of [`RateLimit`].
-pub struct ResponseFuture<E> {
-    inner: Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>,
+pin_project! {
+    #[project = StateProj]
+    enum State<F, E> {
+        // The inner service's future; the headers to add to its response.
+        Inner { #[pin] future: F, headers: Option<(Limit, Decision)> },
+        // An answer made without the inner service (429, 500).
+        Ready { response: Option<Response> },
+        // A store that needs I/O.
+        Boxed { future: BoxedResponse<E> },
+    }
 }
 
-impl<E: Send + 'static> ResponseFuture<E> {
-    fn new(future: impl Future<Output = Result<Response, E>> + Send + 'static) -> Self {
+impl<F, E> ResponseFuture<F, E> {
+    fn inner(future: F, headers: Option<(Limit, Decision)>) -> Self {
         Self {
-            inner: Box::pin(future),
+            state: State::Inner { future, headers },
         }
     }
 
     fn ready(response: Response) -> Self {
-        Self::new(std::future::ready(Ok(response)))
+        Self {
+            state: State::Ready {
+                response: Some(response),
+            },
+        }
+    }
+
+    fn boxed(future: impl Future<Output = Result<Response, E>> + Send + 'static) -> Self {
+        Self {
+            state: State::Boxed {
+                future: Box::pin(future),
+            },
+        }
     }
 }
 
-impl<E> std::fmt::Debug for ResponseFuture<E> {
+impl<F, E> std::fmt::Debug for ResponseFuture<F, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<E> Future for ResponseFuture<E> {
+impl<F, R, E> Future for ResponseFuture<F, E>
+where
+    F: Future<Output = Result<R, E>>,
+    R: IntoResponse,
+{
     type Output = Result<Response, E>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Inner { future, headers } => {
+                let mut response = ready!(future.poll(cx))?.into_response();
+                if let Some((limit, decision)) = headers.take() {
+                    add_headers(response.headers_mut(), limit, &decision);
+                }
+                Poll::Ready(Ok(response))
+            }
+            StateProj::Ready { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("ResponseFuture polled after completion"))),
+            StateProj::Boxed { future } => future.as_mut().poll(cx),
+        }
     }
 }

@@ -1,67 +1,107 @@
-//! [`MemoryRateLimitStore`]: GCRA state in this process, bounded and evicted when idle.
+//! [`MemoryRateLimitStore`]: GCRA state in this process, in a bounded sharded map.
 
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use moka::Expiry;
-use moka::sync::Cache;
 use tokio::time::Instant;
 
 use super::limits::Limit;
 use super::store::{Decision, RateLimitKey, RateLimitStore};
 use crate::sync::StoreFuture;
 
-/// One key's state: its theoretical arrival time, in nanoseconds since the store's origin.
-#[derive(Debug)]
-struct Slot {
-    tat: AtomicU64,
-    period: Duration,
+const SHARDS: usize = 64;
+
+/// Keys and their theoretical arrival time (TAT), in nanoseconds since the store's origin.
+struct ShardedMap<K> {
+    shards: Box<[Mutex<HashMap<K, u64>>]>,
+    hasher: RandomState,
+    per_shard: usize,
 }
 
-/// A slot idle for a whole period has its full budget back: forgetting it changes nothing.
-struct IdleForAPeriod;
-
-impl<K> Expiry<K, Arc<Slot>> for IdleForAPeriod {
-    fn expire_after_create(
-        &self,
-        _key: &K,
-        slot: &Arc<Slot>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(slot.period)
+impl<K: Hash + Eq> ShardedMap<K> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+        }
     }
 
-    fn expire_after_read(
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> MutexGuard<'_, HashMap<K, u64>> {
+        let index = (self.hasher.hash_one(key) as usize) % SHARDS;
+        // The map holds plain numbers; a panic elsewhere cannot leave it half-written.
+        match self.shards[index].lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Runs `step` on the key's TAT (0 for a new key, created by `make_key`) under the shard's
+    /// lock.
+    fn with_tat<Q, R>(
         &self,
-        _key: &K,
-        slot: &Arc<Slot>,
-        _read_at: std::time::Instant,
-        _duration_until_expiry: Option<Duration>,
-        _last_modified_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(slot.period)
+        key: &Q,
+        make_key: impl FnOnce() -> K,
+        now: u64,
+        step: impl FnOnce(&mut u64) -> R,
+    ) -> R
+    where
+        K: Borrow<Q> + Clone,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut shard = self.shard(key);
+        if let Some(tat) = shard.get_mut(key) {
+            return step(tat);
+        }
+        if shard.len() >= self.per_shard {
+            // A key whose TAT has passed has its whole budget back: forgetting it loses
+            // nothing. If every key is still active, drop the one closest to refilled.
+            shard.retain(|_, tat| *tat > now);
+            if shard.len() >= self.per_shard {
+                let oldest = shard
+                    .iter()
+                    .min_by_key(|(_, tat)| **tat)
+                    .map(|(key, _)| key.clone());
+                if let Some(oldest) = oldest {
+                    shard.remove::<K>(&oldest);
+                }
+            }
+        }
+        step(shard.entry(make_key()).or_insert(0))
+    }
+
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| shard.lock().map_or(0, |map| map.len()))
+            .sum()
     }
 }
 
-/// Rate-limit state for one process: GCRA per key, lock-free per request (one atomic
-/// compare-and-swap), at most `capacity` keys, and keys idle for a whole period forgotten.
+/// Rate-limit state for one process: GCRA per key in a sharded map (one short lock per
+/// request), at most `capacity` users and `capacity` IPs. When a shard is full, keys whose
+/// budget is fully back are dropped first (nothing is lost); only if every key is active is
+/// the one closest to refilled dropped.
 ///
 /// Every process has its own budget: with N processes a user gets N times the limit. Use
 /// [`crate::PgRateLimitStore`] to share one limit.
 #[derive(Clone)]
 pub struct MemoryRateLimitStore {
-    users: Cache<Box<str>, Arc<Slot>>,
-    ips: Cache<IpAddr, Arc<Slot>>,
+    users: Arc<ShardedMap<Box<str>>>,
+    ips: Arc<ShardedMap<IpAddr>>,
     origin: Instant,
 }
 
 impl std::fmt::Debug for MemoryRateLimitStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryRateLimitStore")
-            .field("users", &self.users.entry_count())
-            .field("ips", &self.ips.entry_count())
+            .field("users", &self.users.len())
+            .field("ips", &self.ips.len())
             .finish_non_exhaustive()
     }
 }
@@ -73,59 +113,36 @@ impl Default for MemoryRateLimitStore {
 }
 
 impl MemoryRateLimitStore {
-    /// A store that keeps at most `capacity` users and `capacity` IPs. Default: 100,000.
-    pub fn new(capacity: u64) -> Self {
+    /// A store that keeps at most about `capacity` users and `capacity` IPs. Default: 100,000.
+    pub fn new(capacity: usize) -> Self {
         Self {
-            users: Cache::builder()
-                .max_capacity(capacity)
-                .expire_after(IdleForAPeriod)
-                .build(),
-            ips: Cache::builder()
-                .max_capacity(capacity)
-                .expire_after(IdleForAPeriod)
-                .build(),
+            users: Arc::new(ShardedMap::new(capacity)),
+            ips: Arc::new(ShardedMap::new(capacity)),
             origin: Instant::now(),
-        }
-    }
-
-    fn slot(&self, key: RateLimitKey<'_>, limit: Limit) -> Arc<Slot> {
-        let fresh = || {
-            Arc::new(Slot {
-                tat: AtomicU64::new(0),
-                period: limit.period(),
-            })
-        };
-        match key {
-            RateLimitKey::User(id) => match self.users.get(id) {
-                Some(slot) => slot,
-                None => self.users.get_with(id.into(), fresh),
-            },
-            RateLimitKey::Ip(ip) => self.ips.get_with(ip, fresh),
         }
     }
 
     /// The GCRA step, synchronous.
     pub(crate) fn decide(&self, key: RateLimitKey<'_>, limit: Limit) -> Decision {
-        let slot = self.slot(key, limit);
         let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        let now = nanos(self.origin.elapsed());
+        // +1 so that a stored 0 ("new key") is always in the past.
+        let now = nanos(self.origin.elapsed()) + 1;
         let interval = nanos(limit.emission_interval());
         let tolerance = nanos(limit.period()).saturating_sub(interval);
-        let mut current = slot.tat.load(Ordering::Acquire);
-        loop {
-            let tat = current.max(now);
+        let step = |stored: &mut u64| {
+            let tat = (*stored).max(now);
             if tat - now > tolerance {
-                return Decision::from_gcra(false, Duration::from_nanos(tat - now), limit);
+                (false, tat - now)
+            } else {
+                *stored = tat + interval;
+                (true, *stored - now)
             }
-            let next = tat + interval;
-            match slot
-                .tat
-                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return Decision::from_gcra(true, Duration::from_nanos(next - now), limit),
-                Err(actual) => current = actual,
-            }
-        }
+        };
+        let (allowed, ahead) = match key {
+            RateLimitKey::User(id) => self.users.with_tat(id, || id.into(), now, step),
+            RateLimitKey::Ip(ip) => self.ips.with_tat(&ip, || ip, now, step),
+        };
+        Decision::from_gcra(allowed, Duration::from_nanos(ahead), limit)
     }
 }
 
@@ -133,6 +150,10 @@ impl RateLimitStore for MemoryRateLimitStore {
     fn check<'a>(&'a self, key: RateLimitKey<'a>, limit: Limit) -> StoreFuture<'a, Decision> {
         let decision = self.decide(key, limit);
         Box::pin(std::future::ready(Ok(decision)))
+    }
+
+    fn check_now(&self, key: RateLimitKey<'_>, limit: Limit) -> Option<Decision> {
+        Some(self.decide(key, limit))
     }
 }
 
@@ -195,5 +216,25 @@ mod tests {
             .collect();
         let passed: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
         assert_eq!(passed, 1000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_stays_bounded_under_many_keys() {
+        let store = MemoryRateLimitStore::new(64);
+        let limit = Limit::per_minute(1).unwrap();
+        for i in 0..10_000 {
+            assert!(
+                store
+                    .decide(RateLimitKey::User(&format!("user_{i}")), limit)
+                    .allowed
+            );
+            if i % 100 == 0 {
+                tokio::time::advance(Duration::from_secs(61)).await;
+            }
+        }
+        // One key per shard at most (64 keys over 64 shards).
+        assert!(store.users.len() <= SHARDS, "{}", store.users.len());
+        // A key still in the map keeps its state.
+        assert!(!store.decide(RateLimitKey::User("user_9999"), limit).allowed);
     }
 }

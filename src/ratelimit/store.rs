@@ -66,6 +66,13 @@ impl Decision {
 pub trait RateLimitStore: Send + Sync + 'static {
     /// Spends one request of `key`'s budget under `limit`, atomically, and answers.
     fn check<'a>(&'a self, key: RateLimitKey<'a>, limit: Limit) -> StoreFuture<'a, Decision>;
+
+    /// The same as [`check`](Self::check) for stores that answer without I/O; the layer tries
+    /// it first and skips the future. The default returns `None`: use `check`.
+    fn check_now(&self, key: RateLimitKey<'_>, limit: Limit) -> Option<Decision> {
+        let _ = (key, limit);
+        None
+    }
 }
 
 #[cfg(test)]
