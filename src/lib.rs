@@ -40,5 +40,7 @@ pub use sync::{
 };
 #[cfg(feature = "postgres")]
 pub use sync::{PgUserStore, migrate};
+#[cfg(feature = "sqlite")]
+pub use sync::{SqliteUserStore, migrate_sqlite};
 pub use token::{AuthorizedPartyPolicy, SessionClaims, Verifier};
 pub use webhook::WebhookError;

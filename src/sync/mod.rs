@@ -9,4 +9,6 @@ pub use cache::FailurePolicy;
 pub use profile::{ProfileClaims, UserProfile};
 #[cfg(feature = "postgres")]
 pub use store::postgres::{PgUserStore, migrate};
+#[cfg(feature = "sqlite")]
+pub use store::sqlite::{SqliteUserStore, migrate_sqlite};
 pub use store::{StoreError, StoreFuture, UpsertOutcome, UserChange, UserStore, WebhookOutcome};

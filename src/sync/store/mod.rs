@@ -8,6 +8,30 @@ use crate::invalidate::Invalidator;
 
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
+
+/// The condition under which a snapshot's fields are applied to row `u`: its version is at
+/// least the stored one (`>=`, so a redelivered snapshot is a no-op rather than skipped), or
+/// the row never had a versioned snapshot. A NULL version compares as false.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+const NEWER: &str =
+    "(u.clerk_updated_at IS NULL OR excluded.clerk_updated_at >= u.clerk_updated_at)";
+
+/// `SET` clauses for the profile fields: a field is replaced only by a known value from a
+/// snapshot that passes [`NEWER`]. The same SQL in PostgreSQL and SQLite.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn versioned_field_updates() -> String {
+    ["email", "first_name", "last_name", "username", "image_url"]
+        .iter()
+        .map(|name| {
+            format!(
+                "{name} = CASE WHEN {NEWER} THEN COALESCE(excluded.{name}, u.{name}) ELSE u.{name} END"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// The future returned by [`UserStore`] methods.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;

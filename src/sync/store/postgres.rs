@@ -91,15 +91,8 @@ impl PgUserStore {
     }
 
     fn build(pool: PgPool, table: &str) -> Self {
-        // A field is replaced only by a known value from a snapshot at least as new as the
-        // stored one; `>=` makes redelivery of the same snapshot a no-op rather than a skip.
-        let newer =
-            "(u.clerk_updated_at IS NULL OR EXCLUDED.clerk_updated_at >= u.clerk_updated_at)";
-        let field = |name: &str| {
-            format!(
-                "{name} = CASE WHEN {newer} THEN COALESCE(EXCLUDED.{name}, u.{name}) ELSE u.{name} END"
-            )
-        };
+        let fields = super::versioned_field_updates();
+        let newer = super::NEWER;
         // `$8` says whether this is a visit (the layer) or not (a webhook).
         let upsert_sql = format!(
             "INSERT INTO {table} AS u \
@@ -107,18 +100,13 @@ impl PgUserStore {
              VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7::bigint / 1000.0), \
                      CASE WHEN $8::boolean THEN now() END) \
              ON CONFLICT (id) DO UPDATE SET \
-                 {email}, {first_name}, {last_name}, {username}, {image_url}, \
-                 updated_at = CASE WHEN {newer} AND EXCLUDED.clerk_updated_at IS NOT NULL \
+                 {fields}, \
+                 updated_at = CASE WHEN {newer} AND excluded.clerk_updated_at IS NOT NULL \
                      THEN now() ELSE u.updated_at END, \
-                 clerk_updated_at = GREATEST(u.clerk_updated_at, EXCLUDED.clerk_updated_at), \
+                 clerk_updated_at = GREATEST(u.clerk_updated_at, excluded.clerk_updated_at), \
                  last_seen_at = CASE WHEN $8::boolean THEN now() ELSE u.last_seen_at END \
              WHERE u.deleted_at IS NULL \
-             RETURNING tier, (xmax = 0) AS inserted",
-            email = field("email"),
-            first_name = field("first_name"),
-            last_name = field("last_name"),
-            username = field("username"),
-            image_url = field("image_url"),
+             RETURNING tier, (xmax = 0) AS inserted"
         );
         // A delete of an unknown user leaves a tombstone, so a late `user.created` cannot
         // create it; an existing row keeps its id and tier and loses its personal fields.
@@ -129,7 +117,7 @@ impl PgUserStore {
                  email = NULL, first_name = NULL, last_name = NULL, username = NULL, \
                  image_url = NULL, updated_at = now(), \
                  deleted_at = COALESCE(u.deleted_at, now()), \
-                 clerk_updated_at = GREATEST(u.clerk_updated_at, EXCLUDED.clerk_updated_at)"
+                 clerk_updated_at = GREATEST(u.clerk_updated_at, excluded.clerk_updated_at)"
         );
         Self {
             pool,

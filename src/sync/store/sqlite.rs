@@ -1,0 +1,207 @@
+//! [`SqliteUserStore`]: the embedded backend, and [`migrate_sqlite`].
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::{Row, SqliteConnection, SqlitePool};
+
+use super::{StoreFuture, UpsertOutcome, UserChange, UserStore, WebhookOutcome};
+use crate::sync::profile::UserProfile;
+
+/// Records which of this crate's SQLite migrations ran (kept apart from `_sqlx_migrations`).
+const MIGRATIONS_TABLE: &str = "_clerk_sync_migrations";
+
+/// Creates or updates the tables this crate needs in a SQLite database (`users`,
+/// `clerk_webhook_events`); the mirror of [`crate::migrate`].
+pub async fn migrate_sqlite(pool: &SqlitePool) -> Result<(), MigrateError> {
+    let mut migrator: Migrator = sqlx::migrate!("migrations/sqlite");
+    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+    migrator.run(pool).await
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `GREATEST` that ignores NULLs, as PostgreSQL's does.
+const GREATEST_VERSION: &str = "CASE WHEN u.clerk_updated_at IS NULL THEN excluded.clerk_updated_at \
+     WHEN excluded.clerk_updated_at IS NULL THEN u.clerk_updated_at \
+     ELSE MAX(u.clerk_updated_at, excluded.clerk_updated_at) END";
+
+/// Stores users in a SQLite file: the embedded default, for development and for apps that run
+/// on one machine. Same rules as [`crate::PgUserStore`] (one statement, versioned, tier on
+/// insert only, no NULL overwrites, no resurrection); timestamps are Unix milliseconds.
+///
+/// One process only: there is no cross-process invalidation (no `LISTEN/NOTIFY`), and the
+/// shared rate-limit store is Postgres-only (use [`crate::MemoryRateLimitStore`]).
+#[derive(Clone)]
+pub struct SqliteUserStore {
+    pool: SqlitePool,
+    upsert_sql: String,
+    delete_sql: String,
+}
+
+impl std::fmt::Debug for SqliteUserStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteUserStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteUserStore {
+    /// A store on an existing pool; run [`migrate_sqlite`] on it first.
+    pub fn new(pool: SqlitePool) -> Self {
+        let fields = super::versioned_field_updates();
+        let newer = super::NEWER;
+        // ?8: is this a visit (the layer) or not (a webhook); ?9: now, in milliseconds.
+        let upsert_sql = format!(
+            "INSERT INTO users AS u \
+                 (id, email, first_name, last_name, username, image_url, clerk_updated_at, \
+                  last_seen_at, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, CASE WHEN ?8 THEN ?9 END, ?9, ?9) \
+             ON CONFLICT (id) DO UPDATE SET \
+                 {fields}, \
+                 updated_at = CASE WHEN {newer} AND excluded.clerk_updated_at IS NOT NULL \
+                     THEN ?9 ELSE u.updated_at END, \
+                 clerk_updated_at = {GREATEST_VERSION}, \
+                 last_seen_at = CASE WHEN ?8 THEN ?9 ELSE u.last_seen_at END \
+             WHERE u.deleted_at IS NULL \
+             RETURNING tier, created_at = ?9 AND updated_at = ?9 AS inserted"
+        );
+        let delete_sql = format!(
+            "INSERT INTO users AS u (id, clerk_updated_at, deleted_at, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?3, ?3) \
+             ON CONFLICT (id) DO UPDATE SET \
+                 email = NULL, first_name = NULL, last_name = NULL, username = NULL, \
+                 image_url = NULL, updated_at = ?3, \
+                 deleted_at = COALESCE(u.deleted_at, ?3), \
+                 clerk_updated_at = {GREATEST_VERSION}"
+        );
+        Self {
+            pool,
+            upsert_sql,
+            delete_sql,
+        }
+    }
+
+    /// Opens (creating if missing) the database at `url` (`sqlite://path`, `sqlite::memory:`,
+    /// or a plain file path) in WAL mode with a 5 s busy timeout, and migrates it.
+    pub async fn open(url: &str) -> Result<Self, sqlx::Error> {
+        let options = if url.starts_with("sqlite:") {
+            SqliteConnectOptions::from_str(url)?
+        } else {
+            SqliteConnectOptions::new().filename(url)
+        };
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        migrate_sqlite(&pool).await?;
+        Ok(Self::new(pool))
+    }
+
+    /// The pool this store writes through.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn upsert_on(
+        &self,
+        conn: &mut SqliteConnection,
+        profile: &UserProfile,
+        seen: bool,
+    ) -> Result<Option<SqliteRow>, sqlx::Error> {
+        sqlx::query(sqlx::AssertSqlSafe(self.upsert_sql.as_str()))
+            .bind(&profile.id)
+            .bind(&profile.email)
+            .bind(&profile.first_name)
+            .bind(&profile.last_name)
+            .bind(&profile.username)
+            .bind(&profile.image_url)
+            .bind(profile.version_ms)
+            .bind(seen)
+            .bind(now_ms())
+            .fetch_optional(conn)
+            .await
+    }
+
+    async fn apply_in_transaction(
+        &self,
+        delivery_id: &str,
+        change: &UserChange,
+    ) -> Result<WebhookOutcome, sqlx::Error> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        // A write first, so the transaction takes the write lock at once (no read-to-write
+        // upgrade that SQLite would refuse under contention).
+        let fresh = sqlx::query(
+            "INSERT OR IGNORE INTO clerk_webhook_events (svix_id, received_at) VALUES (?1, ?2)",
+        )
+        .bind(delivery_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            tx.rollback().await?;
+            return Ok(WebhookOutcome::Duplicate);
+        }
+        sqlx::query("DELETE FROM clerk_webhook_events WHERE received_at < ?1")
+            .bind(now - 30 * 24 * 3600 * 1000)
+            .execute(&mut *tx)
+            .await?;
+        let outcome = match change {
+            UserChange::Upsert(profile) => match self.upsert_on(&mut tx, profile, false).await? {
+                Some(_) => WebhookOutcome::Applied,
+                None => WebhookOutcome::UserDeleted,
+            },
+            UserChange::Delete {
+                user_id,
+                version_ms,
+            } => {
+                sqlx::query(sqlx::AssertSqlSafe(self.delete_sql.as_str()))
+                    .bind(user_id)
+                    .bind(version_ms)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                WebhookOutcome::Applied
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}
+
+impl UserStore for SqliteUserStore {
+    fn upsert<'a>(&'a self, profile: &'a UserProfile) -> StoreFuture<'a, UpsertOutcome> {
+        Box::pin(async move {
+            let mut conn = self.pool.acquire().await?;
+            Ok(match self.upsert_on(&mut conn, profile, true).await? {
+                Some(row) => UpsertOutcome::Active {
+                    tier: row.try_get("tier")?,
+                    inserted: row.try_get("inserted")?,
+                },
+                // The conflict's `WHERE deleted_at IS NULL` failed: deleted.
+                None => UpsertOutcome::Deleted,
+            })
+        })
+    }
+
+    fn apply_webhook<'a>(
+        &'a self,
+        delivery_id: &'a str,
+        change: &'a UserChange,
+    ) -> StoreFuture<'a, WebhookOutcome> {
+        Box::pin(async move { Ok(self.apply_in_transaction(delivery_id, change).await?) })
+    }
+}
