@@ -21,12 +21,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let limits: TierLimits = std::env::var("RATE_LIMITS")
         .unwrap_or_else(|_| "free=60/m,pro=600/m".into())
         .parse()?;
-    let limiter = match std::env::var("RATE_LIMIT_STORE").as_deref() {
-        Ok("postgres") => {
-            RateLimitLayer::with_store(limits, PgRateLimitStore::new(demo.pool.clone()))
+    let limiter = match (std::env::var("RATE_LIMIT_STORE").as_deref(), &demo.database) {
+        (Ok("postgres"), common::Database::Postgres(pool)) => {
+            RateLimitLayer::with_store(limits, PgRateLimitStore::new(pool.clone()))
         }
-        Ok("memory") | Err(_) => RateLimitLayer::per_tier(limits),
-        Ok(other) => {
+        (Ok("postgres"), common::Database::Sqlite(_)) => {
+            return Err("RATE_LIMIT_STORE=postgres needs a postgres:// DATABASE_URL".into());
+        }
+        (Ok("memory") | Err(_), _) => RateLimitLayer::per_tier(limits),
+        (Ok(other), _) => {
             return Err(format!("RATE_LIMIT_STORE: `{other}` is not memory or postgres").into());
         }
     };

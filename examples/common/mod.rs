@@ -1,5 +1,6 @@
-//! What the examples share: the pool, the Clerk config (or a local dev issuer), `GET /me`, and
-//! serving with credentials kept out of the request logs.
+//! What the examples share: the database (SQLite file by default, or `DATABASE_URL`), the
+//! Clerk config (or a local dev issuer), `GET /me`, and serving with credentials kept out of
+//! the request logs.
 #![allow(dead_code)]
 
 use std::error::Error;
@@ -13,10 +14,10 @@ use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::routing::get;
 use axum::{Json, Router};
 use clerk_sync::testing::DevIssuer;
-use clerk_sync::{ClerkConfig, ClerkSync, ClerkUser, PgUserStore, RateLimitLayer};
+use clerk_sync::{ClerkConfig, ClerkSync, ClerkUser, PgUserStore, RateLimitLayer, SqliteUserStore};
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, SqlitePool};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
@@ -30,8 +31,67 @@ const KEY_SOURCES: [&str; 4] = [
     "CLERK_JWKS_URL",
 ];
 
+/// Where users are stored: chosen by `DATABASE_URL`'s scheme, a SQLite file without it.
+#[derive(Clone)]
+pub enum Database {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// The SQLite file used when `DATABASE_URL` is not set, relative to the working directory.
+pub const DEFAULT_SQLITE_FILE: &str = "clerk-sync-quickstart.db";
+
+impl Database {
+    async fn connect() -> Result<(Self, String), Box<dyn Error>> {
+        let url = std::env::var("DATABASE_URL").unwrap_or_default();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // Short acquire timeout: an outage answers 503 fast instead of piling up requests.
+            // Neon: a cold compute can take a few hundred ms to accept the first connection.
+            let pool = PgPoolOptions::new()
+                .max_connections(10)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect(&url)
+                .await?;
+            clerk_sync::migrate(&pool).await?;
+            return Ok((Self::Postgres(pool), "PostgreSQL (DATABASE_URL)".into()));
+        }
+        let path = if url.is_empty() {
+            DEFAULT_SQLITE_FILE.to_owned()
+        } else {
+            url
+        };
+        let store = SqliteUserStore::open(&path).await?;
+        Ok((
+            Self::Sqlite(store.pool().clone()),
+            format!("SQLite file {path}"),
+        ))
+    }
+
+    /// The user's row as JSON, `None` when absent.
+    async fn user_row(&self, id: &str) -> Result<Option<Value>, sqlx::Error> {
+        type Row = (String, Option<String>, Option<String>, bool);
+        let row: Option<Row> = match self {
+            Self::Postgres(pool) => sqlx::query_as(
+                "SELECT tier, email, first_name, deleted_at IS NOT NULL FROM users WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+            Self::Sqlite(pool) => sqlx::query_as(
+                "SELECT tier, email, first_name, deleted_at IS NOT NULL FROM users WHERE id = ?1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+        };
+        Ok(row.map(|(tier, email, first_name, deleted)| {
+            json!({"id": id, "tier": tier, "email": email, "first_name": first_name, "deleted": deleted})
+        }))
+    }
+}
+
 pub struct Demo {
-    pub pool: PgPool,
+    pub database: Database,
     pub clerk: ClerkSync,
     /// Set when no Clerk key source is configured.
     pub dev: Option<Arc<DevIssuer>>,
@@ -45,17 +105,8 @@ pub async fn demo(dev_webhook_secret: Option<&str>) -> Result<Demo, Box<dyn Erro
             EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,clerk_sync=debug".into()),
         )
         .init();
-    let database_url = std::env::var("DATABASE_URL").map_err(|_| {
-        "DATABASE_URL is not set; for example DATABASE_URL=postgres://postgres@127.0.0.1:5432/test"
-    })?;
-    // Short acquire timeout: an outage answers 503 fast instead of piling up requests.
-    // Neon: a cold compute can take a few hundred ms to accept the first connection.
-    let pool = PgPoolOptions::new()
-        .max_connections(10)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect(&database_url)
-        .await?;
-    clerk_sync::migrate(&pool).await?;
+    let (database, described) = Database::connect().await?;
+    println!("users are stored in: {described}");
 
     let configured = KEY_SOURCES
         .iter()
@@ -70,10 +121,17 @@ pub async fn demo(dev_webhook_secret: Option<&str>) -> Result<Demo, Box<dyn Erro
         }
         (config.build()?, Some(dev))
     };
-    let clerk = ClerkSync::builder(config)
-        .store(PgUserStore::new(pool.clone()))
-        .build()?;
-    Ok(Demo { pool, clerk, dev })
+    let builder = ClerkSync::builder(config);
+    let builder = match &database {
+        Database::Postgres(pool) => builder.store(PgUserStore::new(pool.clone())),
+        Database::Sqlite(pool) => builder.store(SqliteUserStore::new(pool.clone())),
+    };
+    let clerk = builder.build()?;
+    Ok(Demo {
+        database,
+        clerk,
+        dev,
+    })
 }
 
 impl Demo {
@@ -96,13 +154,25 @@ impl Demo {
         };
         let mut app = me
             .route("/healthz", get(|| async { "ok" }))
-            .with_state(self.pool.clone());
+            .with_state(self.database.clone());
         if let Some(dev) = &self.dev {
             let dev = dev.clone();
-            app = app.route(
-                "/dev/token/{user_id}",
-                get(move |Path(user_id): Path<String>| async move { demo_token(&dev, &user_id) }),
-            );
+            let database = self.database.clone();
+            app = app
+                .route(
+                    "/dev/token/{user_id}",
+                    get(move |Path(user_id): Path<String>| async move { demo_token(&dev, &user_id) }),
+                )
+                .route(
+                    "/dev/users/{user_id}",
+                    get(move |Path(user_id): Path<String>| async move {
+                        match database.user_row(&user_id).await {
+                            Ok(Some(row)) => Ok(Json(row)),
+                            Ok(None) => Err((StatusCode::NOT_FOUND, "no such user row")),
+                            Err(_) => Err((StatusCode::SERVICE_UNAVAILABLE, "database error")),
+                        }
+                    }),
+                );
         }
         app
     }
@@ -121,8 +191,14 @@ impl Demo {
                     AUTHORIZATION,
                     COOKIE,
                 ]));
-        let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".into());
-        let listener = TcpListener::bind(&bind).await?;
+        let listener = match std::env::var("BIND") {
+            Ok(bind) => TcpListener::bind(&bind).await?,
+            // The default port may be taken: any free loopback port beats failing.
+            Err(_) => match TcpListener::bind("127.0.0.1:3000").await {
+                Ok(listener) => listener,
+                Err(_) => TcpListener::bind("127.0.0.1:0").await?,
+            },
+        };
         let addr = listener.local_addr()?;
         println!("listening on {addr}");
         if let Some(dev) = &self.dev {
@@ -135,6 +211,8 @@ impl Demo {
                 "  curl -H 'Authorization: Bearer {}' http://{addr}/me",
                 demo_token(dev, "user_quickstart")
             );
+            println!("then see the row it created:");
+            println!("  curl http://{addr}/dev/users/user_quickstart");
             println!("more tokens: curl http://{addr}/dev/token/<user_id>");
         }
         hints(addr);
@@ -149,25 +227,20 @@ impl Demo {
 
 /// Reads the user back from the database: the layer wrote the row before this ran.
 async fn me(
-    State(pool): State<PgPool>,
+    State(database): State<Database>,
     user: ClerkUser,
 ) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
-    let row: Option<(String, Option<String>)> =
-        sqlx::query_as("SELECT tier, email FROM users WHERE id = $1")
-            .bind(user.user_id())
-            .fetch_optional(&pool)
-            .await
-            .map_err(|error| {
-                tracing::error!(%error, "reading the user row failed");
-                let body = json!({"error": "database_error", "message": "could not read the user"});
-                (StatusCode::SERVICE_UNAVAILABLE, Json(body))
-            })?;
-    let (tier, email) = row.unwrap_or_else(|| (user.tier().to_owned(), None));
+    let row = database.user_row(user.user_id()).await.map_err(|error| {
+        tracing::error!(%error, "reading the user row failed");
+        let body = json!({"error": "database_error", "message": "could not read the user"});
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+    })?;
+    let row = row.unwrap_or_default();
     Ok(Json(json!({
         "user_id": user.user_id(),
         "session_id": user.session_id(),
-        "tier": tier,
-        "email": email,
+        "tier": row.get("tier").cloned().unwrap_or_else(|| user.tier().into()),
+        "email": row.get("email").cloned().unwrap_or(Value::Null),
     })))
 }
 
