@@ -2,12 +2,15 @@
 //! from the database.
 //!
 //! ```text
-//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo run --example quickstart
+//! cargo run --example quickstart
 //! ```
 //!
-//! Environment: `BIND` (default `127.0.0.1:3000`), `DATABASE_URL`, and the `CLERK_*` variables
-//! of the README. Without any Clerk key source it starts a local dev issuer and prints a
-//! ready-to-paste `curl` line; `GET /dev/token/{user_id}` then mints more tokens.
+//! Environment, all optional: `BIND` (default `127.0.0.1:3000`, or a free port if that is
+//! taken), `DATABASE_URL` (`postgres://…` or a SQLite path; default the SQLite file
+//! `./clerk-sync-quickstart.db`), and the `CLERK_*` variables of the README. Without any Clerk
+//! key source it starts a local dev issuer and prints a ready-to-paste `curl` line, and a second
+//! one (`GET /dev/users/{user_id}`) that shows the synced row; `GET /dev/token/{user_id}` mints
+//! more tokens.
 
 mod common;
 

@@ -2,7 +2,7 @@
 //! `user.updated` and `user.deleted` webhooks.
 //!
 //! ```text
-//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo run --example webhooks
+//! cargo run --example webhooks
 //! ```
 //!
 //! Reads the same variables as the quickstart plus `CLERK_WEBHOOK_SIGNING_SECRET`. Without a
