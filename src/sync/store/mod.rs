@@ -18,6 +18,25 @@ pub(crate) mod sqlite;
 const NEWER: &str =
     "(u.clerk_updated_at IS NULL OR excluded.clerk_updated_at >= u.clerk_updated_at)";
 
+/// Reads the upsert's `RETURNING tier, inserted`; no row back means the conflict's
+/// `WHERE deleted_at IS NULL` failed: the user is deleted.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn upsert_outcome<R>(row: Option<R>) -> Result<UpsertOutcome, sqlx::Error>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    bool: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(match row {
+        Some(row) => UpsertOutcome::Active {
+            tier: row.try_get("tier")?,
+            inserted: row.try_get("inserted")?,
+        },
+        None => UpsertOutcome::Deleted,
+    })
+}
+
 /// `SET` clauses for the profile fields: a field is replaced only by a known value from a
 /// snapshot that passes [`NEWER`]. The same SQL in PostgreSQL and SQLite.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

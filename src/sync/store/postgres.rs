@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgListener, PgRow};
-use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
 use super::{StoreFuture, UpsertOutcome, UserChange, UserStore, WebhookOutcome};
 use crate::error::ConfigError;
@@ -240,14 +240,7 @@ impl UserStore for PgUserStore {
         Box::pin(async move {
             let mut conn = self.pool.acquire().await?;
             let row = self.upsert_on(&mut conn, profile, true).await?;
-            // No row back means the conflict's `WHERE deleted_at IS NULL` failed: deleted.
-            Ok(match row {
-                Some(row) => UpsertOutcome::Active {
-                    tier: row.try_get("tier")?,
-                    inserted: row.try_get("inserted")?,
-                },
-                None => UpsertOutcome::Deleted,
-            })
+            Ok(super::upsert_outcome(row)?)
         })
     }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{SqliteConnection, SqlitePool};
 
 use super::{StoreFuture, UpsertOutcome, UserChange, UserStore, WebhookOutcome};
 use crate::sync::profile::UserProfile;
@@ -186,14 +186,8 @@ impl UserStore for SqliteUserStore {
     fn upsert<'a>(&'a self, profile: &'a UserProfile) -> StoreFuture<'a, UpsertOutcome> {
         Box::pin(async move {
             let mut conn = self.pool.acquire().await?;
-            Ok(match self.upsert_on(&mut conn, profile, true).await? {
-                Some(row) => UpsertOutcome::Active {
-                    tier: row.try_get("tier")?,
-                    inserted: row.try_get("inserted")?,
-                },
-                // The conflict's `WHERE deleted_at IS NULL` failed: deleted.
-                None => UpsertOutcome::Deleted,
-            })
+            let row = self.upsert_on(&mut conn, profile, true).await?;
+            Ok(super::upsert_outcome(row)?)
         })
     }
 
