@@ -5,6 +5,7 @@
 //! is a no-op. Each applied event evicts the user from every process's synced-user cache.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use aws_lc_rs::{constant_time, hmac};
 use axum::Json;
@@ -188,11 +189,31 @@ struct DeletedObject {
 }
 
 /// What a delivery amounted to, sent as `{"status": ...}` with 200.
-fn status_of(outcome: WebhookOutcome) -> &'static str {
-    match outcome {
-        WebhookOutcome::Applied => "applied",
-        WebhookOutcome::Duplicate => "duplicate",
-        WebhookOutcome::UserDeleted => "user_deleted",
+#[derive(Debug, Clone, Copy)]
+enum Delivery {
+    Processed(WebhookOutcome),
+    /// Another event type, or a `user.deleted` without a user id.
+    Ignored,
+}
+
+impl Delivery {
+    fn status(self) -> &'static str {
+        match self {
+            Self::Processed(WebhookOutcome::Applied) => "applied",
+            Self::Processed(WebhookOutcome::Duplicate) => "duplicate",
+            Self::Processed(WebhookOutcome::UserDeleted) => "user_deleted",
+            Self::Ignored => "ignored",
+        }
+    }
+
+    fn counter(self, counters: &Counters) -> &AtomicU64 {
+        match self {
+            Self::Processed(WebhookOutcome::Applied) => &counters.webhooks_applied,
+            Self::Processed(WebhookOutcome::Duplicate) => &counters.webhooks_duplicate,
+            Self::Processed(WebhookOutcome::UserDeleted) | Self::Ignored => {
+                &counters.webhooks_ignored
+            }
+        }
     }
 }
 
@@ -213,13 +234,9 @@ async fn handle(
 ) -> Response {
     let counters = state.clerk.counters();
     match process(&state, &headers, body).await {
-        Ok(status) => {
-            Counters::bump(match status {
-                "applied" => &counters.webhooks_applied,
-                "duplicate" => &counters.webhooks_duplicate,
-                _ => &counters.webhooks_ignored,
-            });
-            Json(json!({ "status": status })).into_response()
+        Ok(delivery) => {
+            Counters::bump(delivery.counter(counters));
+            Json(json!({ "status": delivery.status() })).into_response()
         }
         Err(error) => {
             Counters::bump(&counters.webhooks_rejected);
@@ -237,7 +254,7 @@ async fn process(
     state: &WebhookState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<&'static str, WebhookError> {
+) -> Result<Delivery, WebhookError> {
     let bytes = Limited::new(body, BODY_LIMIT)
         .collect()
         .await
@@ -262,7 +279,7 @@ async fn process(
             let deleted: DeletedObject = serde_json::from_value(event.data).map_err(malformed)?;
             let Some(user_id) = deleted.id.filter(|id| !id.is_empty()) else {
                 tracing::warn!(delivery_id, "user.deleted without a user id; ignored");
-                return Ok("ignored");
+                return Ok(Delivery::Ignored);
             };
             UserChange::Delete {
                 user_id,
@@ -271,7 +288,7 @@ async fn process(
         }
         other => {
             tracing::debug!(event = other, delivery_id, "webhook event type ignored");
-            return Ok("ignored");
+            return Ok(Delivery::Ignored);
         }
     };
     let outcome = state.clerk.apply_webhook(&delivery_id, &change).await?;
@@ -279,10 +296,10 @@ async fn process(
         user.id = change.user_id(),
         event = event.kind,
         delivery_id,
-        status = status_of(outcome),
+        status = Delivery::Processed(outcome).status(),
         "webhook delivery processed"
     );
-    Ok(status_of(outcome))
+    Ok(Delivery::Processed(outcome))
 }
 
 /// Clerk documents the event `timestamp` in seconds; accept milliseconds too.
