@@ -8,7 +8,7 @@ use base64::engine::{DecodePaddingMode, general_purpose};
 
 use crate::error::ConfigError;
 
-const DEFAULT_API_URL: &str = "https://api.clerk.com";
+pub(crate) const DEFAULT_API_URL: &str = "https://api.clerk.com";
 
 /// A secret string (secret key, webhook secret) whose `Debug` output is redacted.
 #[derive(Clone, PartialEq, Eq)]

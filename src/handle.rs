@@ -8,6 +8,7 @@ use axum::Router;
 use http::HeaderMap;
 use tokio::sync::watch;
 
+use crate::clerk_api::{ClerkApi, RetryPolicy};
 use crate::config::{ClerkConfig, WebhookSecret};
 use crate::error::{AuthError, ConfigError};
 use crate::extract::ClerkUser;
@@ -15,7 +16,7 @@ use crate::layer::{ClerkSyncLayer, Mode};
 use crate::stats::{Counters, Stats};
 use crate::sync::cache::{SyncOptions, Syncer};
 use crate::sync::{
-    FailurePolicy, ProfileClaims, StoreError, UserChange, UserStore, WebhookOutcome,
+    FailurePolicy, ProfileClaims, ProfileSource, StoreError, UserChange, UserStore, WebhookOutcome,
 };
 use crate::token::extract::token_from_headers;
 use crate::token::keys::{KeyOptions, KeyStore};
@@ -193,6 +194,8 @@ pub struct ClerkSyncBuilder {
     jwks_max_age: Duration,
     jwks_timeout: Duration,
     profile_claims: ProfileClaims,
+    profile_source: ProfileSource,
+    api: Option<ClerkApi>,
     default_tier: String,
 }
 
@@ -222,6 +225,8 @@ impl ClerkSyncBuilder {
             jwks_max_age: Duration::from_secs(3600),
             jwks_timeout: Duration::from_secs(5),
             profile_claims: ProfileClaims::default(),
+            profile_source: ProfileSource::default(),
+            api: None,
             default_tier: "free".to_owned(),
         }
     }
@@ -309,6 +314,25 @@ impl ClerkSyncBuilder {
         self
     }
 
+    /// Where a newly seen user's profile comes from. Default:
+    /// [`ProfileSource::ClaimsThenApi`]: the Backend API is asked (once per sync miss) when
+    /// the token carries no email and `CLERK_SECRET_KEY` is set.
+    ///
+    /// The API call shares [`sync_timeout`](Self::sync_timeout) with the upsert and is retried
+    /// once after 100 ms on a `5xx` or connection error (a `429` waits at most 1 s); when it
+    /// still fails, the [`FailurePolicy`] decides, as for a database failure.
+    pub fn profile_source(mut self, source: ProfileSource) -> Self {
+        self.profile_source = source;
+        self
+    }
+
+    /// The Backend API client used for profiles, instead of one built from the config's
+    /// `CLERK_API_URL` and `CLERK_SECRET_KEY`.
+    pub fn clerk_api(mut self, api: ClerkApi) -> Self {
+        self.api = Some(api);
+        self
+    }
+
     /// The tier reported for users that could not be synced under [`FailurePolicy::Open`].
     /// Rows get their tier from the column default. Default: `free`.
     pub fn default_tier(mut self, tier: impl Into<String>) -> Self {
@@ -333,6 +357,26 @@ impl ClerkSyncBuilder {
             return Err(ConfigError::new(
                 "CLERK_AUTHORIZED_PARTIES",
                 "the `Required` azp policy needs at least one authorized party",
+            ));
+        }
+        let api = match self.profile_source {
+            ProfileSource::Claims => None,
+            ProfileSource::ClaimsThenApi | ProfileSource::Api => match self.api {
+                Some(api) => Some(api),
+                None => ClerkApi::from_config(&self.config)?,
+            }
+            .map(|api| {
+                api.with_retry(RetryPolicy {
+                    max_retries: 1,
+                    initial_backoff: Duration::from_millis(100),
+                    max_wait: Duration::from_secs(1),
+                })
+            }),
+        };
+        if self.profile_source == ProfileSource::Api && api.is_none() {
+            return Err(ConfigError::new(
+                "CLERK_SECRET_KEY",
+                "`ProfileSource::Api` reads profiles from the Backend API and needs the secret key",
             ));
         }
         let counters = Arc::new(Counters::default());
@@ -365,6 +409,8 @@ impl ClerkSyncBuilder {
                 timeout: self.sync_timeout,
                 failure_policy: self.failure_policy,
                 profile_claims: self.profile_claims,
+                profile_source: self.profile_source,
+                api,
                 default_tier: self.default_tier.into(),
             },
             counters.clone(),

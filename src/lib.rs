@@ -9,6 +9,8 @@
 )]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod backfill;
+pub mod clerk_api;
 mod config;
 mod error;
 mod extract;
@@ -24,6 +26,8 @@ mod webhook;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
+pub use backfill::{BackfillOptions, BackfillReport, backfill};
+pub use clerk_api::{ApiError, ClerkApi};
 pub use config::{ClerkConfig, ClerkConfigBuilder, KeySource, Secret};
 pub use error::{AuthError, ConfigError};
 pub use extract::{ClerkUser, MissingClerkLayer};
@@ -35,8 +39,8 @@ pub use ratelimit::PgRateLimitStore;
 pub use ratelimit::{Limit, MemoryRateLimitStore, RateLimitLayer, TierLimits};
 pub use stats::Stats;
 pub use sync::{
-    FailurePolicy, ProfileClaims, StoreError, StoreFuture, UpsertOutcome, UserChange, UserProfile,
-    UserStore, WebhookOutcome,
+    FailurePolicy, ImportCounts, ProfileClaims, ProfileSource, StoreError, StoreFuture,
+    UpsertOutcome, UserChange, UserProfile, UserStore, WebhookOutcome,
 };
 #[cfg(feature = "postgres")]
 pub use sync::{PgUserStore, migrate};

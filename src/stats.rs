@@ -13,6 +13,8 @@ pub(crate) struct Counters {
     pub(crate) user_cache_misses: AtomicU64,
     pub(crate) upserts_ok: AtomicU64,
     pub(crate) upserts_failed: AtomicU64,
+    pub(crate) api_fetches: AtomicU64,
+    pub(crate) api_failures: AtomicU64,
     pub(crate) jwks_fetches: AtomicU64,
     pub(crate) jwks_fetch_failures: AtomicU64,
     pub(crate) webhooks_applied: AtomicU64,
@@ -42,6 +44,8 @@ impl Counters {
             user_cache_misses: load(&self.user_cache_misses),
             upserts_ok: load(&self.upserts_ok),
             upserts_failed: load(&self.upserts_failed),
+            api_fetches: load(&self.api_fetches),
+            api_failures: load(&self.api_failures),
             jwks_fetches: load(&self.jwks_fetches),
             jwks_fetch_failures: load(&self.jwks_fetch_failures),
             webhooks_applied: load(&self.webhooks_applied),
@@ -71,6 +75,10 @@ pub struct Stats {
     pub upserts_ok: u64,
     /// Upserts that failed or timed out.
     pub upserts_failed: u64,
+    /// Backend API `GET /v1/users/{id}` calls made to enrich a profile.
+    pub api_fetches: u64,
+    /// Those calls that failed (after their retries) or timed out.
+    pub api_failures: u64,
     /// JWKS fetch attempts.
     pub jwks_fetches: u64,
     /// JWKS fetch attempts that failed.

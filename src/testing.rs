@@ -1,4 +1,5 @@
-//! Test utilities (feature `test-util`): [`DevIssuer`], a local stand-in for a Clerk instance.
+//! Test utilities (feature `test-util`): [`DevIssuer`], a local stand-in for a Clerk instance's
+//! token issuer, and [`FakeClerkApi`], a local stand-in for its Backend API.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -32,7 +33,10 @@ use tokio::task::AbortHandle;
 
 use crate::ClerkConfig;
 use crate::config::ClerkConfigBuilder;
+
+mod fake_api;
 use crate::token::verify::unix_now;
+pub use fake_api::{FakeClerkApi, Fault};
 
 /// The `azp` of minted tokens and the authorized party of [`DevIssuer::config`].
 pub const DEV_AUTHORIZED_PARTY: &str = "http://localhost:3000";
@@ -181,6 +185,12 @@ impl DevIssuer {
         Ok(kid)
     }
 
+    /// The JWKS document this issuer serves (every published key), for example to serve it
+    /// from [`FakeClerkApi`] as the Backend API's `/v1/jwks`.
+    pub fn jwks(&self) -> Value {
+        jwks_document(&self.shared)
+    }
+
     /// How many times the JWKS was served.
     pub fn jwks_fetches(&self) -> u64 {
         self.shared.fetches.load(Ordering::SeqCst)
@@ -253,12 +263,16 @@ fn serve_jwks(shared: &Shared) -> Response {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     shared.fetches.fetch_add(1, Ordering::SeqCst);
+    axum::Json(jwks_document(shared)).into_response()
+}
+
+fn jwks_document(shared: &Shared) -> Value {
     let keys = match shared.keys.read() {
         Ok(keys) => keys,
         Err(poisoned) => poisoned.into_inner(),
     };
     let keys: Vec<Value> = keys.iter().map(|key| key.jwk()).collect();
-    axum::Json(json!({ "keys": keys })).into_response()
+    json!({ "keys": keys })
 }
 
 enum Signing {

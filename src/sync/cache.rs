@@ -8,6 +8,7 @@ use tracing::Instrument as _;
 
 use super::profile::{ProfileClaims, UserProfile};
 use super::store::{UpsertOutcome, UserStore};
+use crate::clerk_api::ClerkApi;
 use crate::error::AuthError;
 use crate::invalidate::Invalidator;
 use crate::stats::Counters;
@@ -26,12 +27,34 @@ pub enum FailurePolicy {
     Open,
 }
 
+/// Where a newly seen user's profile comes from.
+///
+/// Clerk's session tokens carry no email or name unless the instance adds them as custom
+/// claims, so a row synced from claims alone often holds just the id. With a secret key, the
+/// Backend API fills the gap: one `GET /v1/users/{id}` per sync miss (not per request), and
+/// the snapshot is versioned by Clerk's `updated_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ProfileSource {
+    /// Token claims only; the Backend API is never called.
+    Claims,
+    /// Token claims, and the Backend API when they carry no email and a secret key is
+    /// configured (the default).
+    #[default]
+    ClaimsThenApi,
+    /// The Backend API on every sync miss (needs a secret key); claims are ignored.
+    Api,
+}
+
 pub(crate) struct SyncOptions {
     pub(crate) capacity: u64,
     pub(crate) ttl: Duration,
     pub(crate) timeout: Duration,
     pub(crate) failure_policy: FailurePolicy,
     pub(crate) profile_claims: ProfileClaims,
+    pub(crate) profile_source: ProfileSource,
+    /// Present when a secret key is configured and the source may use it.
+    pub(crate) api: Option<ClerkApi>,
     pub(crate) default_tier: Arc<str>,
 }
 
@@ -96,8 +119,47 @@ impl Syncer {
         }
     }
 
+    /// The snapshot to write: from the claims, or from the Backend API as
+    /// [`ProfileSource`] says. An API failure is a sync failure (the failure policy decides).
+    async fn profile(&self, claims: &SessionClaims) -> Result<UserProfile, SyncFailure> {
+        let from_claims = UserProfile::from_claims(claims, &self.options.profile_claims);
+        let wants_api = match self.options.profile_source {
+            ProfileSource::Claims => false,
+            ProfileSource::ClaimsThenApi => from_claims.email.is_none(),
+            ProfileSource::Api => true,
+        };
+        let Some(api) = self.options.api.as_ref().filter(|_| wants_api) else {
+            return Ok(from_claims);
+        };
+        Counters::bump(&self.counters.api_fetches);
+        let started = Instant::now();
+        let fetched = tokio::time::timeout(self.options.timeout, api.get_user(&claims.sub)).await;
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match fetched {
+            Ok(Ok(profile)) if profile.id == claims.sub => {
+                tracing::debug!(user.id = %claims.sub, elapsed_ms, "profile read from the Backend API");
+                Ok(profile)
+            }
+            Ok(Ok(profile)) => {
+                Counters::bump(&self.counters.api_failures);
+                tracing::error!(user.id = %claims.sub, returned = %profile.id, "Backend API returned another user");
+                Err(SyncFailure::Unavailable)
+            }
+            Ok(Err(error)) => {
+                Counters::bump(&self.counters.api_failures);
+                tracing::error!(user.id = %claims.sub, %error, elapsed_ms, "Backend API profile fetch failed");
+                Err(SyncFailure::Unavailable)
+            }
+            Err(_) => {
+                Counters::bump(&self.counters.api_failures);
+                tracing::error!(user.id = %claims.sub, elapsed_ms, "Backend API profile fetch timed out");
+                Err(SyncFailure::Unavailable)
+            }
+        }
+    }
+
     async fn upsert(&self, claims: &SessionClaims) -> Result<Arc<str>, SyncFailure> {
-        let profile = UserProfile::from_claims(claims, &self.options.profile_claims);
+        let profile = self.profile(claims).await?;
         let span = tracing::debug_span!("clerk_sync.upsert", user.id = %claims.sub);
         let started = Instant::now();
         let outcome = tokio::time::timeout(self.options.timeout, self.store.upsert(&profile))

@@ -5,10 +5,12 @@ pub(crate) mod cache;
 pub(crate) mod profile;
 pub(crate) mod store;
 
-pub use cache::FailurePolicy;
+pub use cache::{FailurePolicy, ProfileSource};
 pub use profile::{ProfileClaims, UserProfile};
 #[cfg(feature = "postgres")]
 pub use store::postgres::{PgUserStore, migrate};
 #[cfg(feature = "sqlite")]
 pub use store::sqlite::{SqliteUserStore, migrate_sqlite};
-pub use store::{StoreError, StoreFuture, UpsertOutcome, UserChange, UserStore, WebhookOutcome};
+pub use store::{
+    ImportCounts, StoreError, StoreFuture, UpsertOutcome, UserChange, UserStore, WebhookOutcome,
+};

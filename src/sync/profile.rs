@@ -95,11 +95,17 @@ pub(crate) struct ClerkUserObject {
 
 #[derive(Debug, Clone, Deserialize)]
 struct EmailAddress {
-    id: String,
+    // Optional in Clerk's spec of the object; an address without an id cannot be primary.
+    id: Option<String>,
     email_address: String,
 }
 
 impl ClerkUserObject {
+    /// The Clerk user id.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
     /// The profile, versioned by `updated_at`; the email is the one whose id is
     /// `primary_email_address_id`. Empty strings count as unknown.
     pub(crate) fn into_profile(self) -> UserProfile {
@@ -111,7 +117,7 @@ impl ClerkUserObject {
                 self.email_addresses
                     .iter()
                     .flatten()
-                    .find(|address| address.id == primary)
+                    .find(|address| address.id.as_deref() == Some(primary))
                     .map(|address| address.email_address.clone())
             });
         UserProfile {

@@ -155,6 +155,36 @@ impl Verifier {
         }
     }
 
+    /// A verifier on its own, for tools and code that verify tokens without syncing users
+    /// (the `clerk-sync verify` command): the config's key source, issuer and authorized
+    /// parties, with the defaults of [`crate::ClerkSyncBuilder`] (5 s leeway, `azp` checked
+    /// when present, pending sessions refused, JWKS refetch at most every 10 s, 5 s HTTP
+    /// timeout) and no token cache.
+    pub fn from_config(config: &crate::ClerkConfig) -> Result<Self, crate::ConfigError> {
+        let counters = Arc::new(Counters::default());
+        let keys = KeyStore::new(
+            &config.key_source,
+            crate::token::keys::KeyOptions {
+                min_refresh_interval: Duration::from_secs(10),
+                max_age: Duration::from_secs(3600),
+                http_timeout: Duration::from_secs(5),
+            },
+            counters.clone(),
+        )?;
+        Ok(Self::new(
+            keys,
+            VerifierOptions {
+                issuer: config.issuer.clone(),
+                leeway_secs: 5,
+                authorized_parties: config.authorized_parties.clone(),
+                azp_policy: AuthorizedPartyPolicy::default(),
+                allow_pending_sessions: false,
+                token_cache_capacity: 0,
+            },
+            counters,
+        ))
+    }
+
     /// Verifies a session token and returns its claims.
     ///
     /// A token verified before and not yet expired is answered from the cache without any

@@ -12,8 +12,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use clerk_sync::testing::DevIssuer;
 use clerk_sync::{
-    ClerkSync, ClerkSyncBuilder, ClerkUser, Invalidator, PgUserStore, StoreFuture, UpsertOutcome,
-    UserChange, UserProfile, UserStore, WebhookOutcome,
+    ClerkSync, ClerkSyncBuilder, ClerkUser, ImportCounts, Invalidator, PgUserStore, StoreFuture,
+    UpsertOutcome, UserChange, UserProfile, UserStore, WebhookOutcome,
 };
 use http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
@@ -57,6 +57,10 @@ impl UserStore for CountingStore {
         change: &'a UserChange,
     ) -> StoreFuture<'a, WebhookOutcome> {
         self.inner.apply_webhook(delivery_id, change)
+    }
+
+    fn import<'a>(&'a self, profiles: &'a [UserProfile]) -> StoreFuture<'a, ImportCounts> {
+        self.inner.import(profiles)
     }
 
     fn publish_invalidation<'a>(&'a self, user_id: &'a str) -> StoreFuture<'a, ()> {

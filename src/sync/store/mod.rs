@@ -52,6 +52,45 @@ fn versioned_field_updates() -> String {
         .join(", ")
 }
 
+/// The `WHERE` of an import's `DO UPDATE`: the row is live, the snapshot passes [`NEWER`],
+/// and applying it changes something, so a re-import of the same data writes nothing and
+/// counts as unchanged. `distinct` is the dialect's null-safe "differs" operator.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn import_update_condition(distinct: &str) -> String {
+    let changed = ["email", "first_name", "last_name", "username", "image_url"]
+        .iter()
+        .map(|name| format!("COALESCE(excluded.{name}, u.{name}) {distinct} u.{name}"))
+        .chain(std::iter::once(format!(
+            "excluded.clerk_updated_at {distinct} u.clerk_updated_at"
+        )))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    format!("u.deleted_at IS NULL AND {NEWER} AND ({changed})")
+}
+
+/// One snapshot per user id, the newest where a batch repeats one (a row cannot be updated
+/// twice by one statement). Order is kept otherwise.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn newest_per_user(profiles: &[UserProfile]) -> Vec<&UserProfile> {
+    let mut position: std::collections::HashMap<&str, usize> =
+        std::collections::HashMap::with_capacity(profiles.len());
+    let mut unique: Vec<&UserProfile> = Vec::with_capacity(profiles.len());
+    for profile in profiles {
+        match position.get(profile.id.as_str()) {
+            Some(&at) => {
+                if profile.version_ms >= unique[at].version_ms {
+                    unique[at] = profile;
+                }
+            }
+            None => {
+                position.insert(&profile.id, unique.len());
+                unique.push(profile);
+            }
+        }
+    }
+    unique
+}
+
 /// The future returned by [`UserStore`] methods.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
@@ -81,6 +120,19 @@ pub trait UserStore: Send + Sync + 'static {
     ) -> StoreFuture<'a, WebhookOutcome> {
         let _ = (delivery_id, change);
         Box::pin(async { Err(StoreError::Unsupported("webhooks")) })
+    }
+
+    /// Writes a batch of full profiles (a page of the backfill) and counts what happened to
+    /// each. The rules of [`upsert`](Self::upsert) hold, except that `last_seen_at` is not
+    /// touched (an import is not a visit) and a snapshot that would change nothing writes
+    /// nothing. A user repeated in the batch counts once.
+    ///
+    /// [`crate::PgUserStore`] writes the batch in one `INSERT ... SELECT FROM UNNEST(...)`
+    /// statement; [`crate::SqliteUserStore`] in one transaction. The default answers
+    /// [`StoreError::Unsupported`].
+    fn import<'a>(&'a self, profiles: &'a [UserProfile]) -> StoreFuture<'a, ImportCounts> {
+        let _ = profiles;
+        Box::pin(async { Err(StoreError::Unsupported("imports")) })
     }
 
     /// Tells the other processes sharing this store to evict `user_id` from their caches.
@@ -134,6 +186,29 @@ pub enum WebhookOutcome {
     Duplicate,
     /// An upsert for a deleted user: recorded, nothing changed.
     UserDeleted,
+}
+
+/// What [`UserStore::import`] did with a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ImportCounts {
+    /// New rows.
+    pub inserted: u64,
+    /// Rows changed by a newer snapshot.
+    pub updated: u64,
+    /// Rows left as they were: same data, or the stored snapshot is newer.
+    pub unchanged: u64,
+    /// Users whose row is deleted: skipped, never revived.
+    pub deleted: u64,
+}
+
+impl std::ops::AddAssign for ImportCounts {
+    fn add_assign(&mut self, other: Self) {
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.unchanged += other.unchanged;
+        self.deleted += other.deleted;
+    }
 }
 
 /// The result of [`UserStore::upsert`].

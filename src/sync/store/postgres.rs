@@ -46,6 +46,7 @@ pub struct PgUserStore {
     table: Arc<str>,
     upsert_sql: Arc<str>,
     delete_sql: Arc<str>,
+    import_sql: Arc<str>,
 }
 
 impl fmt::Debug for PgUserStore {
@@ -119,11 +120,44 @@ impl PgUserStore {
                  deleted_at = COALESCE(u.deleted_at, now()), \
                  clerk_updated_at = GREATEST(u.clerk_updated_at, excluded.clerk_updated_at)"
         );
+        // A page in one statement: the arrays become rows, the conflict update only fires
+        // when the snapshot changes the row, and the deleted rows among the ids are counted
+        // from the statement's snapshot (a live row is never deleted by this statement).
+        let changes = super::import_update_condition("IS DISTINCT FROM");
+        let import_sql = format!(
+            "WITH input AS ( \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
+                                      $5::text[], $6::text[], $7::bigint[]) \
+                     AS t(id, email, first_name, last_name, username, image_url, version_ms) \
+             ), written AS ( \
+                 INSERT INTO {table} AS u \
+                     (id, email, first_name, last_name, username, image_url, clerk_updated_at) \
+                 SELECT id, email, first_name, last_name, username, image_url, \
+                        to_timestamp(version_ms / 1000.0) \
+                 FROM input \
+                 ON CONFLICT (id) DO UPDATE SET \
+                     email = COALESCE(excluded.email, u.email), \
+                     first_name = COALESCE(excluded.first_name, u.first_name), \
+                     last_name = COALESCE(excluded.last_name, u.last_name), \
+                     username = COALESCE(excluded.username, u.username), \
+                     image_url = COALESCE(excluded.image_url, u.image_url), \
+                     clerk_updated_at = GREATEST(u.clerk_updated_at, excluded.clerk_updated_at), \
+                     updated_at = now() \
+                 WHERE {changes} \
+                 RETURNING (xmax = 0) AS inserted \
+             ) \
+             SELECT count(*) FILTER (WHERE inserted) AS inserted, \
+                    count(*) FILTER (WHERE NOT inserted) AS updated, \
+                    (SELECT count(*) FROM {table} d JOIN input i ON d.id = i.id \
+                     WHERE d.deleted_at IS NOT NULL) AS deleted \
+             FROM written"
+        );
         Self {
             pool,
             table: table.into(),
             upsert_sql: upsert_sql.into(),
             delete_sql: delete_sql.into(),
+            import_sql: import_sql.into(),
         }
     }
 
@@ -250,6 +284,44 @@ impl UserStore for PgUserStore {
         change: &'a UserChange,
     ) -> StoreFuture<'a, WebhookOutcome> {
         Box::pin(async move { Ok(self.apply_in_transaction(delivery_id, change).await?) })
+    }
+
+    fn import<'a>(&'a self, profiles: &'a [UserProfile]) -> StoreFuture<'a, super::ImportCounts> {
+        Box::pin(async move {
+            let profiles = super::newest_per_user(profiles);
+            if profiles.is_empty() {
+                return Ok(super::ImportCounts::default());
+            }
+            let column = |field: fn(&UserProfile) -> &Option<String>| -> Vec<Option<&str>> {
+                profiles.iter().map(|p| field(p).as_deref()).collect()
+            };
+            let ids: Vec<&str> = profiles.iter().map(|p| p.id.as_str()).collect();
+            let versions: Vec<Option<i64>> = profiles.iter().map(|p| p.version_ms).collect();
+            let row = sqlx::query(AssertSqlSafe(self.import_sql.clone()))
+                .persistent(false)
+                .bind(ids)
+                .bind(column(|p| &p.email))
+                .bind(column(|p| &p.first_name))
+                .bind(column(|p| &p.last_name))
+                .bind(column(|p| &p.username))
+                .bind(column(|p| &p.image_url))
+                .bind(versions)
+                .fetch_one(&self.pool)
+                .await?;
+            let count = |name: &str| -> Result<u64, sqlx::Error> {
+                let value: i64 = sqlx::Row::try_get(&row, name)?;
+                Ok(value.unsigned_abs())
+            };
+            let (inserted, updated, deleted) =
+                (count("inserted")?, count("updated")?, count("deleted")?);
+            let total = profiles.len() as u64;
+            Ok(super::ImportCounts {
+                inserted,
+                updated,
+                deleted,
+                unchanged: total.saturating_sub(inserted + updated + deleted),
+            })
+        })
     }
 
     fn publish_invalidation<'a>(&'a self, user_id: &'a str) -> StoreFuture<'a, ()> {

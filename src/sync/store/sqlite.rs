@@ -43,6 +43,7 @@ pub struct SqliteUserStore {
     pool: SqlitePool,
     upsert_sql: String,
     delete_sql: String,
+    import_sql: String,
 }
 
 impl std::fmt::Debug for SqliteUserStore {
@@ -80,10 +81,29 @@ impl SqliteUserStore {
                  deleted_at = COALESCE(u.deleted_at, ?3), \
                  clerk_updated_at = {GREATEST_VERSION}"
         );
+        let changes = super::import_update_condition("IS NOT");
+        // ?8: now, in milliseconds. A row comes back only when it was inserted or changed.
+        let import_sql = format!(
+            "INSERT INTO users AS u \
+                 (id, email, first_name, last_name, username, image_url, clerk_updated_at, \
+                  created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) \
+             ON CONFLICT (id) DO UPDATE SET \
+                 email = COALESCE(excluded.email, u.email), \
+                 first_name = COALESCE(excluded.first_name, u.first_name), \
+                 last_name = COALESCE(excluded.last_name, u.last_name), \
+                 username = COALESCE(excluded.username, u.username), \
+                 image_url = COALESCE(excluded.image_url, u.image_url), \
+                 clerk_updated_at = {GREATEST_VERSION}, \
+                 updated_at = ?8 \
+             WHERE {changes} \
+             RETURNING 1"
+        );
         Self {
             pool,
             upsert_sql,
             delete_sql,
+            import_sql,
         }
     }
 
@@ -197,5 +217,46 @@ impl UserStore for SqliteUserStore {
         change: &'a UserChange,
     ) -> StoreFuture<'a, WebhookOutcome> {
         Box::pin(async move { Ok(self.apply_in_transaction(delivery_id, change).await?) })
+    }
+
+    fn import<'a>(&'a self, profiles: &'a [UserProfile]) -> StoreFuture<'a, super::ImportCounts> {
+        Box::pin(async move {
+            let now = now_ms();
+            let mut counts = super::ImportCounts::default();
+            // IMMEDIATE: take the write lock up front, since the first statement only reads.
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            for profile in super::newest_per_user(profiles) {
+                // Read the row's state first: SQLite returns no row both for "unchanged" and
+                // for "deleted", and the transaction makes the read and the write one step.
+                let existing: Option<(bool,)> =
+                    sqlx::query_as("SELECT deleted_at IS NOT NULL FROM users WHERE id = ?1")
+                        .bind(&profile.id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if existing == Some((true,)) {
+                    counts.deleted += 1;
+                    continue;
+                }
+                let written = sqlx::query(sqlx::AssertSqlSafe(self.import_sql.as_str()))
+                    .bind(&profile.id)
+                    .bind(&profile.email)
+                    .bind(&profile.first_name)
+                    .bind(&profile.last_name)
+                    .bind(&profile.username)
+                    .bind(&profile.image_url)
+                    .bind(profile.version_ms)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                match (existing.is_some(), written) {
+                    (false, _) => counts.inserted += 1,
+                    (true, true) => counts.updated += 1,
+                    (true, false) => counts.unchanged += 1,
+                }
+            }
+            tx.commit().await?;
+            Ok(counts)
+        })
     }
 }

@@ -1,0 +1,202 @@
+//! The Backend API client against `FakeClerkApi`: parsing Clerk's user object, cursor paging,
+//! the retry rules (429 waits for `Retry-After`, 5xx backs off, other 4xx fail at once), and
+//! the Backend JWKS as the verifier's key source.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use clerk_sync::testing::{DevIssuer, FakeClerkApi, Fault};
+use clerk_sync::{ApiError, ClerkApi, ClerkConfig, Verifier};
+use http::StatusCode;
+
+#[tokio::test]
+async fn get_user_reads_the_primary_email_names_and_version() {
+    let fake = FakeClerkApi::start(20).await.unwrap();
+    let api = fake.client();
+
+    // User 3 has two addresses; the primary one is the second.
+    let user = api.get_user(&FakeClerkApi::user_id(3)).await.unwrap();
+    assert_eq!(user.id, FakeClerkApi::user_id(3));
+    assert_eq!(user.email.as_deref(), Some("user3@example.com"));
+    assert_eq!(user.first_name.as_deref(), Some("User3"));
+    assert_eq!(user.last_name.as_deref(), Some("Example"));
+    assert_eq!(user.username.as_deref(), Some("user3"));
+    assert_eq!(
+        user.image_url.as_deref(),
+        Some("https://img.clerk.com/fake/3")
+    );
+    assert_eq!(user.version_ms, Some(fake.updated_at_ms(3)));
+
+    // User 10 has `null` username and last name: nullable fields stay unknown.
+    let sparse = api.get_user(&FakeClerkApi::user_id(10)).await.unwrap();
+    assert_eq!(sparse.username, None);
+    assert_eq!(sparse.last_name, None);
+    assert_eq!(sparse.email.as_deref(), Some("user10@example.com"));
+    assert_eq!(fake.user_requests(), 2);
+}
+
+#[tokio::test]
+async fn client_errors_fail_at_once_with_clerks_message() {
+    let fake = FakeClerkApi::start(5).await.unwrap();
+
+    let missing = fake.client().get_user("user_nobody").await.unwrap_err();
+    match &missing {
+        ApiError::Rejected { status, message } => {
+            assert_eq!(*status, StatusCode::NOT_FOUND);
+            assert!(message.contains("resource_not_found"), "{message}");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(fake.user_requests(), 1, "a 404 is not retried");
+
+    let wrong_key = ClerkApi::new(&fake.url(), "sk_test_wrong").unwrap();
+    let error = wrong_key
+        .list_users(10, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("401") && error.contains("authentication_invalid"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("sk_test_wrong"),
+        "the key never appears in errors"
+    );
+    assert_eq!(fake.list_requests(), 1, "a 401 is not retried");
+
+    // The spec's 422: a cursor cannot be combined with another ordering.
+    let response = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/users?order_by=-updated_at&starting_after={}",
+            fake.url(),
+            FakeClerkApi::user_id(1)
+        ))
+        .bearer_auth(FakeClerkApi::SECRET_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "form_param_value_invalid");
+}
+
+#[tokio::test]
+async fn too_many_requests_waits_for_retry_after_then_succeeds() {
+    let fake = FakeClerkApi::start(5).await.unwrap();
+    fake.fail_next(
+        1,
+        Fault::TooManyRequests {
+            retry_after_secs: 1,
+        },
+    );
+
+    let started = Instant::now();
+    let page = fake.client().list_users(10, None).await.unwrap();
+    let waited = started.elapsed();
+
+    assert_eq!(page.users.len(), 5);
+    assert_eq!(fake.list_requests(), 2);
+    assert_eq!(fake.faults_served(), 1);
+    assert!(
+        waited >= Duration::from_secs(1),
+        "Retry-After honoured: {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+}
+
+#[tokio::test]
+async fn server_errors_retry_with_backoff_until_the_budget_ends() {
+    let fake = FakeClerkApi::start(5).await.unwrap();
+    fake.fail_next(2, Fault::ServerError(502));
+    let page = fake.client().list_users(10, None).await.unwrap();
+    assert_eq!(page.users.len(), 5, "two 502s, then success");
+    assert_eq!(fake.list_requests(), 3);
+
+    fake.fail_next(100, Fault::ServerError(503));
+    let error = fake.client().list_users(10, None).await.unwrap_err();
+    match error {
+        ApiError::Unavailable { attempts, last } => {
+            assert_eq!(attempts, 4, "1 attempt + 3 retries");
+            assert!(
+                last.contains("503") && last.contains("internal_clerk_error"),
+                "{last}"
+            );
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(fake.list_requests(), 3 + 4);
+}
+
+#[tokio::test]
+async fn connection_errors_are_retried_then_reported() {
+    // A port that was just free: connections are refused.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let api = ClerkApi::new(&format!("http://127.0.0.1:{port}"), "sk_test_x")
+        .unwrap()
+        .with_retry(clerk_sync::clerk_api::RetryPolicy {
+            max_retries: 2,
+            initial_backoff: Duration::from_millis(5),
+            max_wait: Duration::from_millis(50),
+        });
+    match api.get_user("user_1").await.unwrap_err() {
+        ApiError::Unavailable { attempts, .. } => assert_eq!(attempts, 3),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn cursor_pages_walk_newest_first_without_gaps_or_repeats() {
+    let fake = FakeClerkApi::start(25).await.unwrap();
+    let api = fake.client();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = api.list_users(10, cursor.as_deref()).await.unwrap();
+        let count = page.users.len();
+        seen.extend(page.users.into_iter().map(|u| u.id));
+        cursor = page.last_id;
+        if count < 10 {
+            break;
+        }
+    }
+    let expected: Vec<String> = (0..25).rev().map(FakeClerkApi::user_id).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(fake.list_requests(), 3);
+
+    // `limit` above Clerk's maximum is clamped, not sent.
+    let all = api.list_users(10_000, None).await.unwrap();
+    assert_eq!(all.users.len(), 25);
+}
+
+#[tokio::test]
+async fn backend_jwks_is_a_key_source_for_the_verifier() {
+    let issuer = DevIssuer::start().await.unwrap();
+    let fake = FakeClerkApi::start(1).await.unwrap();
+    fake.set_jwks(issuer.jwks());
+    let config = ClerkConfig::builder()
+        .issuer(issuer.issuer())
+        .secret_key(FakeClerkApi::SECRET_KEY)
+        .api_url(fake.url())
+        .build()
+        .unwrap();
+    let verifier = Verifier::from_config(&config).unwrap();
+
+    let claims = verifier.verify(&issuer.token("user_jwks")).await.unwrap();
+    assert_eq!(claims.sub, "user_jwks");
+    assert_eq!(
+        fake.jwks_requests(),
+        1,
+        "fetched with the secret key from /v1/jwks"
+    );
+    assert_eq!(issuer.jwks_fetches(), 0, "the Frontend JWKS was not used");
+
+    let forged = issuer.token_for("user_jwks").wrong_signature().build();
+    assert_eq!(
+        verifier.verify(&forged).await.unwrap_err().code(),
+        "invalid_signature"
+    );
+}
