@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use clerk_sync::clerk_api::RetryPolicy;
 use clerk_sync::{
     BackfillOptions, BackfillReport, ClerkApi, ClerkConfig, PgUserStore, UserStore, Verifier,
 };
@@ -46,6 +47,10 @@ struct Database {
     /// `postgres://...` or `sqlite://path` (a SQLite file is created if missing).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
+    /// Seconds to wait for a database connection (a Neon compute that scaled to zero takes a
+    /// moment to wake).
+    #[arg(long, default_value_t = 30)]
+    connect_timeout: u64,
 }
 
 #[derive(Args)]
@@ -64,6 +69,10 @@ struct BackfillArgs {
     /// Write to this table instead of `users` (PostgreSQL; same columns, see the README).
     #[arg(long)]
     table: Option<String>,
+    /// Retries of a failed Backend API request (429 waits for `Retry-After`, 5xx and
+    /// connection errors back off exponentially from 0.5 s) before its page counts as failed.
+    #[arg(long, default_value_t = 5)]
+    retries: u32,
 }
 
 fn main() -> ExitCode {
@@ -86,7 +95,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Migrate(database) => migrate(&database.database_url).await,
+            Command::Migrate(database) => migrate(&database).await,
             Command::Backfill(args) => backfill(args).await,
             Command::Verify { token } => verify(token).await,
         }
@@ -109,12 +118,13 @@ enum Store {
 }
 
 /// Connects (and, for SQLite, creates and migrates) the database the URL names.
-async fn connect(url: &str) -> Result<Store, (u8, String)> {
+async fn connect(database: &Database) -> Result<Store, (u8, String)> {
+    let url = database.database_url.as_str();
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         // Generous timeouts: a Neon compute that scaled to zero takes a moment to wake.
         let pool = PgPoolOptions::new()
             .max_connections(4)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(Duration::from_secs(database.connect_timeout))
             .connect(url)
             .await
             .map_err(|e| (UNAVAILABLE, format!("cannot connect to DATABASE_URL: {e}")))?;
@@ -133,8 +143,8 @@ async fn connect(url: &str) -> Result<Store, (u8, String)> {
     ))
 }
 
-async fn migrate(url: &str) -> Outcome {
-    match connect(url).await? {
+async fn migrate(database: &Database) -> Outcome {
+    match connect(database).await? {
         Store::Postgres(pool) => clerk_sync::migrate(&pool)
             .await
             .map_err(|e| (UNAVAILABLE, format!("migration failed: {e}")))?,
@@ -147,9 +157,13 @@ async fn migrate(url: &str) -> Outcome {
 }
 
 async fn backfill(args: BackfillArgs) -> Outcome {
-    let api = ClerkApi::from_env().map_err(|e| (USAGE, e.to_string()))?;
-    let store: Box<dyn UserStore> = match (connect(&args.database.database_url).await?, &args.table)
-    {
+    let api = ClerkApi::from_env()
+        .map_err(|e| (USAGE, e.to_string()))?
+        .with_retry(RetryPolicy {
+            max_retries: args.retries,
+            ..RetryPolicy::default()
+        });
+    let store: Box<dyn UserStore> = match (connect(&args.database).await?, &args.table) {
         (Store::Postgres(pool), Some(table)) => Box::new(
             PgUserStore::new(pool)
                 .with_table(table)

@@ -476,7 +476,7 @@ fn write_user(out: &mut String, index: u64, updated_offset_ms: i64) {
     let updated = created + 500 + updated_offset_ms;
     let primary = format!("idn_2fake{index:022}");
     let secondary = format!("idn_3fake{index:022}");
-    let sparse = index % 10 == 0;
+    let sparse = index.is_multiple_of(10);
     let username = if sparse {
         "null".to_owned()
     } else {
@@ -487,7 +487,7 @@ fn write_user(out: &mut String, index: u64, updated_offset_ms: i64) {
         out,
         r#"{{"id":"{id}","object":"user","external_id":null,"primary_email_address_id":"{primary}","primary_phone_number_id":null,"primary_web3_wallet_id":null,"username":{username},"first_name":"User{index}","last_name":{last_name},"locale":null,"profile_image_url":"https://www.gravatar.com/avatar?d=mp","image_url":"https://img.clerk.com/fake/{index}","has_image":false,"public_metadata":{{}},"private_metadata":{{}},"unsafe_metadata":{{}},"email_addresses":["#
     );
-    if index % 3 == 0 {
+    if index.is_multiple_of(3) {
         write_email(out, &secondary, &format!("old{index}@example.com"), created);
         out.push(',');
     }

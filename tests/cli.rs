@@ -1,0 +1,320 @@
+//! The `clerk-sync` binary: `migrate`, `backfill` and `verify`, their output and exit codes,
+//! run as a real process against the test's PostgreSQL database and `FakeClerkApi`.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Output;
+
+use clerk_sync::testing::{DevIssuer, FakeClerkApi, Fault};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::io::AsyncWriteExt as _;
+use tokio::process::Command;
+
+/// The URL of the database `#[sqlx::test]` created for this test.
+async fn database_url(pool: &PgPool) -> String {
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let server = base.rsplit_once('/').unwrap().0;
+    format!("{server}/{name}")
+}
+
+/// The command with a clean Clerk environment (nothing inherited from the developer's shell).
+fn clerk_sync() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clerk-sync"));
+    for name in [
+        "DATABASE_URL",
+        "CLERK_SECRET_KEY",
+        "CLERK_API_URL",
+        "CLERK_PUBLISHABLE_KEY",
+        "CLERK_JWT_KEY",
+        "CLERK_JWKS_URL",
+        "CLERK_ISSUER",
+        "CLERK_AUTHORIZED_PARTIES",
+    ] {
+        command.env_remove(name);
+    }
+    command.env("RUST_LOG", "warn");
+    command.kill_on_drop(true);
+    command
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+async fn backfill_json(url: &str, fake: &FakeClerkApi, extra: &[&str]) -> (i32, Value) {
+    let output = clerk_sync()
+        .args(["backfill", "--json", "--page-size", "100"])
+        .args(extra)
+        .env("DATABASE_URL", url)
+        .env("CLERK_SECRET_KEY", FakeClerkApi::SECRET_KEY)
+        .env("CLERK_API_URL", fake.url())
+        .output()
+        .await
+        .unwrap();
+    let summary = serde_json::from_str(stdout(&output).trim())
+        .unwrap_or_else(|e| panic!("{e}: {} / {}", stdout(&output), stderr(&output)));
+    (output.status.code().unwrap(), summary)
+}
+
+#[sqlx::test(migrations = false)]
+async fn migrate_creates_the_tables(pool: PgPool) {
+    let url = database_url(&pool).await;
+    let output = clerk_sync()
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = 'public' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(tables.contains(&"users".to_owned()), "{tables:?}");
+    assert!(tables.contains(&"clerk_webhook_events".to_owned()));
+    // Twice is fine.
+    let again = clerk_sync()
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(again.status.code(), Some(0));
+}
+
+#[sqlx::test(migrations = false)]
+async fn backfill_imports_reports_and_is_idempotent(pool: PgPool) {
+    let url = database_url(&pool).await;
+    let fake = FakeClerkApi::start(250).await.unwrap();
+
+    let (code, first) = backfill_json(&url, &fake, &[]).await;
+    assert_eq!(code, 0, "{first}");
+    assert_eq!(first["fetched"], 250);
+    assert_eq!(first["inserted"], 250);
+    assert_eq!(first["failed"], 0);
+    assert!(first["peak_rss_kib"].as_u64().unwrap() > 0);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 250);
+
+    let (code, second) = backfill_json(&url, &fake, &[]).await;
+    assert_eq!(code, 0);
+    assert_eq!(second["unchanged"], 250, "{second}");
+    assert_eq!(second["inserted"], 0);
+
+    // The human summary names every count.
+    let output = clerk_sync()
+        .args(["backfill", "--page-size", "100"])
+        .env("DATABASE_URL", &url)
+        .env("CLERK_SECRET_KEY", FakeClerkApi::SECRET_KEY)
+        .env("CLERK_API_URL", fake.url())
+        .output()
+        .await
+        .unwrap();
+    let text = stdout(&output);
+    for word in [
+        "backfill complete",
+        "fetched",
+        "inserted",
+        "updated",
+        "unchanged",
+        "skipped",
+        "failed",
+    ] {
+        assert!(text.contains(word), "{word} missing from:\n{text}");
+    }
+    assert!(text.contains("unchanged        250"), "{text}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn backfill_exits_1_when_a_page_fails_and_keeps_the_rest(pool: PgPool) {
+    let url = database_url(&pool).await;
+    let fake = FakeClerkApi::start(250).await.unwrap();
+    fake.fail_page_at(100, Fault::ServerError(503));
+    // One retry (a 0.25–0.5 s backoff) keeps the test short.
+    let (code, report) = backfill_json(&url, &fake, &["--retries", "1"]).await;
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["failed"], 100);
+    assert_eq!(report["failed_pages"], 1);
+    assert_eq!(report["inserted"], 150);
+    assert_eq!(fake.faults_served(), 2, "the page was tried twice");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 150, "the other pages were written");
+}
+
+#[tokio::test]
+async fn backfill_dry_run_into_sqlite_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("users.db").display());
+    let fake = FakeClerkApi::start(120).await.unwrap();
+    let (code, report) = backfill_json(&url, &fake, &["--dry-run"]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["fetched"], 120);
+    assert_eq!(report["dry_run"], true);
+    let store = clerk_sync::SqliteUserStore::open(&url).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
+#[tokio::test]
+async fn usage_and_unreachable_dependencies_have_their_exit_codes() {
+    // No secret key: a configuration error, exit 2, naming the variable.
+    let output = clerk_sync()
+        .arg("backfill")
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("CLERK_SECRET_KEY"),
+        "{}",
+        stderr(&output)
+    );
+
+    // An unsupported URL scheme: exit 2.
+    let output = clerk_sync()
+        .arg("migrate")
+        .env("DATABASE_URL", "mysql://localhost/db")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+
+    // A database that refuses connections: exit 3.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = clerk_sync()
+        .args(["migrate", "--connect-timeout", "1"])
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{port}/x"),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+
+    // Bad arguments: clap's usage error, exit 2.
+    let output = clerk_sync()
+        .args(["backfill", "--page-size", "501"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+async fn verify(issuer: &DevIssuer, token: &str, via_stdin: bool) -> (i32, Value) {
+    let mut command = clerk_sync();
+    command
+        .arg("verify")
+        .env("CLERK_ISSUER", issuer.issuer())
+        .env("CLERK_JWKS_URL", issuer.jwks_url())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if !via_stdin {
+        command.arg(token);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    if via_stdin {
+        stdin.write_all(token.as_bytes()).await.unwrap();
+        stdin.write_all(b"\n").await.unwrap();
+    }
+    drop(stdin);
+    let output = child.wait_with_output().await.unwrap();
+    let value = serde_json::from_str(stdout(&output).trim())
+        .unwrap_or_else(|e| panic!("{e}: {} / {}", stdout(&output), stderr(&output)));
+    (output.status.code().unwrap(), value)
+}
+
+#[tokio::test]
+async fn verify_prints_claims_or_the_rejection_code() {
+    let issuer = DevIssuer::start().await.unwrap();
+
+    let good = issuer
+        .token_for("user_cli")
+        .claim("email", "cli@example.com")
+        .build();
+    let (code, claims) = verify(&issuer, &good, false).await;
+    assert_eq!(code, 0, "{claims}");
+    assert_eq!(claims["sub"], "user_cli");
+    assert_eq!(claims["iss"], issuer.issuer());
+    assert_eq!(
+        claims["email"], "cli@example.com",
+        "custom claims are printed too"
+    );
+
+    let (code, claims) = verify(&issuer, &good, true).await;
+    assert_eq!(
+        (code, claims["sub"].as_str()),
+        (0, Some("user_cli")),
+        "from stdin"
+    );
+
+    let other = DevIssuer::start().await.unwrap();
+    let cases = [
+        (
+            issuer.token_for("u").expired_for(30).build(),
+            "token_expired",
+        ),
+        (
+            issuer.token_for("u").wrong_signature().build(),
+            "invalid_signature",
+        ),
+        (
+            issuer.token_for("u").tampered().build(),
+            "invalid_signature",
+        ),
+        (
+            issuer.token_for("u").unsigned().build(),
+            "invalid_signature",
+        ),
+        (
+            issuer
+                .token_for("u")
+                .claim("iss", "https://evil.example")
+                .build(),
+            "invalid_issuer",
+        ),
+        (other.token("u"), "unknown_key"),
+        ("not-a-jwt".to_owned(), "malformed_token"),
+    ];
+    for (token, expected) in cases {
+        let (code, body) = verify(&issuer, &token, false).await;
+        assert_eq!(code, 1, "{expected}: {body}");
+        assert_eq!(body["error"], expected, "{body}");
+        assert!(!body["message"].as_str().unwrap().is_empty());
+    }
+
+    // Keys that cannot be fetched are the server's problem: exit 3.
+    issuer.stop_jwks();
+    let (code, body) = verify(&issuer, &good, false).await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (3, Some("keys_unavailable"))
+    );
+}
