@@ -73,6 +73,10 @@ struct BackfillArgs {
     /// connection errors back off exponentially from 0.5 s) before its page counts as failed.
     #[arg(long, default_value_t = 5)]
     retries: u32,
+    /// Pages written at the same time, each on its own connection (PostgreSQL; SQLite writes
+    /// one page at a time).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=32))]
+    concurrency: u32,
 }
 
 fn main() -> ExitCode {
@@ -118,12 +122,12 @@ enum Store {
 }
 
 /// Connects (and, for SQLite, creates and migrates) the database the URL names.
-async fn connect(database: &Database) -> Result<Store, (u8, String)> {
+async fn connect(database: &Database, connections: u32) -> Result<Store, (u8, String)> {
     let url = database.database_url.as_str();
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         // Generous timeouts: a Neon compute that scaled to zero takes a moment to wake.
         let pool = PgPoolOptions::new()
-            .max_connections(4)
+            .max_connections(connections)
             .acquire_timeout(Duration::from_secs(database.connect_timeout))
             .connect(url)
             .await
@@ -144,7 +148,7 @@ async fn connect(database: &Database) -> Result<Store, (u8, String)> {
 }
 
 async fn migrate(database: &Database) -> Outcome {
-    match connect(database).await? {
+    match connect(database, 1).await? {
         Store::Postgres(pool) => clerk_sync::migrate(&pool)
             .await
             .map_err(|e| (UNAVAILABLE, format!("migration failed: {e}")))?,
@@ -163,7 +167,11 @@ async fn backfill(args: BackfillArgs) -> Outcome {
             max_retries: args.retries,
             ..RetryPolicy::default()
         });
-    let store: Box<dyn UserStore> = match (connect(&args.database).await?, &args.table) {
+    let mut concurrency = usize::try_from(args.concurrency).unwrap_or(1);
+    let store: Box<dyn UserStore> = match (
+        connect(&args.database, args.concurrency).await?,
+        &args.table,
+    ) {
         (Store::Postgres(pool), Some(table)) => Box::new(
             PgUserStore::new(pool)
                 .with_table(table)
@@ -180,10 +188,15 @@ async fn backfill(args: BackfillArgs) -> Outcome {
             return Err((USAGE, "--table is for PostgreSQL only".to_owned()));
         }
         #[cfg(feature = "sqlite")]
-        (Store::Sqlite(store), None) => Box::new(store),
+        (Store::Sqlite(store), None) => {
+            // One writer at a time in SQLite anyway.
+            concurrency = 1;
+            Box::new(store)
+        }
     };
     let options = BackfillOptions::default()
         .page_size(args.page_size)
+        .write_concurrency(concurrency)
         .dry_run(args.dry_run);
     let progress = Progress::new(args.json);
     let report = clerk_sync::backfill(&api, store.as_ref(), options, |report| {

@@ -1,0 +1,106 @@
+//! Backfill throughput and memory: the release `clerk-sync backfill` binary imports 10,000
+//! and 100,000 users from `FakeClerkApi` (served by this process) into the local PostgreSQL.
+//!
+//! Not a criterion bench: one import of 100k users is the measurement. Each size runs as a
+//! fresh import (every row inserted) and a re-run (every row unchanged). Users per second
+//! come from the command's own report (the import itself) and from the wall time of the
+//! whole process (connect and migrate included); peak memory is the child's `VmHWM`.
+//!
+//! ```text
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo bench --bench backfill
+//! ```
+
+use std::time::Instant;
+
+use clerk_sync::testing::FakeClerkApi;
+use serde_json::Value;
+use sqlx::{Connection, Executor, PgConnection};
+
+const DATABASE: &str = "clerk_sync_bench_backfill";
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run only for real.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        return;
+    }
+    let Ok(base) = std::env::var("DATABASE_URL") else {
+        println!("backfill bench skipped: DATABASE_URL is not set");
+        return;
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            println!("backfill bench skipped: no runtime: {error}");
+            return;
+        }
+    };
+    if let Err(error) = runtime.block_on(run(&base)) {
+        eprintln!("backfill bench failed: {error}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(base: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let server = base
+        .rsplit_once('/')
+        .ok_or("DATABASE_URL has no database")?
+        .0;
+    let url = format!("{server}/{DATABASE}");
+    let mut admin = PgConnection::connect(base).await?;
+    admin
+        .execute("DROP DATABASE IF EXISTS clerk_sync_bench_backfill WITH (FORCE)")
+        .await?;
+    admin
+        .execute("CREATE DATABASE clerk_sync_bench_backfill")
+        .await?;
+
+    println!(
+        "{:>8} {:>10} {:>14} {:>16} {:>12} {:>10}",
+        "users", "run", "users/s", "users/s (wall)", "peak RSS", "result"
+    );
+    for users in [10_000_u64, 100_000] {
+        let fake = FakeClerkApi::start(users).await?;
+        let mut db = PgConnection::connect(&url).await?;
+        db.execute("DROP TABLE IF EXISTS clerk_rate_limits, clerk_rate_limits_ip, users, clerk_webhook_events, _clerk_sync_migrations")
+            .await?;
+        for run in ["fresh", "re-run"] {
+            let started = Instant::now();
+            let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_clerk-sync"))
+                .args(["backfill", "--json"])
+                .env("DATABASE_URL", &url)
+                .env("CLERK_SECRET_KEY", FakeClerkApi::SECRET_KEY)
+                .env("CLERK_API_URL", fake.url())
+                .env("RUST_LOG", "warn")
+                .output()
+                .await?;
+            let wall = started.elapsed();
+            let report: Value = serde_json::from_slice(&output.stdout)
+                .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&output.stderr)))?;
+            let fetched = report["fetched"].as_u64().unwrap_or(0);
+            let expected = if run == "fresh" {
+                "inserted"
+            } else {
+                "unchanged"
+            };
+            let ok = output.status.success()
+                && fetched == users
+                && report[expected].as_u64() == Some(users);
+            println!(
+                "{:>8} {:>10} {:>14} {:>16.0} {:>9.1} MiB {:>10}",
+                users,
+                run,
+                report["users_per_second"],
+                users as f64 / wall.as_secs_f64(),
+                report["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
+                if ok { expected } else { "WRONG" }
+            );
+            if !ok {
+                return Err(format!("unexpected report: {report}").into());
+            }
+        }
+    }
+    Ok(())
+}
