@@ -23,7 +23,7 @@ const UNAVAILABLE: u8 = 3;
 
 /// Keeps a Postgres or SQLite database in step with a Clerk instance's users.
 #[derive(Parser)]
-#[command(name = "clerk-sync", version, about, long_about = None)]
+#[command(name = "clerk-sync", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
