@@ -1,6 +1,7 @@
 //! [`SqliteUserStore`]: the embedded backend, and [`migrate_sqlite`].
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::migrate::{MigrateError, Migrator};
@@ -25,6 +26,22 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The current time in milliseconds, but never the same value twice in this process: the
+/// upsert tells an insert from an update by `created_at = <this call's now>`, which two calls
+/// in the same millisecond would otherwise share. Drifts ahead of the clock by at most the
+/// number of upserts in one millisecond.
+fn unique_now_ms() -> i64 {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now_ms().max(last.saturating_add(1));
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(actual) => last = actual,
+        }
+    }
 }
 
 /// `GREATEST` that ignores NULLs, as PostgreSQL's does.
@@ -148,7 +165,7 @@ impl SqliteUserStore {
             .bind(&profile.image_url)
             .bind(profile.version_ms)
             .bind(seen)
-            .bind(now_ms())
+            .bind(unique_now_ms())
             .fetch_optional(conn)
             .await
     }
