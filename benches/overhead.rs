@@ -1,34 +1,46 @@
-//! Per-request overhead of the layer, every case in one run so ratios hold on a noisy machine.
+//! Per-request overhead of the layer, every case in one run so ratios hold on a noisy machine;
+//! the ratios are printed at the end from criterion's saved medians.
 //!
 //! ```text
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo bench --bench overhead
 //! ```
 //!
-//! Cases (same handler, same request shape):
+//! Cases (same handler, same request shape, in-process `oneshot` calls):
 //! - `bare`: the router alone;
-//! - `layer/both_hit`: tokens seen before, users synced, cycling through 10,000 users;
-//! - `layer/new_token_cached_user`: token cache off, so every request is one RSA
-//!   verification, users synced;
-//! - `verify_only`: the crate's verifier alone on an uncached token;
-//! - `layer/both_hit+ratelimit_memory` and `layer/both_hit+ratelimit_postgres`: the both-hit
-//!   path with `RateLimitLayer` inside it (a limit no request reaches), on each store.
+//! - `layer/both_hit`: tokens seen before, users synced, cycling through 10,000 users each
+//!   with its own token, as a server sees them (one hot key would hide cache misses);
+//! - `layer/new_token_cached_user`: a token the layer has not seen, user synced: the session
+//!   cache is off (`token_cache_capacity(0)`), so every request is one RSA verification and
+//!   one synced-user lookup (pre-minting a fresh token per iteration is not affordable);
+//! - `layer/new_user`: a token and a user never seen, against the real PostgreSQL: one RSA
+//!   verification and one upsert; `upsert/round_trip` is that upsert alone, for the ratio;
+//! - `verify_only`: the crate's verifier on an uncached token; `rsa_floor`: one raw aws-lc
+//!   RSA-2048 PKCS#1 v1.5 verification with a pre-parsed key, the floor of any new token;
+//! - `peer/jwt_authorizer`: the same handler behind `jwt-authorizer` 0.15 (axum 0.7, its
+//!   `RegisteredClaims`, the same PEM key and tokens, issuer checked);
+//! - `layer/both_hit+ratelimit_memory`, `layer/both_hit+ratelimit_postgres`: the both-hit path
+//!   with `RateLimitLayer` inside it, on each store (a limit no request reaches).
 //!
-//! The layer cases need PostgreSQL (users are synced once, before measuring, into a database
-//! named `clerk_sync_bench` created next to `DATABASE_URL`'s); without `DATABASE_URL` they are
-//! skipped with a printed reason.
+//! Everything but `bare`, `verify_only`, `rsa_floor` and the peer needs PostgreSQL (a database
+//! named `clerk_sync_bench` is created next to `DATABASE_URL`'s); without `DATABASE_URL` those
+//! cases are skipped with a printed reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clerk_sync::testing::DevIssuer;
 use clerk_sync::{
     ClerkSync, ClerkUser, Limit, PgRateLimitStore, PgUserStore, RateLimitLayer, TierLimits,
+    UserProfile, UserStore,
 };
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::Criterion;
 use http::{Request, header};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
@@ -71,30 +83,96 @@ async fn bench_pool(url: &str) -> PgPool {
     pool
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Transactions committed in the bench database so far: each autocommit statement is one.
+async fn commits(pool: &PgPool) -> i64 {
+    // The statistics are per backend until flushed; ask for a fresh snapshot.
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+fn main() {
+    let mut criterion = Criterion::default()
+        .measurement_time(Duration::from_secs(5))
+        .configure_from_args();
+    overhead(&mut criterion);
+    criterion.final_summary();
+    if std::env::args().any(|arg| arg == "--bench") {
+        print_ratios(&target_dir().join("criterion").join("overhead"));
+    }
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from)
+}
+
 fn overhead(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let issuer = rt.block_on(DevIssuer::start()).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = unix_now();
     // Long-lived tokens: the measurement must not outlive them.
-    let token = |i: usize| {
-        issuer
-            .token_for(&format!("user_bench_{i}"))
-            .claim("exp", now + 3600)
-            .build()
-    };
+    let token = |user: &str| issuer.token_for(user).claim("exp", now + 3600).build();
+    let tokens: Vec<String> = (0..USERS)
+        .map(|i| token(&format!("user_bench_{i}")))
+        .collect();
 
     let bare = Router::new().route("/me", get(handler));
-    let first = token(0);
     let mut group = c.benchmark_group("overhead");
+    let mut i = 0;
     group.bench_function("bare", |b| {
-        b.to_async(&rt)
-            .iter(|| bare.clone().oneshot(request(&first)))
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % USERS;
+            bare.clone().oneshot(request(&tokens[i]))
+        })
+    });
+
+    // The floor: one RSA verification of the token's signing input, key parsed once.
+    let (signing_input, signature) = tokens[0].rsplit_once('.').unwrap();
+    let signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+    let pem = issuer.public_key_pem();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(
+            pem.lines()
+                .filter(|line| !line.starts_with("-----"))
+                .collect::<String>(),
+        )
+        .unwrap();
+    let key = aws_lc_rs::signature::ParsedPublicKey::new(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        der,
+    )
+    .unwrap();
+    group.bench_function("rsa_floor", |b| {
+        b.iter(|| {
+            key.verify_sig(signing_input.as_bytes(), &signature)
+                .unwrap()
+        })
+    });
+
+    // The peer: jwt-authorizer on axum 0.7, same key, same tokens, issuer checked.
+    let peer = rt.block_on(peer::router(&pem, &issuer.issuer()));
+    group.bench_function("peer/jwt_authorizer", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % USERS;
+            peer::call(peer.clone(), &tokens[i])
+        })
     });
 
     let Ok(url) = std::env::var("DATABASE_URL") else {
@@ -133,7 +211,6 @@ fn overhead(c: &mut Criterion) {
         .route("/me", get(handler))
         .layer(uncached.layer());
 
-    let tokens: Vec<String> = (0..USERS).map(token).collect();
     rt.block_on(async {
         for token in &tokens {
             let ok = layered.clone().oneshot(request(token)).await.unwrap();
@@ -144,7 +221,6 @@ fn overhead(c: &mut Criterion) {
     });
     let before = (cached.stats(), uncached.stats());
 
-    let mut i = 0;
     group.bench_function("layer/both_hit", |b| {
         b.to_async(&rt).iter(|| {
             i = (i + 1) % USERS;
@@ -178,18 +254,71 @@ fn overhead(c: &mut Criterion) {
             async move { verifier.verify(&token).await.unwrap() }
         })
     });
-    group.finish();
 
-    // The cases measured what they claim: no SQL while measuring, and no cache hits where
-    // every request must verify.
+    // New users: each iteration a user never seen, with its own token minted outside the
+    // timed region. A run-unique prefix keeps them new across bench runs.
+    let run = format!("{:x}", unix_now());
+    let mut minted = 0_u64;
+    let mut fresh = |n: u64| -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                minted += 1;
+                token(&format!("user_new_{run}_{minted}"))
+            })
+            .collect()
+    };
+    let store = PgUserStore::new(pool.clone());
+    let mut upserted = 0_u64;
+    group.sample_size(10);
+    group.bench_function("upsert/round_trip", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let store = store.clone();
+            let start = upserted;
+            upserted += iters;
+            let run = run.clone();
+            async move {
+                let profiles: Vec<UserProfile> = (start..start + iters)
+                    .map(|n| UserProfile::new(format!("user_raw_{run}_{n}")))
+                    .collect();
+                let started = Instant::now();
+                for profile in &profiles {
+                    store.upsert(profile).await.unwrap();
+                }
+                started.elapsed()
+            }
+        })
+    });
+    let commits_before = rt.block_on(commits(&pool));
+    let upserts_before = cached.stats().upserts_ok;
+    let mut new_users = 0_u64;
+    group.bench_function("layer/new_user", |b| {
+        b.iter_custom(|iters| {
+            let tokens = fresh(iters);
+            new_users += iters;
+            rt.block_on(async {
+                let started = Instant::now();
+                for token in &tokens {
+                    let response = layered.clone().oneshot(request(token)).await.unwrap();
+                    assert!(response.status().is_success());
+                }
+                started.elapsed()
+            })
+        })
+    });
+    group.finish();
+    let statements = rt.block_on(commits(&pool)) - commits_before;
+
+    // The cases measured what they claim.
     let (cached_after, uncached_after) = (cached.stats(), uncached.stats());
     assert_eq!(
-        cached_after.upserts_ok, before.0.upserts_ok,
-        "both_hit ran SQL"
+        cached_after.upserts_ok - upserts_before,
+        new_users,
+        "one upsert per new user"
     );
     assert_eq!(
-        cached_after.tokens_verified, before.0.tokens_verified,
-        "both_hit verified"
+        cached_after.tokens_verified - before.0.tokens_verified,
+        new_users,
+        "both_hit verified no token; each new user's token verified once"
     );
     assert_eq!(
         uncached_after.upserts_ok, before.1.upserts_ok,
@@ -200,14 +329,120 @@ fn overhead(c: &mut Criterion) {
         "new_token hit the token cache"
     );
     println!(
-        "checked: no SQL while measuring; {} RSA verifications in the uncached cases",
-        uncached_after.tokens_verified - before.1.tokens_verified
+        "checked: no SQL in the hit and new-token cases; layer/new_user: {new_users} new users, \
+         {statements} statements committed in the database (1 per user, plus the 2 \
+         statistics queries)"
+    );
+    assert!(
+        statements <= i64::try_from(new_users).unwrap() + 3,
+        "more than one statement per new user: {statements} for {new_users}"
     );
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default().measurement_time(Duration::from_secs(5));
-    targets = overhead
+/// The same handler behind jwt-authorizer 0.15 (which is built on axum 0.7).
+mod peer {
+    use axum07::Router;
+    use axum07::body::Body;
+    use axum07::routing::get;
+    use jwt_authorizer::{
+        Authorizer, IntoLayer, JwtAuthorizer, JwtClaims, RegisteredClaims, Validation,
+    };
+    use tower::ServiceExt;
+
+    async fn handler(JwtClaims(_claims): JwtClaims<RegisteredClaims>) -> &'static str {
+        "user"
+    }
+
+    pub(super) async fn router(pem: &str, issuer: &str) -> Router {
+        let authorizer: Authorizer<RegisteredClaims> = JwtAuthorizer::from_rsa_pem_text(pem)
+            .validation(Validation::new().iss(&[issuer]).leeway(5))
+            .build()
+            .await
+            .unwrap();
+        Router::new()
+            .route("/me", get(handler))
+            .layer(authorizer.into_layer())
+    }
+
+    pub(super) async fn call(router: Router, token: &str) -> http::Response<Body> {
+        let request = http::Request::get("/me")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        assert!(response.status().is_success());
+        response
+    }
 }
-criterion_main!(benches);
+
+/// Median of each case from criterion's `new/estimates.json`, then the ratios the targets
+/// are stated in.
+fn print_ratios(group_dir: &Path) {
+    let median = |case: &str| -> Option<f64> {
+        let dir = group_dir.join(case.replace('/', "_")).join("new");
+        let text = std::fs::read_to_string(dir.join("estimates.json")).ok()?;
+        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+        value["median"]["point_estimate"].as_f64()
+    };
+    let cases = [
+        "bare",
+        "layer/both_hit",
+        "layer/both_hit+ratelimit_memory",
+        "layer/both_hit+ratelimit_postgres",
+        "layer/new_token_cached_user",
+        "layer/new_user",
+        "upsert/round_trip",
+        "verify_only",
+        "rsa_floor",
+        "peer/jwt_authorizer",
+    ];
+    println!("\nmedians (this run)");
+    for case in cases {
+        if let Some(ns) = median(case) {
+            println!("  {case:<36} {:>12.3} µs", ns / 1000.0);
+        }
+    }
+    let ratio = |label: &str, a: &str, b: &str, target: &str| {
+        if let (Some(a), Some(b)) = (median(a), median(b)) {
+            println!("  {label:<44} {:>8.2}×   target {target}", a / b);
+        }
+    };
+    println!("ratios");
+    ratio(
+        "layer/both_hit ÷ bare",
+        "layer/both_hit",
+        "bare",
+        "≤ 2.5 (stretch ≤ 1.5)",
+    );
+    ratio(
+        "peer/jwt_authorizer ÷ layer/both_hit",
+        "peer/jwt_authorizer",
+        "layer/both_hit",
+        "≥ 15",
+    );
+    ratio(
+        "layer/new_token_cached_user ÷ rsa_floor",
+        "layer/new_token_cached_user",
+        "rsa_floor",
+        "≤ 1.4",
+    );
+    ratio(
+        "layer/new_token_cached_user ÷ peer",
+        "layer/new_token_cached_user",
+        "peer/jwt_authorizer",
+        "≤ 1.0",
+    );
+    ratio(
+        "layer/new_user ÷ upsert/round_trip",
+        "layer/new_user",
+        "upsert/round_trip",
+        "≤ 1.2",
+    );
+    ratio("verify_only ÷ rsa_floor", "verify_only", "rsa_floor", "");
+    ratio(
+        "ratelimit_memory ÷ layer/both_hit",
+        "layer/both_hit+ratelimit_memory",
+        "layer/both_hit",
+        "≤ 1.2",
+    );
+}

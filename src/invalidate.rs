@@ -7,18 +7,20 @@
 //! synced keep being served (at most as stale as the user-cache TTL).
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
-use moka::future::Cache;
 use tokio::sync::watch;
 
 use crate::stats::Counters;
+use crate::sync::cache::{self, UserCache};
 
 /// Evicts users from one [`crate::ClerkSync`]'s synced-user cache on behalf of a store's
 /// listener task; cheap to clone. It does not keep the `ClerkSync` alive: when the last clone of
 /// that is dropped, [`closed`](Self::closed) resolves and the task should end.
 #[derive(Clone)]
 pub struct Invalidator {
-    cache: Cache<Arc<str>, Arc<str>>,
+    cache: UserCache,
+    generation: Arc<AtomicU64>,
     counters: Arc<Counters>,
     closed: watch::Receiver<()>,
 }
@@ -33,12 +35,14 @@ impl std::fmt::Debug for Invalidator {
 
 impl Invalidator {
     pub(crate) fn new(
-        cache: Cache<Arc<str>, Arc<str>>,
+        cache: UserCache,
+        generation: Arc<AtomicU64>,
         counters: Arc<Counters>,
         closed: watch::Receiver<()>,
     ) -> Self {
         Self {
             cache,
+            generation,
             counters,
             closed,
         }
@@ -47,12 +51,12 @@ impl Invalidator {
     /// Evicts one user: the next request of that user runs the upsert again.
     pub async fn evict(&self, user_id: &str) {
         Counters::bump(&self.counters.invalidations_received);
-        self.cache.invalidate(user_id).await;
+        cache::evict(&self.cache, user_id).await;
     }
 
     /// Evicts every user; call it after (re)connecting, since notifications may have been lost.
     pub fn clear(&self) {
-        self.cache.invalidate_all();
+        cache::clear(&self.cache, &self.generation);
     }
 
     /// Records that the listener (re)connected and is receiving notifications.

@@ -1,6 +1,7 @@
 //! [`Syncer`]: the synced-user cache in front of the store.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
@@ -64,11 +65,50 @@ enum SyncFailure {
     Unavailable,
 }
 
+/// "This process has synced the user; their tier is T", shared by the synced-user cache and
+/// every cached session of that user. It stops being current when the user is evicted or
+/// invalidated (`valid`), or when the whole cache is cleared (`generation`), so a session
+/// found in the session cache is only trusted while its user is.
+#[derive(Debug)]
+pub(crate) struct SyncedUser {
+    pub(crate) tier: Arc<str>,
+    valid: AtomicBool,
+    generation: u64,
+}
+
+/// A current synced user, for unit tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn test_user(tier: &str, generation: &AtomicU64) -> Arc<SyncedUser> {
+    Arc::new(SyncedUser {
+        tier: tier.into(),
+        valid: AtomicBool::new(true),
+        generation: generation.load(Ordering::Acquire),
+    })
+}
+
+/// The synced-user cache: user id → [`SyncedUser`]. Any removal (invalidation, TTL expiry,
+/// capacity eviction) marks the user as no longer current.
+pub(crate) type UserCache = Cache<Arc<str>, Arc<SyncedUser>>;
+
+/// Marks `user_id` as no longer current and removes it from `cache`.
+pub(crate) async fn evict(cache: &UserCache, user_id: &str) {
+    if let Some(user) = cache.get(user_id).await {
+        user.valid.store(false, Ordering::Release);
+    }
+    cache.invalidate(user_id).await;
+}
+
+/// Makes every synced user stale at once (cheaper than visiting them) and empties `cache`.
+pub(crate) fn clear(cache: &UserCache, generation: &AtomicU64) {
+    generation.fetch_add(1, Ordering::AcqRel);
+    cache.invalidate_all();
+}
+
 /// Keeps "this process has synced user X, whose tier is T" and runs the upsert on a miss.
 pub(crate) struct Syncer {
     store: Arc<dyn UserStore>,
-    // user id → tier
-    cache: Cache<Arc<str>, Arc<str>>,
+    cache: UserCache,
+    generation: Arc<AtomicU64>,
     options: SyncOptions,
     counters: Arc<Counters>,
 }
@@ -82,24 +122,34 @@ impl Syncer {
         let cache = Cache::builder()
             .max_capacity(options.capacity)
             .time_to_live(options.ttl)
+            .eviction_listener(|_id, user: Arc<SyncedUser>, _cause| {
+                user.valid.store(false, Ordering::Release);
+            })
             .build();
         Self {
             store,
             cache,
+            generation: Arc::new(AtomicU64::new(0)),
             options,
             counters,
         }
     }
 
-    /// The user's tier and whether the row is known to exist.
+    /// `true` while `user` is still the cached, current state of that user.
+    pub(crate) fn is_current(&self, user: &SyncedUser) -> bool {
+        user.valid.load(Ordering::Acquire)
+            && user.generation == self.generation.load(Ordering::Acquire)
+    }
+
+    /// The synced user (its tier), and whether the row is known to exist.
     pub(crate) async fn ensure(
         &self,
         claims: &SessionClaims,
-    ) -> Result<(Arc<str>, bool), AuthError> {
-        if let Some(tier) = self.cache.get(claims.sub.as_str()).await {
+    ) -> Result<(Arc<SyncedUser>, bool), AuthError> {
+        if let Some(user) = self.cache.get(claims.sub.as_str()).await {
             Counters::bump(&self.counters.user_cache_hits);
             tracing::trace!(user.id = %claims.sub, "synced-user cache hit");
-            return Ok((tier, true));
+            return Ok((user, true));
         }
         Counters::bump(&self.counters.user_cache_misses);
         // Concurrent misses for one user wait on a single upsert; failures are not cached.
@@ -108,12 +158,14 @@ impl Syncer {
             .try_get_with(Arc::from(claims.sub.as_str()), self.upsert(claims))
             .await;
         match result {
-            Ok(tier) => Ok((tier, true)),
+            Ok(user) => Ok((user, true)),
             Err(failure) => match *failure {
                 SyncFailure::Deleted => Err(AuthError::UserDeleted),
                 SyncFailure::Unavailable => match self.options.failure_policy {
                     FailurePolicy::Closed => Err(AuthError::SyncUnavailable),
-                    FailurePolicy::Open => Ok((self.options.default_tier.clone(), false)),
+                    FailurePolicy::Open => {
+                        Ok((self.synced(self.options.default_tier.clone()), false))
+                    }
                 },
             },
         }
@@ -158,7 +210,15 @@ impl Syncer {
         }
     }
 
-    async fn upsert(&self, claims: &SessionClaims) -> Result<Arc<str>, SyncFailure> {
+    fn synced(&self, tier: Arc<str>) -> Arc<SyncedUser> {
+        Arc::new(SyncedUser {
+            tier,
+            valid: AtomicBool::new(true),
+            generation: self.generation.load(Ordering::Acquire),
+        })
+    }
+
+    async fn upsert(&self, claims: &SessionClaims) -> Result<Arc<SyncedUser>, SyncFailure> {
         let profile = self.profile(claims).await?;
         let span = tracing::debug_span!("clerk_sync.upsert", user.id = %claims.sub);
         let started = Instant::now();
@@ -170,7 +230,7 @@ impl Syncer {
             Ok(Ok(UpsertOutcome::Active { tier, inserted })) => {
                 Counters::bump(&self.counters.upserts_ok);
                 tracing::debug!(user.id = %claims.sub, inserted, elapsed_ms, "synced user");
-                Ok(tier.into())
+                Ok(self.synced(tier.into()))
             }
             Ok(Ok(UpsertOutcome::Deleted)) => {
                 Counters::bump(&self.counters.upserts_ok);
@@ -191,7 +251,7 @@ impl Syncer {
     }
 
     pub(crate) async fn invalidate(&self, user_id: &str) {
-        self.cache.invalidate(user_id).await;
+        evict(&self.cache, user_id).await;
     }
 
     pub(crate) fn store(&self) -> &dyn UserStore {
@@ -204,7 +264,12 @@ impl Syncer {
 
     /// A handle on the cache for a store's invalidation listener.
     pub(crate) fn invalidator(&self, closed: tokio::sync::watch::Receiver<()>) -> Invalidator {
-        Invalidator::new(self.cache.clone(), self.counters.clone(), closed)
+        Invalidator::new(
+            self.cache.clone(),
+            self.generation.clone(),
+            self.counters.clone(),
+            closed,
+        )
     }
 
     pub(crate) fn cached_users(&self) -> u64 {

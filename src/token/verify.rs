@@ -210,6 +210,14 @@ impl Verifier {
             .map_err(|error| (*error).clone())
     }
 
+    /// Verifies without looking at or filling the token cache (the layer keeps its own).
+    pub(crate) async fn verify_fresh(&self, token: &str) -> Result<Arc<SessionClaims>, AuthError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::malformed("the token is longer than 16 KiB"));
+        }
+        self.verify_uncached(token).await
+    }
+
     async fn verify_uncached(&self, token: &str) -> Result<Arc<SessionClaims>, AuthError> {
         let inner = &self.inner;
         let header = parse_header(token)?;
