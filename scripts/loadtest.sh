@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Load test over loopback: the same handler bare and behind the clerk-sync layer, driven by wrk
+# with tokens rotating among 1,000 users (every user synced and every token seen once before
+# the run, as on a busy server). Prints requests/s and p50/p99 latency for each, and the
+# layered/bare throughput ratio (target: >= 0.90).
+#
+#   scripts/loadtest.sh [seconds-per-run] [connections]
+#
+# Installs wrk (Debian package) when missing. Everything binds to 127.0.0.1; the server stops
+# by itself after the runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION="${1:-10}"
+CONNECTIONS="${2:-32}"
+USERS="${LOADTEST_USERS:-1000}"
+TOKENS="$PWD/target/loadtest-tokens.txt"
+
+if ! command -v wrk >/dev/null; then
+  echo "installing wrk" >&2
+  if [ "$(id -u)" -eq 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y wrk >/dev/null
+  else
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y wrk >/dev/null
+  fi
+fi
+
+cargo build --release --example loadtest_server >/dev/null
+LOG="$(mktemp)"
+# Bounded: two runs plus warm-up, then the server exits on its own.
+LOADTEST_USERS="$USERS" LOADTEST_TOKENS="$TOKENS" LOADTEST_SECONDS=$((2 * DURATION + 60)) \
+  target/release/examples/loadtest_server >"$LOG" 2>&1 &
+SERVER=$!
+trap 'kill "$SERVER" 2>/dev/null || true; rm -f "$LOG"' EXIT
+
+for _ in $(seq 1 600); do
+  grep -q '^ready' "$LOG" && break
+  kill -0 "$SERVER" 2>/dev/null || { cat "$LOG" >&2; exit 1; }
+  sleep 0.1
+done
+READY="$(grep '^ready' "$LOG")" || { echo "server did not start" >&2; cat "$LOG" >&2; exit 1; }
+BARE_PORT="$(sed -E 's/.*bare=([0-9]+).*/\1/' <<<"$READY")"
+LAYERED_PORT="$(sed -E 's/.*layered=([0-9]+).*/\1/' <<<"$READY")"
+echo "$READY"
+
+# Every request carries the next token of the list (per wrk thread, offset by thread).
+SCRIPT="$(mktemp --suffix=.lua)"
+cat >"$SCRIPT" <<LUA
+local tokens = {}
+for line in io.lines("$TOKENS") do tokens[#tokens + 1] = line end
+local counter = 0
+function setup(thread) counter = counter + 1; thread:set("offset", counter * 7919) end
+local i = 0
+request = function()
+  i = i + 1
+  local token = tokens[((i + (offset or 0)) % #tokens) + 1]
+  return wrk.format("GET", "/me", { ["Authorization"] = "Bearer " .. token })
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %.0f %.3f %.3f %d %d\n",
+    summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+LUA
+trap 'kill "$SERVER" 2>/dev/null || true; rm -f "$LOG" "$SCRIPT"' EXIT
+
+run() {
+  wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s "$SCRIPT" "http://127.0.0.1:$1/me" | grep '^RESULT'
+}
+BARE="$(run "$BARE_PORT")"
+LAYERED="$(run "$LAYERED_PORT")"
+
+printf '%-8s %12s %10s %10s %8s\n' "app" "requests/s" "p50 ms" "p99 ms" "errors"
+for row in "bare $BARE" "layered $LAYERED"; do
+  read -r name _ rps p50 p99 status other <<<"$row"
+  printf '%-8s %12s %10s %10s %8s\n' "$name" "$rps" "$p50" "$p99" "$((status + other))"
+done
+read -r _ BARE_RPS _ <<<"$BARE"
+read -r _ LAYERED_RPS _ <<<"$LAYERED"
+awk -v l="$LAYERED_RPS" -v b="$BARE_RPS" \
+  'BEGIN { printf "layered / bare throughput: %.3f (target >= 0.90)\n", l / b }'
