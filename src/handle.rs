@@ -148,7 +148,54 @@ impl ClerkSync {
 
     /// Counters since this `ClerkSync` was built.
     pub fn stats(&self) -> Stats {
-        self.inner.counters.snapshot()
+        let mut stats = self.inner.counters.snapshot();
+        // A session hit is a token-cache hit and a user-cache hit at once.
+        let session_hits = self.inner.sessions.as_ref().map_or(0, SessionCache::hits);
+        stats.token_cache_hits += session_hits;
+        stats.user_cache_hits += session_hits;
+        stats
+    }
+
+    /// The synchronous first look at a request, run inside `Service::call`: a rejection that
+    /// needs no I/O, a request without a token, or a cached session whose user is current.
+    /// [`Quick::Miss`] sends the request to [`authenticate`](Self::authenticate).
+    pub(crate) fn authenticate_quick(&self, headers: &HeaderMap, mode: Mode) -> Quick {
+        let token = match token_from_headers(headers) {
+            Ok(Some(token)) => token,
+            Ok(None) if mode == Mode::Optional => return Quick::Anonymous,
+            Ok(None) => return self.rejected(AuthError::MissingToken),
+            Err(error) => return self.rejected(error),
+        };
+        let Some(found) = self.inner.sessions.as_ref().and_then(|s| s.get(token)) else {
+            return Quick::Miss;
+        };
+        let session = &found.session;
+        if session.claims.exp.saturating_add(self.inner.leeway) < unix_now() {
+            return self.rejected(AuthError::TokenExpired);
+        }
+        if !self.inner.syncer.is_current(&session.user) {
+            return Quick::Miss;
+        }
+        found.count();
+        Quick::Hit(ClerkUser::new(
+            session.claims.clone(),
+            session.user.tier.clone(),
+            true,
+        ))
+    }
+
+    fn rejected(&self, error: AuthError) -> Quick {
+        self.record_rejection(&error);
+        Quick::Rejected(error)
+    }
+
+    fn record_rejection(&self, error: &AuthError) {
+        self.inner.counters.reject(error);
+        if error.is_server_fault() {
+            tracing::warn!(code = error.code(), "request rejected: {error}");
+        } else {
+            tracing::debug!(code = error.code(), "request rejected: {error}");
+        }
     }
 
     /// Verifies the request's token and makes sure its user is synced. `Ok(None)` only in
@@ -160,12 +207,7 @@ impl ClerkSync {
     ) -> Result<Option<ClerkUser>, AuthError> {
         let result = self.authenticate_inner(headers, mode).await;
         if let Err(error) = &result {
-            self.inner.counters.reject(error);
-            if error.is_server_fault() {
-                tracing::warn!(code = error.code(), "request rejected: {error}");
-            } else {
-                tracing::debug!(code = error.code(), "request rejected: {error}");
-            }
+            self.record_rejection(error);
         }
         result
     }
@@ -187,16 +229,14 @@ impl ClerkSync {
             return Ok(Some(ClerkUser::new(claims, user.tier.clone(), synced)));
         };
         let now = unix_now();
-        // The hit path: one lookup gives the claims and the synced user.
         let cached = sessions.get(token);
-        if let Some(session) = &cached {
+        if let Some(found) = &cached {
+            let session = &found.session;
             if session.claims.exp.saturating_add(inner.leeway) < now {
                 return Err(AuthError::TokenExpired);
             }
             if inner.syncer.is_current(&session.user) {
-                // One counter for both hits: every atomic on the hot path is a cache line
-                // that bounces between cores under load.
-                Counters::bump(&inner.counters.session_hits);
+                found.count();
                 return Ok(Some(ClerkUser::new(
                     session.claims.clone(),
                     session.user.tier.clone(),
@@ -207,9 +247,9 @@ impl ClerkSync {
         // A known token whose user was invalidated keeps its verified claims; anything else is
         // verified now (the session cache is the token cache, so the verifier's is bypassed).
         let claims = match cached {
-            Some(session) => {
+            Some(found) => {
                 Counters::bump(&inner.counters.token_cache_hits);
-                session.claims.clone()
+                found.session.claims.clone()
             }
             None => inner.verifier.verify_fresh(token).await?,
         };
@@ -220,6 +260,18 @@ impl ClerkSync {
         }
         Ok(Some(ClerkUser::new(claims, tier, synced)))
     }
+}
+
+/// What [`ClerkSync::authenticate_quick`] found.
+pub(crate) enum Quick {
+    /// A cached session whose user is current.
+    Hit(ClerkUser),
+    /// No token, and the layer is optional.
+    Anonymous,
+    /// Rejected without I/O (already counted and logged).
+    Rejected(AuthError),
+    /// Needs verification or a sync.
+    Miss,
 }
 
 /// Builder for [`ClerkSync`]. Every setter documents its default.

@@ -19,10 +19,11 @@ use std::task::{Context, Poll};
 
 use axum::response::{IntoResponse, Response};
 use http::Request;
+use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::handle::ClerkSync;
+use crate::handle::{ClerkSync, Quick};
 
 /// Whether requests without a token pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,51 +81,116 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Error>;
+    type Future = ResponseFuture<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // Known sessions, anonymous requests and rejections without I/O are decided here and
+        // call the inner service directly: no boxed future, no clone of the inner service.
+        match self.clerk.authenticate_quick(request.headers(), self.mode) {
+            Quick::Hit(user) => {
+                request.extensions_mut().insert(user);
+                return ResponseFuture::inner(self.inner.call(request));
+            }
+            Quick::Anonymous => {
+                request.extensions_mut().insert(AnonymousRequest);
+                return ResponseFuture::inner(self.inner.call(request));
+            }
+            Quick::Rejected(rejection) => return ResponseFuture::ready(rejection.into_response()),
+            Quick::Miss => {}
+        }
         // The service that was polled ready is the one to call; leave a fresh clone behind.
         // See https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let clerk = self.clerk.clone();
         let mode = self.mode;
-        ResponseFuture {
-            inner: Box::pin(async move {
-                match clerk.authenticate(request.headers(), mode).await {
-                    Ok(Some(user)) => {
-                        request.extensions_mut().insert(user);
-                    }
-                    Ok(None) => {
-                        request.extensions_mut().insert(AnonymousRequest);
-                    }
-                    Err(rejection) => return Ok(rejection.into_response()),
+        ResponseFuture::boxed(async move {
+            match clerk.authenticate(request.headers(), mode).await {
+                Ok(Some(user)) => {
+                    request.extensions_mut().insert(user);
                 }
-                inner.call(request).await.map(IntoResponse::into_response)
-            }),
+                Ok(None) => {
+                    request.extensions_mut().insert(AnonymousRequest);
+                }
+                Err(rejection) => return Ok(rejection.into_response()),
+            }
+            inner.call(request).await.map(IntoResponse::into_response)
+        })
+    }
+}
+
+pin_project! {
+    /// Response future of [`ClerkSyncService`].
+    pub struct ResponseFuture<F, E> {
+        #[pin]
+        state: State<F, E>,
+    }
+}
+
+type BoxedResponse<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, E> {
+        // The inner service's future (a cached session, or no token on an optional layer).
+        Inner { #[pin] future: F },
+        // A rejection decided without I/O.
+        Ready { response: Option<Response> },
+        // Verification and/or sync first, then the inner service.
+        Boxed { future: BoxedResponse<E> },
+    }
+}
+
+impl<F, E> ResponseFuture<F, E> {
+    fn inner(future: F) -> Self {
+        Self {
+            state: State::Inner { future },
+        }
+    }
+
+    fn ready(response: Response) -> Self {
+        Self {
+            state: State::Ready {
+                response: Some(response),
+            },
+        }
+    }
+
+    fn boxed(future: impl Future<Output = Result<Response, E>> + Send + 'static) -> Self {
+        Self {
+            state: State::Boxed {
+                future: Box::pin(future),
+            },
         }
     }
 }
 
-/// Response future of [`ClerkSyncService`].
-pub struct ResponseFuture<E> {
-    inner: Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>,
-}
-
-impl<E> std::fmt::Debug for ResponseFuture<E> {
+impl<F, E> std::fmt::Debug for ResponseFuture<F, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<E> Future for ResponseFuture<E> {
+impl<F, R, E> Future for ResponseFuture<F, E>
+where
+    F: Future<Output = Result<R, E>>,
+    R: IntoResponse,
+{
     type Output = Result<Response, E>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Inner { future } => future
+                .poll(cx)
+                .map(|result| result.map(IntoResponse::into_response)),
+            StateProj::Ready { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("ResponseFuture polled after completion"))),
+            StateProj::Boxed { future } => future.as_mut().poll(cx),
+        }
     }
 }

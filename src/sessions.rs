@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::sync::cache::SyncedUser;
@@ -56,7 +57,27 @@ impl BuildHasher for PreHashed {
     }
 }
 
-type Shard = RwLock<HashMap<u64, Arc<Session>, PreHashed>>;
+/// One shard: its map and its hit counter, on their own cache lines so that two cores working
+/// on two shards never contend.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard {
+    map: RwLock<HashMap<u64, Arc<Session>, PreHashed>>,
+    hits: AtomicU64,
+}
+
+/// A cached session found for a token; [`count`](Self::count) records it as a hit.
+pub(crate) struct Found<'a> {
+    pub(crate) session: Arc<Session>,
+    hits: &'a AtomicU64,
+}
+
+impl Found<'_> {
+    /// Counts this lookup as a hit (on the shard's own counter: no shared cache line).
+    pub(crate) fn count(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// Token → [`Session`], bounded, sharded.
 pub(crate) struct SessionCache {
@@ -71,7 +92,7 @@ impl SessionCache {
     pub(crate) fn new(capacity: u64, leeway: i64) -> Self {
         let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
         Self {
-            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             shard_capacity: (capacity / SHARDS).max(1),
             seed: RandomState::new(),
             leeway,
@@ -92,16 +113,29 @@ impl SessionCache {
     }
 
     /// The session of exactly this token, if cached.
-    pub(crate) fn get(&self, token: &str) -> Option<Arc<Session>> {
+    pub(crate) fn get(&self, token: &str) -> Option<Found<'_>> {
         let key = self.key(token);
-        let shard = match self.shard(key).read() {
-            Ok(shard) => shard,
+        let shard = self.shard(key);
+        let map = match shard.map.read() {
+            Ok(map) => map,
             Err(poisoned) => poisoned.into_inner(),
         };
-        shard
+        let session = map
             .get(&key)
             .filter(|session| *session.token == *token)
-            .cloned()
+            .cloned()?;
+        Some(Found {
+            session,
+            hits: &shard.hits,
+        })
+    }
+
+    /// Hits counted so far (all shards).
+    pub(crate) fn hits(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|shard| shard.hits.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub(crate) fn insert(
@@ -117,7 +151,7 @@ impl SessionCache {
             claims,
             user,
         });
-        let mut shard = match self.shard(key).write() {
+        let mut shard = match self.shard(key).map.write() {
             Ok(shard) => shard,
             Err(poisoned) => poisoned.into_inner(),
         };
@@ -137,8 +171,8 @@ impl SessionCache {
     pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|shard| match shard.read() {
-                Ok(shard) => shard.len(),
+            .map(|shard| match shard.map.read() {
+                Ok(map) => map.len(),
                 Err(poisoned) => poisoned.into_inner().len(),
             })
             .sum()
@@ -169,7 +203,7 @@ mod tests {
         let cache = SessionCache::new(1000, 5);
         let token = format!("{}.sig-{}", "a".repeat(100), "x".repeat(40));
         cache.insert(&token, claims("user_1", 200), user(), 100);
-        assert_eq!(cache.get(&token).unwrap().claims.sub, "user_1");
+        assert_eq!(cache.get(&token).unwrap().session.claims.sub, "user_1");
         // Same tail (same signature), other payload: a miss, not the cached claims.
         let forged = format!("{}.sig-{}", "b".repeat(100), "x".repeat(40));
         assert!(cache.get(&forged).is_none());

@@ -7,8 +7,6 @@ use crate::error::AuthError;
 /// Live counters shared by the verifier, the key store and the syncer.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    /// Session-cache hits: each is a token-cache hit and a user-cache hit.
-    pub(crate) session_hits: AtomicU64,
     pub(crate) tokens_verified: AtomicU64,
     pub(crate) token_cache_hits: AtomicU64,
     pub(crate) user_cache_hits: AtomicU64,
@@ -41,8 +39,8 @@ impl Counters {
         let load = |counter: &AtomicU64| counter.load(Relaxed);
         Stats {
             tokens_verified: load(&self.tokens_verified),
-            token_cache_hits: load(&self.token_cache_hits) + load(&self.session_hits),
-            user_cache_hits: load(&self.user_cache_hits) + load(&self.session_hits),
+            token_cache_hits: load(&self.token_cache_hits),
+            user_cache_hits: load(&self.user_cache_hits),
             user_cache_misses: load(&self.user_cache_misses),
             upserts_ok: load(&self.upserts_ok),
             upserts_failed: load(&self.upserts_failed),
