@@ -298,7 +298,7 @@ impl ClerkConfigBuilder {
         let key_source = if let Some(pem) = self.jwt_key_pem {
             // Clerk's dashboard shows the key with literal `\n`s when copied into one line.
             let pem = pem.replace("\\n", "\n");
-            jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| {
+            crate::token::keys::rsa_key_from_pem(&pem).ok_or_else(|| {
                 ConfigError::new("CLERK_JWT_KEY", "not a PEM-encoded RSA public key")
             })?;
             KeySource::Pem(pem)

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use jsonwebtoken::DecodingKey;
+use aws_lc_rs::signature::{ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
 use serde::Deserialize;
 use tokio::sync::Mutex;
@@ -25,8 +27,68 @@ pub(crate) struct KeyOptions {
     pub(crate) http_timeout: Duration,
 }
 
+/// An RSA public key parsed once, for RS256 (PKCS#1 v1.5 with SHA-256, 2048–8192 bits).
+pub(crate) type VerifyingKey = ParsedPublicKey;
+
+/// The key of a PEM document: `BEGIN PUBLIC KEY` (SPKI, what Clerk's dashboard shows) or
+/// `BEGIN RSA PUBLIC KEY` (PKCS#1).
+pub(crate) fn rsa_key_from_pem(pem: &str) -> Option<VerifyingKey> {
+    let body: String = pem
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("-----"))
+        .collect();
+    let is_public = pem.contains("-----BEGIN PUBLIC KEY-----")
+        || pem.contains("-----BEGIN RSA PUBLIC KEY-----");
+    if !is_public {
+        return None;
+    }
+    let der = STANDARD.decode(body).ok()?;
+    ParsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, der).ok()
+}
+
+/// The key of a JWK's `n` and `e` (base64url), as a DER `RSAPublicKey`.
+fn rsa_key_from_components(n: &str, e: &str) -> Option<VerifyingKey> {
+    let n = URL_SAFE_NO_PAD.decode(n.trim_end_matches('=')).ok()?;
+    let e = URL_SAFE_NO_PAD.decode(e.trim_end_matches('=')).ok()?;
+    let mut body = der_integer(&n);
+    body.extend(der_integer(&e));
+    let mut der = vec![0x30];
+    der.extend(der_length(body.len()));
+    der.extend(body);
+    ParsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, der).ok()
+}
+
+fn der_length(len: usize) -> Vec<u8> {
+    if len < 0x80 {
+        return vec![u8::try_from(len).unwrap_or(0)];
+    }
+    let bytes: Vec<u8> = len
+        .to_be_bytes()
+        .into_iter()
+        .skip_while(|byte| *byte == 0)
+        .collect();
+    let mut out = vec![0x80 | u8::try_from(bytes.len()).unwrap_or(0)];
+    out.extend(bytes);
+    out
+}
+
+/// A positive DER INTEGER: leading zeros dropped, one zero added when the high bit is set.
+fn der_integer(magnitude: &[u8]) -> Vec<u8> {
+    let trimmed: Vec<u8> = magnitude.iter().copied().skip_while(|b| *b == 0).collect();
+    let mut value = Vec::with_capacity(trimmed.len() + 1);
+    if trimmed.first().is_none_or(|b| b & 0x80 != 0) {
+        value.push(0);
+    }
+    value.extend(trimmed);
+    let mut out = vec![0x02];
+    out.extend(der_length(value.len()));
+    out.extend(value);
+    out
+}
+
 pub(crate) enum KeyStore {
-    Pem(Arc<DecodingKey>),
+    Pem(Arc<VerifyingKey>),
     Jwks(Box<JwksKeys>),
 }
 
@@ -39,7 +101,7 @@ impl KeyStore {
         let (url, bearer) = match source {
             KeySource::Pem(pem) => {
                 // Checked when the config was built; checked again because the enum is public.
-                let key = DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| {
+                let key = rsa_key_from_pem(pem).ok_or_else(|| {
                     crate::ConfigError::new("CLERK_JWT_KEY", "not a PEM-encoded RSA public key")
                 })?;
                 return Ok(Self::Pem(Arc::new(key)));
@@ -68,7 +130,7 @@ impl KeyStore {
     }
 
     /// The key for `kid`. With a PEM key, every `kid` maps to that key.
-    pub(crate) async fn key_for(&self, kid: &str) -> Result<Arc<DecodingKey>, AuthError> {
+    pub(crate) async fn key_for(&self, kid: &str) -> Result<Arc<VerifyingKey>, AuthError> {
         match self {
             Self::Pem(key) => Ok(key.clone()),
             Self::Jwks(jwks) => jwks.key_for(kid).await,
@@ -78,7 +140,7 @@ impl KeyStore {
 
 #[derive(Default)]
 struct KeySet {
-    keys: HashMap<String, Arc<DecodingKey>>,
+    keys: HashMap<String, Arc<VerifyingKey>>,
     fetched_at: Option<Instant>,
 }
 
@@ -108,7 +170,7 @@ impl JwksKeys {
         }
     }
 
-    async fn key_for(&self, kid: &str) -> Result<Arc<DecodingKey>, AuthError> {
+    async fn key_for(&self, kid: &str) -> Result<Arc<VerifyingKey>, AuthError> {
         let set = self.current();
         if let Some(key) = set.keys.get(kid) {
             let stale = set
@@ -141,7 +203,7 @@ impl JwksKeys {
         &self,
         kid: &str,
         fetch_failed: bool,
-    ) -> Result<Arc<DecodingKey>, AuthError> {
+    ) -> Result<Arc<VerifyingKey>, AuthError> {
         let set = self.current();
         match set.keys.get(kid) {
             Some(key) => Ok(key.clone()),
@@ -185,7 +247,7 @@ impl JwksKeys {
         }
     }
 
-    async fn fetch(&self) -> Result<HashMap<String, Arc<DecodingKey>>, String> {
+    async fn fetch(&self) -> Result<HashMap<String, Arc<VerifyingKey>>, String> {
         let mut request = self.client.get(&self.url);
         if let Some(secret) = &self.bearer {
             request = request.bearer_auth(secret.expose());
@@ -207,7 +269,7 @@ struct RawJwks {
 
 /// RSA signing keys with a `kid`, by `kid`. Keys of other types or uses are skipped, so one
 /// unfamiliar entry does not make the whole set unusable.
-fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<DecodingKey>>, String> {
+fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<VerifyingKey>>, String> {
     let raw: RawJwks =
         serde_json::from_slice(body).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut keys = HashMap::new();
@@ -224,7 +286,10 @@ fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<DecodingKey>>, String> 
         let (true, Some(kid)) = (usable, jwk.common.key_id.clone()) else {
             continue;
         };
-        if let Ok(key) = DecodingKey::from_jwk(&jwk) {
+        let AlgorithmParameters::RSA(rsa) = &jwk.algorithm else {
+            continue;
+        };
+        if let Some(key) = rsa_key_from_components(&rsa.n, &rsa.e) {
             keys.insert(kid, Arc::new(key));
         }
     }
