@@ -12,32 +12,25 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
 use axum::routing::get;
 use clerk_sync::testing::DevIssuer;
 use clerk_sync::{
     ClerkSync, ClerkUser, PgUserStore, StoreFuture, UpsertOutcome, UserProfile, UserStore,
 };
-use http::{Request, header};
-use sqlx::ConnectOptions;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use tower::ServiceExt;
+
+mod common;
+
+use common::{bench_pool, request};
 
 async fn handler(user: ClerkUser) -> String {
     user.tier().to_owned()
-}
-
-fn request(token: &str) -> Request<Body> {
-    Request::get("/me")
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Body::empty())
-        .unwrap()
 }
 
 /// Counts the upserts that reach the wrapped store.
@@ -97,27 +90,8 @@ fn main() {
 }
 
 async fn burst(issuer: &DevIssuer, url: &str) {
-    let admin = PgConnectOptions::from_str(url).unwrap();
-    let mut conn = admin.connect().await.unwrap();
-    let exists: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'clerk_sync_bench')",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    if !exists {
-        sqlx::query("CREATE DATABASE clerk_sync_bench")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
     // The default pool size of many apps; the burst must not need more.
-    let pool = PgPoolOptions::new()
-        .max_connections(10)
-        .connect_with(admin.database("clerk_sync_bench"))
-        .await
-        .unwrap();
-    clerk_sync::migrate(&pool).await.unwrap();
+    let pool = bench_pool(url, PgPoolOptions::new().max_connections(10)).await;
     let calls = Arc::new(AtomicU64::new(0));
     let clerk = ClerkSync::builder(issuer.config().build().unwrap())
         .store(Counting {

@@ -27,11 +27,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
 use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -41,50 +39,18 @@ use clerk_sync::{
     UserProfile, UserStore,
 };
 use criterion::Criterion;
-use http::{Request, header};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use tower::ServiceExt;
+
+mod common;
+
+use common::{bench_pool, request};
 
 const USERS: usize = 10_000;
 
 async fn handler(user: Option<ClerkUser>) -> &'static str {
     if user.is_some() { "user" } else { "anonymous" }
-}
-
-fn request(token: &str) -> Request<Body> {
-    Request::get("/me")
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Body::empty())
-        .unwrap()
-}
-
-async fn bench_pool(url: &str) -> PgPool {
-    let admin = PgConnectOptions::from_str(url).unwrap();
-    let mut conn = admin.connect().await.unwrap();
-    let exists: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'clerk_sync_bench')",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    if !exists {
-        sqlx::query("CREATE DATABASE clerk_sync_bench")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
-    // sqlx pings a pooled connection before handing it out by default: one more round trip
-    // (and one more committed "statement") per upsert. Measured with it off, as recommended
-    // for the store's pool (see BENCHMARKS.md).
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .test_before_acquire(false)
-        .connect_with(admin.database("clerk_sync_bench"))
-        .await
-        .unwrap();
-    clerk_sync::migrate(&pool).await.unwrap();
-    pool
 }
 
 fn unix_now() -> i64 {
@@ -185,7 +151,15 @@ fn overhead(c: &mut Criterion) {
         println!("skipping the layer cases: DATABASE_URL is not set");
         return;
     };
-    let pool = rt.block_on(bench_pool(&url));
+    // sqlx pings a pooled connection before handing it out by default: one more round trip
+    // (and one more committed "statement") per upsert. Measured with it off, as recommended
+    // for the store's pool (see BENCHMARKS.md).
+    let pool = rt.block_on(bench_pool(
+        &url,
+        PgPoolOptions::new()
+            .max_connections(8)
+            .test_before_acquire(false),
+    ));
     let build = |token_cache: u64| {
         let config = issuer.config().build().unwrap();
         ClerkSync::builder(config)

@@ -13,7 +13,7 @@ use crate::config::{ClerkConfig, WebhookSecret};
 use crate::error::{AuthError, ConfigError};
 use crate::extract::ClerkUser;
 use crate::layer::{ClerkSyncLayer, Mode};
-use crate::sessions::SessionCache;
+use crate::sessions::{Found, SessionCache};
 use crate::stats::{Counters, Stats};
 use crate::sync::cache::{SyncOptions, Syncer};
 use crate::sync::{
@@ -169,19 +169,33 @@ impl ClerkSync {
         let Some(found) = self.inner.sessions.as_ref().and_then(|s| s.get(token)) else {
             return Quick::Miss;
         };
+        match self.answer_from_session(&found, unix_now()) {
+            Ok(Some(user)) => Quick::Hit(user),
+            Ok(None) => Quick::Miss,
+            Err(error) => self.rejected(error),
+        }
+    }
+
+    /// What a cached session answers: its token expired (an error), its user is current (the
+    /// user, counted as a hit), or its user was invalidated (`None`: sync again).
+    fn answer_from_session(
+        &self,
+        found: &Found<'_>,
+        now: i64,
+    ) -> Result<Option<ClerkUser>, AuthError> {
         let session = &found.session;
-        if session.claims.exp.saturating_add(self.inner.leeway) < unix_now() {
-            return self.rejected(AuthError::TokenExpired);
+        if session.claims.exp.saturating_add(self.inner.leeway) < now {
+            return Err(AuthError::TokenExpired);
         }
         if !self.inner.syncer.is_current(&session.user) {
-            return Quick::Miss;
+            return Ok(None);
         }
         found.count();
-        Quick::Hit(ClerkUser::new(
+        Ok(Some(ClerkUser::new(
             session.claims.clone(),
             session.user.tier.clone(),
             true,
-        ))
+        )))
     }
 
     fn rejected(&self, error: AuthError) -> Quick {
@@ -230,19 +244,10 @@ impl ClerkSync {
         };
         let now = unix_now();
         let cached = sessions.get(token);
-        if let Some(found) = &cached {
-            let session = &found.session;
-            if session.claims.exp.saturating_add(inner.leeway) < now {
-                return Err(AuthError::TokenExpired);
-            }
-            if inner.syncer.is_current(&session.user) {
-                found.count();
-                return Ok(Some(ClerkUser::new(
-                    session.claims.clone(),
-                    session.user.tier.clone(),
-                    true,
-                )));
-            }
+        if let Some(found) = &cached
+            && let Some(user) = self.answer_from_session(found, now)?
+        {
+            return Ok(Some(user));
         }
         // A known token whose user was invalidated keeps its verified claims; anything else is
         // verified now (the session cache is the token cache, so the verifier's is bypassed).

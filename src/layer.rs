@@ -24,6 +24,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::handle::{ClerkSync, Quick};
+use crate::response::LayerState;
 
 /// Whether requests without a token pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,44 +128,26 @@ pin_project! {
     /// Response future of [`ClerkSyncService`].
     pub struct ResponseFuture<F, E> {
         #[pin]
-        state: State<F, E>,
-    }
-}
-
-type BoxedResponse<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F, E> {
-        // The inner service's future (a cached session, or no token on an optional layer).
-        Inner { #[pin] future: F },
-        // A rejection decided without I/O.
-        Ready { response: Option<Response> },
-        // Verification and/or sync first, then the inner service.
-        Boxed { future: BoxedResponse<E> },
+        state: LayerState<F, E, ()>,
     }
 }
 
 impl<F, E> ResponseFuture<F, E> {
     fn inner(future: F) -> Self {
         Self {
-            state: State::Inner { future },
+            state: LayerState::inner(future, ()),
         }
     }
 
     fn ready(response: Response) -> Self {
         Self {
-            state: State::Ready {
-                response: Some(response),
-            },
+            state: LayerState::ready(response),
         }
     }
 
     fn boxed(future: impl Future<Output = Result<Response, E>> + Send + 'static) -> Self {
         Self {
-            state: State::Boxed {
-                future: Box::pin(future),
-            },
+            state: LayerState::boxed(future),
         }
     }
 }
@@ -183,14 +166,6 @@ where
     type Output = Result<Response, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Inner { future } => future
-                .poll(cx)
-                .map(|result| result.map(IntoResponse::into_response)),
-            StateProj::Ready { response } => Poll::Ready(Ok(response
-                .take()
-                .expect("ResponseFuture polled after completion"))),
-            StateProj::Boxed { future } => future.as_mut().poll(cx),
-        }
+        self.project().state.poll_with(cx, |_, ()| {})
     }
 }

@@ -18,6 +18,7 @@ mod handle;
 mod invalidate;
 mod layer;
 pub mod ratelimit;
+mod response;
 mod sessions;
 mod stats;
 mod sync;

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Json;
@@ -21,6 +21,7 @@ use super::store::{Decision, RateLimitKey, RateLimitStore};
 use crate::error::ErrorBody;
 use crate::extract::ClerkUser;
 use crate::layer::AnonymousRequest;
+use crate::response::LayerState;
 
 /// What happens to requests that passed [`crate::ClerkSync::optional_layer`] without a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -319,48 +320,31 @@ where
     }
 }
 
-type BoxedResponse<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
-
 pin_project! {
     /// Response future of [`RateLimit`].
     pub struct ResponseFuture<F, E> {
+        // The inner service's future carries the headers to add to its response.
         #[pin]
-        state: State<F, E>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F, E> {
-        // The inner service's future; the headers to add to its response.
-        Inner { #[pin] future: F, headers: Option<(Limit, Decision)> },
-        // An answer made without the inner service (429, 500).
-        Ready { response: Option<Response> },
-        // A store that needs I/O.
-        Boxed { future: BoxedResponse<E> },
+        state: LayerState<F, E, Option<(Limit, Decision)>>,
     }
 }
 
 impl<F, E> ResponseFuture<F, E> {
     fn inner(future: F, headers: Option<(Limit, Decision)>) -> Self {
         Self {
-            state: State::Inner { future, headers },
+            state: LayerState::inner(future, headers),
         }
     }
 
     fn ready(response: Response) -> Self {
         Self {
-            state: State::Ready {
-                response: Some(response),
-            },
+            state: LayerState::ready(response),
         }
     }
 
     fn boxed(future: impl Future<Output = Result<Response, E>> + Send + 'static) -> Self {
         Self {
-            state: State::Boxed {
-                future: Box::pin(future),
-            },
+            state: LayerState::boxed(future),
         }
     }
 }
@@ -379,18 +363,10 @@ where
     type Output = Result<Response, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Inner { future, headers } => {
-                let mut response = ready!(future.poll(cx))?.into_response();
-                if let Some((limit, decision)) = headers.take() {
-                    add_headers(response.headers_mut(), limit, &decision);
-                }
-                Poll::Ready(Ok(response))
+        self.project().state.poll_with(cx, |response, headers| {
+            if let Some((limit, decision)) = headers {
+                add_headers(response.headers_mut(), limit, &decision);
             }
-            StateProj::Ready { response } => Poll::Ready(Ok(response
-                .take()
-                .expect("ResponseFuture polled after completion"))),
-            StateProj::Boxed { future } => future.as_mut().poll(cx),
-        }
+        })
     }
 }
