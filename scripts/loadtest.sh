@@ -4,7 +4,10 @@
 # the run, as on a busy server). Prints requests/s and p50/p99 latency for each, and the
 # layered/bare throughput ratio (target: >= 0.90).
 #
-#   scripts/loadtest.sh [seconds-per-run] [connections]
+#   scripts/loadtest.sh [seconds-per-run] [connections] [rounds]
+#
+# A round is one bare run then one layered run; rounds (default 3) alternate so that drift of
+# a noisy machine hits both apps alike. Every round's ratio is printed, then the median.
 #
 # Installs wrk (Debian package) when missing. Everything binds to 127.0.0.1; the server stops
 # by itself after the runs.
@@ -13,6 +16,7 @@ cd "$(dirname "$0")/.."
 
 DURATION="${1:-10}"
 CONNECTIONS="${2:-32}"
+ROUNDS="${3:-3}"
 USERS="${LOADTEST_USERS:-1000}"
 TOKENS="$PWD/target/loadtest-tokens.txt"
 
@@ -27,8 +31,8 @@ fi
 
 cargo build --release --example loadtest_server >/dev/null
 LOG="$(mktemp)"
-# Bounded: two runs plus warm-up, then the server exits on its own.
-LOADTEST_USERS="$USERS" LOADTEST_TOKENS="$TOKENS" LOADTEST_SECONDS=$((2 * DURATION + 60)) \
+# Bounded: every run plus warm-up, then the server exits on its own.
+LOADTEST_USERS="$USERS" LOADTEST_TOKENS="$TOKENS" LOADTEST_SECONDS=$((2 * ROUNDS * DURATION + 60)) \
   target/release/examples/loadtest_server >"$LOG" 2>&1 &
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null || true; rm -f "$LOG"' EXIT
@@ -68,15 +72,20 @@ trap 'kill "$SERVER" 2>/dev/null || true; rm -f "$LOG" "$SCRIPT"' EXIT
 run() {
   wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s "$SCRIPT" "http://127.0.0.1:$1/me" | grep '^RESULT'
 }
-BARE="$(run "$BARE_PORT")"
-LAYERED="$(run "$LAYERED_PORT")"
-
-printf '%-8s %12s %10s %10s %8s\n' "app" "requests/s" "p50 ms" "p99 ms" "errors"
-for row in "bare $BARE" "layered $LAYERED"; do
-  read -r name _ rps p50 p99 status other <<<"$row"
-  printf '%-8s %12s %10s %10s %8s\n' "$name" "$rps" "$p50" "$p99" "$((status + other))"
+printf '%-6s %-8s %12s %10s %10s %8s\n' "round" "app" "requests/s" "p50 ms" "p99 ms" "errors"
+RATIOS=()
+for round in $(seq 1 "$ROUNDS"); do
+  BARE="$(run "$BARE_PORT")"
+  LAYERED="$(run "$LAYERED_PORT")"
+  for row in "bare $BARE" "layered $LAYERED"; do
+    read -r name _ rps p50 p99 status other <<<"$row"
+    printf '%-6s %-8s %12s %10s %10s %8s\n' "$round" "$name" "$rps" "$p50" "$p99" "$((status + other))"
+  done
+  read -r _ BARE_RPS _ <<<"$BARE"
+  read -r _ LAYERED_RPS _ <<<"$LAYERED"
+  RATIOS+=("$(awk -v l="$LAYERED_RPS" -v b="$BARE_RPS" 'BEGIN { printf "%.3f", l / b }')")
 done
-read -r _ BARE_RPS _ <<<"$BARE"
-read -r _ LAYERED_RPS _ <<<"$LAYERED"
-awk -v l="$LAYERED_RPS" -v b="$BARE_RPS" \
-  'BEGIN { printf "layered / bare throughput: %.3f (target >= 0.90)\n", l / b }'
+echo "layered / bare throughput per round: ${RATIOS[*]}"
+printf '%s\n' "${RATIOS[@]}" | sort -n | awk '{ r[NR] = $1 } END {
+  m = (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
+  printf "layered / bare throughput, median of %d rounds: %.3f (target >= 0.90)\n", NR, m }'
