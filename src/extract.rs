@@ -18,6 +18,13 @@ use crate::token::SessionClaims;
 /// `Option<ClerkUser>` (behind [`crate::ClerkSync::optional_layer`]). Cloning is cheap.
 #[derive(Debug, Clone)]
 pub struct ClerkUser {
+    // One shared allocation, so that handing a cached user to a request is one reference
+    // count increment.
+    inner: Arc<Principal>,
+}
+
+#[derive(Debug)]
+struct Principal {
     claims: Arc<SessionClaims>,
     tier: Arc<str>,
     synced: bool,
@@ -26,36 +33,43 @@ pub struct ClerkUser {
 impl ClerkUser {
     pub(crate) fn new(claims: Arc<SessionClaims>, tier: Arc<str>, synced: bool) -> Self {
         Self {
-            claims,
-            tier,
-            synced,
+            inner: Arc::new(Principal {
+                claims,
+                tier,
+                synced,
+            }),
         }
+    }
+
+    /// The verified claims, shared.
+    pub(crate) fn shared_claims(&self) -> &Arc<SessionClaims> {
+        &self.inner.claims
     }
 
     /// The Clerk user id (`sub`), also the `users.id` of the row.
     pub fn user_id(&self) -> &str {
-        &self.claims.sub
+        &self.inner.claims.sub
     }
 
     /// The Clerk session id (`sid`).
     pub fn session_id(&self) -> Option<&str> {
-        self.claims.sid.as_deref()
+        self.inner.claims.sid.as_deref()
     }
 
     /// All claims of the verified token.
     pub fn claims(&self) -> &SessionClaims {
-        &self.claims
+        &self.inner.claims
     }
 
     /// The user's tier as stored in the database (or the default tier when not synced).
     pub fn tier(&self) -> &str {
-        &self.tier
+        &self.inner.tier
     }
 
     /// `true` when the user row is known to exist. Only `false` under
     /// [`crate::FailurePolicy::Open`] while the store is failing.
     pub fn synced(&self) -> bool {
-        self.synced
+        self.inner.synced
     }
 }
 

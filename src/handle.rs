@@ -13,7 +13,7 @@ use crate::config::{ClerkConfig, WebhookSecret};
 use crate::error::{AuthError, ConfigError};
 use crate::extract::ClerkUser;
 use crate::layer::{ClerkSyncLayer, Mode};
-use crate::sessions::{Found, SessionCache};
+use crate::sessions::{Lookup, SessionCache};
 use crate::stats::{Counters, Stats};
 use crate::sync::cache::{SyncOptions, Syncer};
 use crate::sync::{
@@ -39,7 +39,6 @@ struct Inner {
     syncer: Syncer,
     // `None` when the token cache is off (`token_cache_capacity(0)`).
     sessions: Option<SessionCache>,
-    leeway: i64,
     counters: Arc<Counters>,
     webhook_secret: Option<WebhookSecret>,
     // Dropped with the last clone: tells the store's listener task to end.
@@ -166,36 +165,19 @@ impl ClerkSync {
             Ok(None) => return self.rejected(AuthError::MissingToken),
             Err(error) => return self.rejected(error),
         };
-        let Some(found) = self.inner.sessions.as_ref().and_then(|s| s.get(token)) else {
+        let Some(sessions) = &self.inner.sessions else {
             return Quick::Miss;
         };
-        match self.answer_from_session(&found, unix_now()) {
-            Ok(Some(user)) => Quick::Hit(user),
-            Ok(None) => Quick::Miss,
-            Err(error) => self.rejected(error),
+        match self.lookup(sessions, token, unix_now()) {
+            Lookup::Hit(user) => Quick::Hit(user),
+            Lookup::Expired => self.rejected(AuthError::TokenExpired),
+            Lookup::Stale(_) | Lookup::Absent => Quick::Miss,
         }
     }
 
-    /// What a cached session answers: its token expired (an error), its user is current (the
-    /// user, counted as a hit), or its user was invalidated (`None`: sync again).
-    fn answer_from_session(
-        &self,
-        found: &Found<'_>,
-        now: i64,
-    ) -> Result<Option<ClerkUser>, AuthError> {
-        let session = &found.session;
-        if session.claims.exp.saturating_add(self.inner.leeway) < now {
-            return Err(AuthError::TokenExpired);
-        }
-        if !self.inner.syncer.is_current(&session.user) {
-            return Ok(None);
-        }
-        found.count();
-        Ok(Some(ClerkUser::new(
-            session.claims.clone(),
-            session.user.tier.clone(),
-            true,
-        )))
+    /// The cached session of `token`, its user judged current or not by the syncer.
+    fn lookup(&self, sessions: &SessionCache, token: &str, now: i64) -> Lookup {
+        sessions.get(token, now, |user| self.inner.syncer.is_current(user))
     }
 
     fn rejected(&self, error: AuthError) -> Quick {
@@ -243,27 +225,23 @@ impl ClerkSync {
             return Ok(Some(ClerkUser::new(claims, user.tier.clone(), synced)));
         };
         let now = unix_now();
-        let cached = sessions.get(token);
-        if let Some(found) = &cached
-            && let Some(user) = self.answer_from_session(found, now)?
-        {
-            return Ok(Some(user));
-        }
         // A known token whose user was invalidated keeps its verified claims; anything else is
         // verified now (the session cache is the token cache, so the verifier's is bypassed).
-        let claims = match cached {
-            Some(found) => {
+        let claims = match self.lookup(sessions, token, now) {
+            Lookup::Hit(user) => return Ok(Some(user)),
+            Lookup::Expired => return Err(AuthError::TokenExpired),
+            Lookup::Stale(claims) => {
                 Counters::bump(&inner.counters.token_cache_hits);
-                found.session.claims.clone()
+                claims
             }
-            None => inner.verifier.verify_fresh(token).await?,
+            Lookup::Absent => inner.verifier.verify_fresh(token).await?,
         };
         let (user, synced) = inner.syncer.ensure(&claims).await?;
-        let tier = user.tier.clone();
+        let answer = ClerkUser::new(claims, user.tier.clone(), synced);
         if synced {
-            sessions.insert(token, claims.clone(), user, now);
+            sessions.insert(token, answer.clone(), user, now);
         }
-        Ok(Some(ClerkUser::new(claims, tier, synced)))
+        Ok(Some(answer))
     }
 }
 
@@ -539,7 +517,6 @@ impl ClerkSyncBuilder {
                 verifier,
                 syncer,
                 sessions,
-                leeway,
                 counters,
                 webhook_secret: self.config.webhook_secret.clone(),
                 _alive: alive,

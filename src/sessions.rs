@@ -1,16 +1,20 @@
 //! The layer's hit path: one lookup from a token to everything a request needs.
 //!
-//! A [`Session`] pairs a verified token's claims with its [`SyncedUser`]. A repeat request
-//! costs one hash of the token's last bytes, one read lock on one of 64 shards, one string
-//! comparison and two atomic loads (is the user still current?) — no per-read bookkeeping,
-//! which is where a general-purpose cache spends its time. Entries leave when the shard is
-//! full (expired tokens first, then any), and a token past its `exp` is never answered.
+//! A session pairs a verified token with its [`SyncedUser`] and the [`ClerkUser`] handed to
+//! requests. A repeat request costs one hash of the token's last bytes, one read lock on one
+//! of 64 shards, one string comparison, two atomic loads (is the user still current?) and one
+//! reference count increment — no per-read bookkeeping, which is where a general-purpose cache
+//! spends its time. Entries sit in the map itself (no pointer to chase for `exp`), so a hit
+//! touches the bucket, the stored token, the synced user and the `ClerkUser`'s count. Entries
+//! leave when the shard is full (expired tokens first, then any), and a token past its `exp`
+//! is never answered.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use crate::extract::ClerkUser;
 use crate::sync::cache::SyncedUser;
 use crate::token::SessionClaims;
 
@@ -19,10 +23,26 @@ const SHARDS: usize = 64;
 const HASHED_TAIL: usize = 32;
 
 /// A verified token whose user is synced.
-pub(crate) struct Session {
+struct Session {
     token: Box<str>,
-    pub(crate) claims: Arc<SessionClaims>,
-    pub(crate) user: Arc<SyncedUser>,
+    /// The token's `exp`, copied here so that the check needs no pointer.
+    exp: i64,
+    user: Arc<SyncedUser>,
+    answer: ClerkUser,
+}
+
+/// What [`SessionCache::get`] found for a token.
+pub(crate) enum Lookup {
+    /// Cached, not expired, its user current: the user to hand to the request (counted as a
+    /// hit).
+    Hit(ClerkUser),
+    /// Cached but past `exp` (with leeway).
+    Expired,
+    /// Cached, but its user is no longer current: the verified claims, to sync again without
+    /// verifying again.
+    Stale(Arc<SessionClaims>),
+    /// Not cached.
+    Absent,
 }
 
 /// The keys are already hashes: hash them no further.
@@ -62,21 +82,8 @@ impl BuildHasher for PreHashed {
 #[repr(align(128))]
 #[derive(Default)]
 struct Shard {
-    map: RwLock<HashMap<u64, Arc<Session>, PreHashed>>,
+    map: RwLock<HashMap<u64, Session, PreHashed>>,
     hits: AtomicU64,
-}
-
-/// A cached session found for a token; [`count`](Self::count) records it as a hit.
-pub(crate) struct Found<'a> {
-    pub(crate) session: Arc<Session>,
-    hits: &'a AtomicU64,
-}
-
-impl Found<'_> {
-    /// Counts this lookup as a hit (on the shard's own counter: no shared cache line).
-    pub(crate) fn count(&self) {
-        self.hits.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 /// Token → [`Session`], bounded, sharded.
@@ -112,22 +119,32 @@ impl SessionCache {
         &self.shards[(key as usize) % SHARDS]
     }
 
-    /// The session of exactly this token, if cached.
-    pub(crate) fn get(&self, token: &str) -> Option<Found<'_>> {
+    /// The session of exactly this token, judged at `now`; `is_current` tells whether its
+    /// synced user still is. The whole answer is read under the shard's read lock.
+    pub(crate) fn get(
+        &self,
+        token: &str,
+        now: i64,
+        is_current: impl FnOnce(&SyncedUser) -> bool,
+    ) -> Lookup {
         let key = self.key(token);
         let shard = self.shard(key);
         let map = match shard.map.read() {
             Ok(map) => map,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let session = map
-            .get(&key)
-            .filter(|session| *session.token == *token)
-            .cloned()?;
-        Some(Found {
-            session,
-            hits: &shard.hits,
-        })
+        let Some(session) = map.get(&key).filter(|session| *session.token == *token) else {
+            return Lookup::Absent;
+        };
+        if session.exp.saturating_add(self.leeway) < now {
+            return Lookup::Expired;
+        }
+        if !is_current(&session.user) {
+            return Lookup::Stale(session.answer.shared_claims().clone());
+        }
+        // On the shard's own counter: no cache line shared by all requests.
+        shard.hits.fetch_add(1, Ordering::Relaxed);
+        Lookup::Hit(session.answer.clone())
     }
 
     /// Hits counted so far (all shards).
@@ -138,26 +155,22 @@ impl SessionCache {
             .sum()
     }
 
-    pub(crate) fn insert(
-        &self,
-        token: &str,
-        claims: Arc<SessionClaims>,
-        user: Arc<SyncedUser>,
-        now: i64,
-    ) {
+    /// Caches `answer` (a synced user's [`ClerkUser`]) for `token`, current while `user` is.
+    pub(crate) fn insert(&self, token: &str, answer: ClerkUser, user: Arc<SyncedUser>, now: i64) {
         let key = self.key(token);
-        let session = Arc::new(Session {
+        let session = Session {
             token: token.into(),
-            claims,
+            exp: answer.claims().exp,
             user,
-        });
+            answer,
+        };
         let mut shard = match self.shard(key).map.write() {
             Ok(shard) => shard,
             Err(poisoned) => poisoned.into_inner(),
         };
         if shard.len() >= self.shard_capacity && !shard.contains_key(&key) {
             let leeway = self.leeway;
-            shard.retain(|_, session| session.claims.exp.saturating_add(leeway) >= now);
+            shard.retain(|_, session| session.exp.saturating_add(leeway) >= now);
             if shard.len() >= self.shard_capacity
                 && let Some(victim) = shard.keys().next().copied()
             {
@@ -185,45 +198,73 @@ mod tests {
 
     use super::*;
 
-    fn claims(sub: &str, exp: i64) -> Arc<SessionClaims> {
-        Arc::new(
-            serde_json::from_value(serde_json::json!({
-                "sub": sub, "iss": "https://x", "exp": exp, "iat": exp - 60
-            }))
-            .unwrap(),
-        )
+    fn answer(sub: &str, exp: i64) -> ClerkUser {
+        let claims = serde_json::from_value(serde_json::json!({
+            "sub": sub, "iss": "https://x", "exp": exp, "iat": exp - 60
+        }))
+        .unwrap();
+        ClerkUser::new(Arc::new(claims), "free".into(), true)
     }
 
     fn user() -> Arc<SyncedUser> {
         crate::sync::cache::test_user("free", &AtomicU64::new(0))
     }
 
+    fn found(cache: &SessionCache, token: &str) -> Option<String> {
+        match cache.get(token, 100, |_| true) {
+            Lookup::Hit(user) => Some(user.user_id().to_owned()),
+            _ => None,
+        }
+    }
+
     #[test]
     fn exact_token_only() {
         let cache = SessionCache::new(1000, 5);
         let token = format!("{}.sig-{}", "a".repeat(100), "x".repeat(40));
-        cache.insert(&token, claims("user_1", 200), user(), 100);
-        assert_eq!(cache.get(&token).unwrap().session.claims.sub, "user_1");
+        cache.insert(&token, answer("user_1", 200), user(), 100);
+        assert_eq!(found(&cache, &token).as_deref(), Some("user_1"));
+        assert_eq!(cache.hits(), 1);
         // Same tail (same signature), other payload: a miss, not the cached claims.
         let forged = format!("{}.sig-{}", "b".repeat(100), "x".repeat(40));
-        assert!(cache.get(&forged).is_none());
-        assert!(cache.get("other").is_none());
+        assert!(matches!(cache.get(&forged, 100, |_| true), Lookup::Absent));
+        assert!(matches!(cache.get("other", 100, |_| true), Lookup::Absent));
+        assert_eq!(cache.hits(), 1, "misses are not hits");
+    }
+
+    #[test]
+    fn expired_and_stale_sessions_are_not_hits() {
+        let cache = SessionCache::new(1000, 5);
+        cache.insert("token-1", answer("user_1", 200), user(), 100);
+        // Within the leeway, then past it.
+        assert!(matches!(
+            cache.get("token-1", 205, |_| true),
+            Lookup::Hit(_)
+        ));
+        assert!(matches!(
+            cache.get("token-1", 206, |_| true),
+            Lookup::Expired
+        ));
+        match cache.get("token-1", 100, |_| false) {
+            Lookup::Stale(claims) => assert_eq!(claims.sub, "user_1"),
+            _ => panic!("a session whose user is not current is stale"),
+        }
+        assert_eq!(cache.hits(), 1);
     }
 
     #[test]
     fn full_shards_drop_expired_sessions_first_and_stay_bounded() {
         let cache = SessionCache::new(640, 5); // 10 per shard
         for i in 0..5_000 {
-            cache.insert(&format!("old-{i:08}"), claims("u", 50), user(), 100);
+            cache.insert(&format!("old-{i:08}"), answer("u", 50), user(), 100);
         }
         assert!(cache.len() <= 640, "bounded: {}", cache.len());
         // Live sessions displace expired ones and are not themselves evicted while there is
         // anything expired to drop (100 over 64 shards stays under 10 per shard).
         for i in 0..100 {
-            cache.insert(&format!("new-{i:08}"), claims("u", 500), user(), 100);
+            cache.insert(&format!("new-{i:08}"), answer("u", 500), user(), 100);
         }
         for i in 0..100 {
-            assert!(cache.get(&format!("new-{i:08}")).is_some(), "new-{i}");
+            assert!(found(&cache, &format!("new-{i:08}")).is_some(), "new-{i}");
         }
         assert!(cache.len() <= 640);
     }
