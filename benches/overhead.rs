@@ -1,5 +1,6 @@
-//! Per-request overhead of the layer, every case in one run so ratios hold on a noisy machine;
-//! the ratios are printed at the end from criterion's saved medians.
+//! Per-request overhead of the layer, every case in one run so ratios hold on a noisy machine.
+//! At the end the bench prints criterion's medians, their ratios, and the paired ratios (see
+//! [`Pair`]) that the targets are judged on.
 //!
 //! ```text
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo bench --bench overhead
@@ -17,7 +18,8 @@
 //!   verification and one upsert; `upsert/round_trip` is that upsert alone, for the ratio (the
 //!   two run interleaved: each iteration does both and times its own);
 //! - `verify_only`: the crate's verifier on an uncached token; `rsa_floor`: one raw aws-lc
-//!   RSA-2048 PKCS#1 v1.5 verification with a pre-parsed key, the floor of any new token;
+//!   RSA-2048 PKCS#1 v1.5 verification with a pre-parsed key, the floor of any new token
+//!   (with a database, measured paired with `layer/new_token_cached_user`);
 //! - `peer/jwt_authorizer`: the same handler behind `jwt-authorizer` 0.15 (axum 0.7, its
 //!   `RegisteredClaims`, the same PEM key and tokens, issuer checked);
 //! - `layer/both_hit+ratelimit_memory`, `layer/both_hit+ratelimit_postgres`: the both-hit path
@@ -83,10 +85,62 @@ fn main() {
     let mut criterion = Criterion::default()
         .measurement_time(Duration::from_secs(5))
         .configure_from_args();
-    overhead(&mut criterion);
+    let pairs = overhead(&mut criterion);
     criterion.final_summary();
     if std::env::args().any(|arg| arg == "--bench") {
         print_ratios(&target_dir().join("criterion").join("overhead"));
+        print_pairs(&pairs);
+    }
+}
+
+/// Two cases measured in the same samples: every sample of either case runs a block of each
+/// and criterion times only its own, while this keeps the ratio of the two blocks, sample by
+/// sample. Two criterion medians are taken minutes apart and move with the machine (20% and
+/// more here); a ratio within one sample does not.
+struct Pair {
+    label: &'static str,
+    target: &'static str,
+    ratios: Vec<f64>,
+    iterations: u64,
+}
+
+impl Pair {
+    fn new(label: &'static str, target: &'static str) -> Self {
+        Self {
+            label,
+            target,
+            ratios: Vec::new(),
+            iterations: 0,
+        }
+    }
+
+    /// One sample: `iters` of the numerator took `numerator`, as many of the denominator
+    /// `denominator`.
+    fn add(&mut self, iters: u64, numerator: Duration, denominator: Duration) {
+        self.iterations += iters;
+        self.ratios
+            .push(numerator.as_secs_f64() / denominator.as_secs_f64().max(1e-12));
+    }
+
+    fn median(&self) -> Option<f64> {
+        let mut ratios = self.ratios.clone();
+        ratios.sort_by(f64::total_cmp);
+        ratios.get(ratios.len() / 2).copied()
+    }
+}
+
+fn print_pairs(pairs: &[Pair]) {
+    println!("paired ratios (median of per-sample ratios; the figures the targets are judged on)");
+    for pair in pairs {
+        if let Some(ratio) = pair.median() {
+            println!(
+                "  {:<44} {ratio:>8.2}×   target {}   ({} samples, {} iterations each side)",
+                pair.label,
+                pair.target,
+                pair.ratios.len(),
+                pair.iterations
+            );
+        }
     }
 }
 
@@ -94,7 +148,7 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from)
 }
 
-fn overhead(c: &mut Criterion) {
+fn overhead(c: &mut Criterion) -> Vec<Pair> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -137,12 +191,14 @@ fn overhead(c: &mut Criterion) {
         der,
     )
     .unwrap();
-    group.bench_function("rsa_floor", |b| {
-        b.iter(|| {
-            key.verify_sig(signing_input.as_bytes(), &signature)
-                .unwrap()
-        })
-    });
+    let rsa_verify = || {
+        key.verify_sig(signing_input.as_bytes(), &signature)
+            .unwrap()
+    };
+    if database_url.is_none() {
+        // With a database, `rsa_floor` is measured paired with `layer/new_token_cached_user`.
+        group.bench_function("rsa_floor", |b| b.iter(rsa_verify));
+    }
 
     // The peer: jwt-authorizer on axum 0.7, same key, same tokens, issuer checked.
     let peer = rt.block_on(peer::router(&pem, &issuer.issuer()));
@@ -155,7 +211,7 @@ fn overhead(c: &mut Criterion) {
 
     let Some(url) = database_url else {
         println!("skipping the layer cases: DATABASE_URL is not set");
-        return;
+        return Vec::new();
     };
     // sqlx pings a pooled connection before handing it out by default: one more round trip
     // (and one more committed "statement") per upsert. Measured with it off, as recommended
@@ -210,23 +266,26 @@ fn overhead(c: &mut Criterion) {
     // The headline ratio, measured paired: every sample of either case runs a block of bare
     // requests and a block of both-hit requests, and times its own block, so drift of the
     // machine (20% between runs here) hits both alike.
+    let mut hit_pair = Pair::new("layer/both_hit ÷ bare", "≤ 2.5 (stretch ≤ 1.5)");
     let mut paired = |b: &mut criterion::Bencher<'_>, time_layered: bool| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut timed = Duration::ZERO;
-                for app in [&bare, &layered] {
+            let [bare_time, layered_time] = [&bare, &layered].map(|app| {
+                rt.block_on(async {
                     let started = Instant::now();
                     for _ in 0..iters {
                         i = (i + 1) % USERS;
                         let response = app.clone().oneshot(request(&tokens[i])).await;
                         std::hint::black_box(response.unwrap());
                     }
-                    if std::ptr::eq(app, &layered) == time_layered {
-                        timed += started.elapsed();
-                    }
-                }
-                timed
-            })
+                    started.elapsed()
+                })
+            });
+            hit_pair.add(iters, layered_time, bare_time);
+            if time_layered {
+                layered_time
+            } else {
+                bare_time
+            }
         })
     };
     group.bench_function("bare", |b| paired(b, false));
@@ -243,12 +302,31 @@ fn overhead(c: &mut Criterion) {
             limited_postgres.clone().oneshot(request(&tokens[i]))
         })
     });
-    group.bench_function("layer/new_token_cached_user", |b| {
-        b.to_async(&rt).iter(|| {
-            i = (i + 1) % USERS;
-            verifying.clone().oneshot(request(&tokens[i]))
+    // Paired like bare and both_hit: a block of raw RSA verifications and a block of
+    // new-token requests in every sample.
+    let mut token_pair = Pair::new("layer/new_token_cached_user ÷ rsa_floor", "≤ 1.4");
+    let mut paired = |b: &mut criterion::Bencher<'_>, time_layer: bool| {
+        b.iter_custom(|iters| {
+            let started = Instant::now();
+            for _ in 0..iters {
+                rsa_verify();
+            }
+            let rsa = started.elapsed();
+            let layer = rt.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    i = (i + 1) % USERS;
+                    let response = verifying.clone().oneshot(request(&tokens[i])).await;
+                    std::hint::black_box(response.unwrap());
+                }
+                started.elapsed()
+            });
+            token_pair.add(iters, layer, rsa);
+            if time_layer { layer } else { rsa }
         })
-    });
+    };
+    group.bench_function("rsa_floor", |b| paired(b, false));
+    group.bench_function("layer/new_token_cached_user", |b| paired(b, true));
     let verifier = uncached.verifier().clone();
     group.bench_function("verify_only", |b| {
         b.to_async(&rt).iter(|| {
@@ -283,24 +361,26 @@ fn overhead(c: &mut Criterion) {
     let commits_before = rt.block_on(commits(&pool));
     let upserts_before = cached.stats().upserts_ok;
     let mut new_users = 0_u64;
+    let mut new_user_pair = Pair::new("layer/new_user ÷ upsert/round_trip", "≤ 1.2");
     let mut interleaved = |b: &mut criterion::Bencher<'_>, time_layer: bool| {
         b.iter_custom(|iters| {
             let users = fresh(iters);
             new_users += iters;
-            rt.block_on(async {
-                let mut timed = Duration::ZERO;
+            let (layer_time, upsert_time) = rt.block_on(async {
+                let (mut layer_time, mut upsert_time) = (Duration::ZERO, Duration::ZERO);
                 for (token, profile) in &users {
                     let started = Instant::now();
                     let response = layered.clone().oneshot(request(token)).await.unwrap();
-                    let layer_time = started.elapsed();
+                    layer_time += started.elapsed();
                     assert!(response.status().is_success());
                     let started = Instant::now();
                     store.upsert(profile).await.unwrap();
-                    let upsert_time = started.elapsed();
-                    timed += if time_layer { layer_time } else { upsert_time };
+                    upsert_time += started.elapsed();
                 }
-                timed
-            })
+                (layer_time, upsert_time)
+            });
+            new_user_pair.add(iters, layer_time, upsert_time);
+            if time_layer { layer_time } else { upsert_time }
         })
     };
     group.sample_size(10);
@@ -347,6 +427,7 @@ fn overhead(c: &mut Criterion) {
          {statements} implicit transactions (2 per unnamed statement: prepare and execute round \
          trips)"
     );
+    vec![hit_pair, token_pair, new_user_pair]
 }
 
 /// The same handler behind jwt-authorizer 0.15 (which is built on axum 0.7).
@@ -417,7 +498,7 @@ fn print_ratios(group_dir: &Path) {
             println!("  {label:<44} {:>8.2}×   target {target}", a / b);
         }
     };
-    println!("ratios");
+    println!("ratios of medians (taken minutes apart: drift of the machine shows here)");
     ratio(
         "layer/both_hit ÷ bare",
         "layer/both_hit",
