@@ -9,6 +9,10 @@
 # A round is one bare run then one layered run; rounds (default 3) alternate so that drift of
 # a noisy machine hits both apps alike. Every round's ratio is printed, then the median.
 #
+# LOADTEST_PIN=1 pins the server to CPU 1 and wrk to CPU 0 (needs taskset and 2 CPUs): the
+# server's one core is then the bottleneck, so the ratio compares server CPU per request
+# without the two processes taking each other's time.
+#
 # Installs wrk (Debian package) when missing. Everything binds to 127.0.0.1; the server stops
 # by itself after the runs.
 set -euo pipefail
@@ -18,6 +22,12 @@ DURATION="${1:-10}"
 CONNECTIONS="${2:-32}"
 ROUNDS="${3:-3}"
 USERS="${LOADTEST_USERS:-1000}"
+SERVER_CPU=()
+CLIENT_CPU=()
+if [ "${LOADTEST_PIN:-0}" = 1 ]; then
+  SERVER_CPU=(taskset -c 1)
+  CLIENT_CPU=(taskset -c 0)
+fi
 TOKENS="$PWD/target/loadtest-tokens.txt"
 
 if ! command -v wrk >/dev/null; then
@@ -33,7 +43,7 @@ cargo build --release --example loadtest_server >/dev/null
 LOG="$(mktemp)"
 # Bounded: every run plus warm-up, then the server exits on its own.
 LOADTEST_USERS="$USERS" LOADTEST_TOKENS="$TOKENS" LOADTEST_SECONDS=$((2 * ROUNDS * DURATION + 60)) \
-  target/release/examples/loadtest_server >"$LOG" 2>&1 &
+  "${SERVER_CPU[@]}" target/release/examples/loadtest_server >"$LOG" 2>&1 &
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null || true; rm -f "$LOG"' EXIT
 
@@ -50,15 +60,22 @@ echo "$READY"
 # Every request carries the next token of the list (per wrk thread, offset by thread).
 SCRIPT="$(mktemp --suffix=.lua)"
 cat >"$SCRIPT" <<LUA
+-- Requests are formatted once per thread (in init): per request, wrk only picks the next.
 local tokens = {}
 for line in io.lines("$TOKENS") do tokens[#tokens + 1] = line end
 local counter = 0
 function setup(thread) counter = counter + 1; thread:set("offset", counter * 7919) end
+local requests = {}
 local i = 0
+init = function(args)
+  for n = 1, #tokens do
+    local token = tokens[((n + (offset or 0)) % #tokens) + 1]
+    requests[n] = wrk.format("GET", "/me", { ["Authorization"] = "Bearer " .. token })
+  end
+end
 request = function()
-  i = i + 1
-  local token = tokens[((i + (offset or 0)) % #tokens) + 1]
-  return wrk.format("GET", "/me", { ["Authorization"] = "Bearer " .. token })
+  i = (i % #requests) + 1
+  return requests[i]
 end
 done = function(summary, latency, requests)
   io.write(string.format("RESULT %.0f %.3f %.3f %d %d\n",
@@ -70,7 +87,7 @@ LUA
 trap 'kill "$SERVER" 2>/dev/null || true; rm -f "$LOG" "$SCRIPT"' EXIT
 
 run() {
-  wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s "$SCRIPT" "http://127.0.0.1:$1/me" | grep '^RESULT'
+  "${CLIENT_CPU[@]}" wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s "$SCRIPT" "http://127.0.0.1:$1/me" | grep '^RESULT'
 }
 printf '%-6s %-8s %12s %10s %10s %8s\n' "round" "app" "requests/s" "p50 ms" "p99 ms" "errors"
 RATIOS=()
