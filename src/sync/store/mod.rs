@@ -18,6 +18,29 @@ pub(crate) mod sqlite;
 const NEWER: &str =
     "(u.clerk_updated_at IS NULL OR excluded.clerk_updated_at >= u.clerk_updated_at)";
 
+/// Binds a snapshot's columns in the order every statement of both stores lists them: id,
+/// email, first name, last name, username, image URL, version (ms).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn bind_profile<'q, DB>(
+    query: sqlx::query::Query<'q, DB, DB::Arguments>,
+    profile: &'q UserProfile,
+) -> sqlx::query::Query<'q, DB, DB::Arguments>
+where
+    DB: sqlx::Database,
+    &'q String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    query
+        .bind(&profile.id)
+        .bind(&profile.email)
+        .bind(&profile.first_name)
+        .bind(&profile.last_name)
+        .bind(&profile.username)
+        .bind(&profile.image_url)
+        .bind(profile.version_ms)
+}
+
 /// Reads the upsert's `RETURNING tier, inserted`; no row back means the conflict's
 /// `WHERE deleted_at IS NULL` failed: the user is deleted.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

@@ -189,15 +189,8 @@ impl PgUserStore {
         seen: bool,
     ) -> Result<Option<PgRow>, sqlx::Error> {
         // Built from a validated, quoted identifier and fixed text only.
-        sqlx::query(AssertSqlSafe(self.upsert_sql.clone()))
-            .persistent(false)
-            .bind(&profile.id)
-            .bind(&profile.email)
-            .bind(&profile.first_name)
-            .bind(&profile.last_name)
-            .bind(&profile.username)
-            .bind(&profile.image_url)
-            .bind(profile.version_ms)
+        let query = sqlx::query(AssertSqlSafe(self.upsert_sql.clone())).persistent(false);
+        super::bind_profile(query, profile)
             .bind(seen)
             .fetch_optional(conn)
             .await

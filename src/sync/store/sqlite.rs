@@ -156,14 +156,8 @@ impl SqliteUserStore {
         profile: &UserProfile,
         seen: bool,
     ) -> Result<Option<SqliteRow>, sqlx::Error> {
-        sqlx::query(sqlx::AssertSqlSafe(self.upsert_sql.as_str()))
-            .bind(&profile.id)
-            .bind(&profile.email)
-            .bind(&profile.first_name)
-            .bind(&profile.last_name)
-            .bind(&profile.username)
-            .bind(&profile.image_url)
-            .bind(profile.version_ms)
+        let query = sqlx::query(sqlx::AssertSqlSafe(self.upsert_sql.as_str()));
+        super::bind_profile(query, profile)
             .bind(seen)
             .bind(unique_now_ms())
             .fetch_optional(conn)
@@ -254,14 +248,8 @@ impl UserStore for SqliteUserStore {
                     counts.deleted += 1;
                     continue;
                 }
-                let written = sqlx::query(sqlx::AssertSqlSafe(self.import_sql.as_str()))
-                    .bind(&profile.id)
-                    .bind(&profile.email)
-                    .bind(&profile.first_name)
-                    .bind(&profile.last_name)
-                    .bind(&profile.username)
-                    .bind(&profile.image_url)
-                    .bind(profile.version_ms)
+                let query = sqlx::query(sqlx::AssertSqlSafe(self.import_sql.as_str()));
+                let written = super::bind_profile(query, profile)
                     .bind(now)
                     .fetch_optional(&mut *tx)
                     .await?
