@@ -129,6 +129,18 @@ impl Pair {
     }
 }
 
+/// One timed block of a paired sample: `iters` requests through `app`, each with the next of
+/// `tokens` (rotating from `*next`).
+async fn block(app: &Router, tokens: &[String], next: &mut usize, iters: u64) -> Duration {
+    let started = Instant::now();
+    for _ in 0..iters {
+        *next = (*next + 1) % tokens.len();
+        let response = app.clone().oneshot(request(&tokens[*next])).await;
+        std::hint::black_box(response.unwrap());
+    }
+    started.elapsed()
+}
+
 fn print_pairs(pairs: &[Pair]) {
     println!("paired ratios (median of per-sample ratios; the figures the targets are judged on)");
     for pair in pairs {
@@ -269,17 +281,8 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
     let mut hit_pair = Pair::new("layer/both_hit ÷ bare", "≤ 2.5 (stretch ≤ 1.5)");
     let mut paired = |b: &mut criterion::Bencher<'_>, time_layered: bool| {
         b.iter_custom(|iters| {
-            let [bare_time, layered_time] = [&bare, &layered].map(|app| {
-                rt.block_on(async {
-                    let started = Instant::now();
-                    for _ in 0..iters {
-                        i = (i + 1) % USERS;
-                        let response = app.clone().oneshot(request(&tokens[i])).await;
-                        std::hint::black_box(response.unwrap());
-                    }
-                    started.elapsed()
-                })
-            });
+            let [bare_time, layered_time] =
+                [&bare, &layered].map(|app| rt.block_on(block(app, &tokens, &mut i, iters)));
             hit_pair.add(iters, layered_time, bare_time);
             if time_layered {
                 layered_time
@@ -312,15 +315,7 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
                 rsa_verify();
             }
             let rsa = started.elapsed();
-            let layer = rt.block_on(async {
-                let started = Instant::now();
-                for _ in 0..iters {
-                    i = (i + 1) % USERS;
-                    let response = verifying.clone().oneshot(request(&tokens[i])).await;
-                    std::hint::black_box(response.unwrap());
-                }
-                started.elapsed()
-            });
+            let layer = rt.block_on(block(&verifying, &tokens, &mut i, iters));
             token_pair.add(iters, layer, rsa);
             if time_layer { layer } else { rsa }
         })
