@@ -60,11 +60,15 @@ where
     })
 }
 
+/// The profile columns a snapshot may fill (besides `id` and the version).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+const PROFILE_COLUMNS: [&str; 5] = ["email", "first_name", "last_name", "username", "image_url"];
+
 /// `SET` clauses for the profile fields: a field is replaced only by a known value from a
 /// snapshot that passes [`NEWER`]. The same SQL in PostgreSQL and SQLite.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 fn versioned_field_updates() -> String {
-    ["email", "first_name", "last_name", "username", "image_url"]
+    PROFILE_COLUMNS
         .iter()
         .map(|name| {
             format!(
@@ -75,12 +79,24 @@ fn versioned_field_updates() -> String {
         .join(", ")
 }
 
+/// `SET` clauses for an import's profile fields: a field is replaced only by a known value.
+/// Unconditional, because the import's `WHERE` ([`import_update_condition`]) already requires
+/// a snapshot that passes [`NEWER`]. The same SQL in PostgreSQL and SQLite.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn merged_field_updates() -> String {
+    PROFILE_COLUMNS
+        .iter()
+        .map(|name| format!("{name} = COALESCE(excluded.{name}, u.{name})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The `WHERE` of an import's `DO UPDATE`: the row is live, the snapshot passes [`NEWER`],
 /// and applying it changes something, so a re-import of the same data writes nothing and
 /// counts as unchanged. `distinct` is the dialect's null-safe "differs" operator.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 fn import_update_condition(distinct: &str) -> String {
-    let changed = ["email", "first_name", "last_name", "username", "image_url"]
+    let changed = PROFILE_COLUMNS
         .iter()
         .map(|name| format!("COALESCE(excluded.{name}, u.{name}) {distinct} u.{name}"))
         .chain(std::iter::once(format!(

@@ -144,6 +144,7 @@ impl PgUserStore {
         // A page in one statement: the arrays become rows, the conflict update only fires
         // when the snapshot changes the row, and the deleted rows among the ids are counted
         // from the statement's snapshot (a live row is never deleted by this statement).
+        let merged = super::merged_field_updates();
         let changes = super::import_update_condition("IS DISTINCT FROM");
         let import_sql = format!(
             "WITH input AS ( \
@@ -157,11 +158,7 @@ impl PgUserStore {
                         to_timestamp(version_ms / 1000.0) \
                  FROM input \
                  ON CONFLICT (id) DO UPDATE SET \
-                     email = COALESCE(excluded.email, u.email), \
-                     first_name = COALESCE(excluded.first_name, u.first_name), \
-                     last_name = COALESCE(excluded.last_name, u.last_name), \
-                     username = COALESCE(excluded.username, u.username), \
-                     image_url = COALESCE(excluded.image_url, u.image_url), \
+                     {merged}, \
                      clerk_updated_at = GREATEST(u.clerk_updated_at, excluded.clerk_updated_at), \
                      updated_at = now() \
                  WHERE {changes} \

@@ -98,6 +98,7 @@ impl SqliteUserStore {
                  deleted_at = COALESCE(u.deleted_at, ?3), \
                  clerk_updated_at = {GREATEST_VERSION}"
         );
+        let merged = super::merged_field_updates();
         let changes = super::import_update_condition("IS NOT");
         // ?8: now, in milliseconds. A row comes back only when it was inserted or changed.
         let import_sql = format!(
@@ -106,11 +107,7 @@ impl SqliteUserStore {
                   created_at, updated_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) \
              ON CONFLICT (id) DO UPDATE SET \
-                 email = COALESCE(excluded.email, u.email), \
-                 first_name = COALESCE(excluded.first_name, u.first_name), \
-                 last_name = COALESCE(excluded.last_name, u.last_name), \
-                 username = COALESCE(excluded.username, u.username), \
-                 image_url = COALESCE(excluded.image_url, u.image_url), \
+                 {merged}, \
                  clerk_updated_at = {GREATEST_VERSION}, \
                  updated_at = ?8 \
              WHERE {changes} \
