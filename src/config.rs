@@ -62,6 +62,8 @@ pub struct ClerkConfig {
     pub(crate) secret_key: Option<Secret>,
     pub(crate) api_url: String,
     pub(crate) webhook_secret: Option<WebhookSecret>,
+    /// Clerk's cookie-name suffix for this instance, derived from the publishable key.
+    pub(crate) cookie_suffix: Option<String>,
 }
 
 /// The key of a Svix webhook endpoint (`whsec_` + base64), decoded; `Debug` is redacted.
@@ -337,6 +339,10 @@ impl ClerkConfigBuilder {
             }
         };
 
+        let cookie_suffix = self
+            .publishable_key
+            .as_deref()
+            .map(crate::token::extract::cookie_suffix);
         Ok(ClerkConfig {
             issuer,
             key_source,
@@ -344,6 +350,7 @@ impl ClerkConfigBuilder {
             secret_key: self.secret_key,
             api_url,
             webhook_secret,
+            cookie_suffix,
         })
     }
 }

@@ -44,6 +44,11 @@ pub enum AuthError {
     /// `sts` is `pending`: the session has unfinished tasks (401 `session_pending`).
     #[error("the session has pending tasks and is treated as signed out")]
     SessionPending,
+    /// A `__session` cookie without a signed-in `__client_uat` cookie beside it: `0` or
+    /// absent (the browser signed out), or later than the token's `iat` (the session changed
+    /// since the token was minted). As Clerk's SDK decides (401 `session_outdated`).
+    #[error("the session cookie is outdated: the browser signed out or changed session")]
+    SessionOutdated,
     /// No key with the token's `kid`, even after refreshing the key set (401 `unknown_key`).
     #[error("the token was signed with an unknown key")]
     UnknownKey,
@@ -74,6 +79,7 @@ impl AuthError {
             Self::InvalidAuthorizedParty => "invalid_authorized_party",
             Self::InvalidTokenCategory => "invalid_token_category",
             Self::SessionPending => "session_pending",
+            Self::SessionOutdated => "session_outdated",
             Self::UnknownKey => "unknown_key",
             Self::KeysUnavailable { .. } => "keys_unavailable",
             Self::UserDeleted => "user_deleted",
@@ -119,11 +125,12 @@ impl AuthError {
             Self::KeysUnavailable { .. } => 10,
             Self::UserDeleted => 11,
             Self::SyncUnavailable => 12,
+            Self::SessionOutdated => 13,
         }
     }
 
     /// Every code, in [`AuthError::index`] order.
-    pub(crate) const CODES: [&'static str; 13] = [
+    pub(crate) const CODES: [&'static str; 14] = [
         "missing_token",
         "malformed_token",
         "invalid_signature",
@@ -137,6 +144,7 @@ impl AuthError {
         "keys_unavailable",
         "user_deleted",
         "sync_unavailable",
+        "session_outdated",
     ];
 }
 
@@ -241,7 +249,9 @@ mod tests {
             },
             AuthError::UserDeleted,
             AuthError::SyncUnavailable,
+            AuthError::SessionOutdated,
         ];
+        assert_eq!(all.len(), AuthError::CODES.len());
         for error in &all {
             assert_eq!(AuthError::CODES[error.index()], error.code());
         }

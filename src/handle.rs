@@ -19,10 +19,10 @@ use crate::sync::cache::{SyncOptions, Syncer};
 use crate::sync::{
     FailurePolicy, ProfileClaims, ProfileSource, StoreError, UserChange, UserStore, WebhookOutcome,
 };
-use crate::token::extract::token_from_headers;
+use crate::token::extract::{Located, locate};
 use crate::token::keys::{KeyOptions, KeyStore};
 use crate::token::verify::{VerifierOptions, unix_now};
-use crate::token::{AuthorizedPartyPolicy, Verifier};
+use crate::token::{AuthorizedPartyPolicy, SessionClaims, Verifier};
 use crate::webhook::{self, WebhookError};
 
 /// Verifies Clerk session tokens and keeps users synced; cheap to clone (an `Arc` inside).
@@ -41,6 +41,7 @@ struct Inner {
     sessions: Option<SessionCache>,
     counters: Arc<Counters>,
     webhook_secret: Option<WebhookSecret>,
+    cookie_suffix: Option<String>,
     // Dropped with the last clone: tells the store's listener task to end.
     _alive: watch::Sender<()>,
 }
@@ -159,19 +160,44 @@ impl ClerkSync {
     /// needs no I/O, a request without a token, or a cached session whose user is current.
     /// [`Quick::Miss`] sends the request to [`authenticate`](Self::authenticate).
     pub(crate) fn authenticate_quick(&self, headers: &HeaderMap, mode: Mode) -> Quick {
-        let token = match token_from_headers(headers) {
-            Ok(Some(token)) => token,
-            Ok(None) if mode == Mode::Optional => return Quick::Anonymous,
-            Ok(None) => return self.rejected(AuthError::MissingToken),
+        let located = match self.locate(headers, mode) {
+            Ok(Some(located)) => located,
+            Ok(None) => return Quick::Anonymous,
             Err(error) => return self.rejected(error),
         };
         let Some(sessions) = &self.inner.sessions else {
             return Quick::Miss;
         };
-        match self.lookup(sessions, token, unix_now()) {
-            Lookup::Hit(user) => Quick::Hit(user),
+        match self.lookup(sessions, located.token(), unix_now()) {
+            // The cookie rule holds for cached sessions too: a browser that signed out since is
+            // signed out here.
+            Lookup::Hit(user) => match located.check_client_uat(user.claims().iat) {
+                Ok(()) => Quick::Hit(user),
+                Err(_) if mode == Mode::Optional => Quick::Anonymous,
+                Err(error) => self.rejected(error),
+            },
             Lookup::Expired => self.rejected(AuthError::TokenExpired),
             Lookup::Stale(_) | Lookup::Absent => Quick::Miss,
+        }
+    }
+
+    /// The request's token, `Ok(None)` for an anonymous request of the optional layer: no
+    /// token, or a session cookie of a signed-out browser (Clerk treats that browser as signed
+    /// out, not as an error). Everything here is decided without I/O.
+    fn locate<'h>(
+        &self,
+        headers: &'h HeaderMap,
+        mode: Mode,
+    ) -> Result<Option<Located<'h>>, AuthError> {
+        let located = match locate(headers, self.inner.cookie_suffix.as_deref())? {
+            Some(located) => located,
+            None if mode == Mode::Optional => return Ok(None),
+            None => return Err(AuthError::MissingToken),
+        };
+        match located.check_signed_in() {
+            Ok(()) => Ok(Some(located)),
+            Err(_) if mode == Mode::Optional => Ok(None),
+            Err(error) => Err(error),
         }
     }
 
@@ -213,14 +239,23 @@ impl ClerkSync {
         headers: &HeaderMap,
         mode: Mode,
     ) -> Result<Option<ClerkUser>, AuthError> {
-        let token = match token_from_headers(headers)? {
-            Some(token) => token,
-            None if mode == Mode::Optional => return Ok(None),
-            None => return Err(AuthError::MissingToken),
+        let Some(located) = self.locate(headers, mode)? else {
+            return Ok(None);
         };
+        let token = located.token();
         let inner = &*self.inner;
+        // A cookie token minted before the browser's last session change is outdated; under
+        // the optional layer the request is anonymous. Checked before anything is written.
+        let signed_in = |claims: &SessionClaims| match located.check_client_uat(claims.iat) {
+            Ok(()) => Ok(true),
+            Err(_) if mode == Mode::Optional => Ok(false),
+            Err(error) => Err(error),
+        };
         let Some(sessions) = &inner.sessions else {
             let claims = inner.verifier.verify(token).await?;
+            if !signed_in(&claims)? {
+                return Ok(None);
+            }
             let (user, synced) = inner.syncer.ensure(&claims).await?;
             return Ok(Some(ClerkUser::new(claims, user.tier.clone(), synced)));
         };
@@ -228,7 +263,9 @@ impl ClerkSync {
         // A known token whose user was invalidated keeps its verified claims; anything else is
         // verified now (the session cache is the token cache, so the verifier's is bypassed).
         let claims = match self.lookup(sessions, token, now) {
-            Lookup::Hit(user) => return Ok(Some(user)),
+            Lookup::Hit(user) => {
+                return Ok(signed_in(user.claims())?.then_some(user));
+            }
             Lookup::Expired => return Err(AuthError::TokenExpired),
             Lookup::Stale(claims) => {
                 Counters::bump(&inner.counters.token_cache_hits);
@@ -236,6 +273,9 @@ impl ClerkSync {
             }
             Lookup::Absent => inner.verifier.verify_fresh(token).await?,
         };
+        if !signed_in(&claims)? {
+            return Ok(None);
+        }
         let (user, synced) = inner.syncer.ensure(&claims).await?;
         let answer = ClerkUser::new(claims, user.tier.clone(), synced);
         if synced {
@@ -264,6 +304,7 @@ pub struct ClerkSyncBuilder {
     leeway: Duration,
     azp_policy: AuthorizedPartyPolicy,
     allow_pending_sessions: bool,
+    accept_jwt_templates: bool,
     failure_policy: FailurePolicy,
     user_cache_capacity: u64,
     user_cache_ttl: Duration,
@@ -295,6 +336,7 @@ impl ClerkSyncBuilder {
             leeway: Duration::from_secs(5),
             azp_policy: AuthorizedPartyPolicy::default(),
             allow_pending_sessions: false,
+            accept_jwt_templates: false,
             failure_policy: FailurePolicy::default(),
             user_cache_capacity: 100_000,
             user_cache_ttl: Duration::from_secs(600),
@@ -332,6 +374,20 @@ impl ClerkSyncBuilder {
     /// get 401 `session_pending` as Clerk treats them as signed out.
     pub fn allow_pending_sessions(mut self, allow: bool) -> Self {
         self.allow_pending_sessions = allow;
+        self
+    }
+
+    /// Accept Clerk JWT templates (header `cat: cl_B7d4PD222AAA`) on the session layer.
+    /// Default: refused with 401 `invalid_token_category`, as Clerk's `authenticateRequest`
+    /// refuses them.
+    ///
+    /// Templates are minted for third parties (Supabase, Hasura, ...), may live for hours or
+    /// years and carry no session id: a template that leaks from a third party would
+    /// authenticate as its user for its whole lifetime. Turn this on only for an app that is
+    /// itself the audience of a template. Accepted templates pass every other check (issuer,
+    /// signature, `azp`, expiry, machine subjects) and are cached no longer than their `exp`.
+    pub fn accept_jwt_templates(mut self) -> Self {
+        self.accept_jwt_templates = true;
         self
     }
 
@@ -482,6 +538,7 @@ impl ClerkSyncBuilder {
                 authorized_parties: self.config.authorized_parties.clone(),
                 azp_policy: self.azp_policy,
                 allow_pending_sessions: self.allow_pending_sessions,
+                accept_jwt_templates: self.accept_jwt_templates,
                 // The layer caches sessions itself; this cache serves `verifier()` callers.
                 token_cache_capacity: self.token_cache_capacity.min(10_000),
             },
@@ -519,6 +576,7 @@ impl ClerkSyncBuilder {
                 sessions,
                 counters,
                 webhook_secret: self.config.webhook_secret.clone(),
+                cookie_suffix: self.config.cookie_suffix.clone(),
                 _alive: alive,
             }),
         })

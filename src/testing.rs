@@ -236,6 +236,40 @@ impl DevIssuer {
         }
     }
 
+    /// A JWT template for `user_id` as Clerk mints them for third parties: header `cat`
+    /// `cl_B7d4PD222AAA`, no `sid`, no `azp`, valid for a day.
+    pub fn template_for(&self, user_id: &str) -> TokenBuilder<'_> {
+        self.token_for(user_id)
+            .header("cat", "cl_B7d4PD222AAA")
+            .without_claim("sid")
+            .without_claim("azp")
+            .without_claim("v")
+            .without_claim("fva")
+            .claim("exp", unix_now() + 86_400)
+    }
+
+    /// A machine-to-machine JWT for `machine_id` (`mch_...`): header `cat`
+    /// `cl_B7d4PD333AAA`, `sub` the machine, no session.
+    pub fn m2m_jwt_for(&self, machine_id: &str) -> TokenBuilder<'_> {
+        self.token_for(machine_id)
+            .header("cat", "cl_B7d4PD333AAA")
+            .without_claim("sid")
+            .without_claim("azp")
+            .without_claim("fva")
+            .claim("jti", random_id("mt_"))
+    }
+
+    /// An OAuth access token in JWT form (RFC 9068) for `user_id`: header `typ` `at+jwt`,
+    /// the session category left as [`token_for`](Self::token_for) sets it.
+    pub fn oauth_jwt_for(&self, user_id: &str) -> TokenBuilder<'_> {
+        self.token_for(user_id)
+            .header("typ", "at+jwt")
+            .without_claim("sid")
+            .claim("client_id", "client_dev")
+            .claim("scope", "profile email")
+            .claim("jti", random_id("oat_"))
+    }
+
     fn current_key(&self) -> Arc<DevKey> {
         let keys = match self.shared.keys.read() {
             Ok(keys) => keys,

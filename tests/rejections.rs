@@ -156,6 +156,40 @@ async fn bad_tokens_are_rejected_without_touching_the_database(pool: PgPool) {
             "invalid_token_category",
         ),
         (
+            "JWT template (refused by default)",
+            Some(issuer.template_for("user_a").build()),
+            "invalid_token_category",
+        ),
+        (
+            "M2M JWT (machine subject, machine category)",
+            Some(
+                issuer
+                    .m2m_jwt_for("mch_2xhFjEI5X2qWRvtV13BzSj8H6Dk")
+                    .build(),
+            ),
+            "invalid_token_category",
+        ),
+        (
+            "machine subject under the session category",
+            Some(issuer.token("mch_2xhFjEI5X2qWRvtV13BzSj8H6Dk")),
+            "invalid_token_category",
+        ),
+        (
+            "OAuth access token (typ at+jwt, session category)",
+            Some(issuer.oauth_jwt_for("user_a").build()),
+            "invalid_token_category",
+        ),
+        (
+            "OAuth access token (typ application/at+jwt)",
+            Some(
+                issuer
+                    .oauth_jwt_for("user_a")
+                    .header("typ", "application/at+jwt")
+                    .build(),
+            ),
+            "invalid_token_category",
+        ),
+        (
             "unknown category",
             Some(
                 issuer
@@ -309,4 +343,304 @@ async fn required_azp_policy_without_parties_is_a_config_error(pool: PgPool) {
         .build()
         .unwrap_err();
     assert_eq!(error.setting(), "CLERK_AUTHORIZED_PARTIES");
+}
+
+#[sqlx::test(migrations = false)]
+async fn session_and_ignore_categories_pass(pool: PgPool) {
+    let Harness { issuer, router, .. } = Harness::start(&pool, |b| b).await;
+    let tokens = [
+        issuer.token("user_session_cat"),
+        issuer
+            .token_for("user_no_cat")
+            .without_header("cat")
+            .build(),
+        issuer
+            .token_for("user_ignore_cat")
+            .header("cat", "cl_I7d4PD111III")
+            .build(),
+    ];
+    for token in &tokens {
+        let reply = get_with_token(&router, "/me", Some(token)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    assert_eq!(user_rows(&pool).await, 3);
+}
+
+#[sqlx::test(migrations = false)]
+async fn jwt_templates_are_accepted_only_after_opting_in(pool: PgPool) {
+    clerk_sync::migrate(&pool).await.unwrap();
+    let issuer = DevIssuer::start().await.unwrap();
+    let template = issuer.template_for("user_template").build();
+
+    // Refused by default: it would authenticate as the user for its whole (long) lifetime.
+    let store = CountingStore::new(pool.clone());
+    let strict = clerk(&issuer, store.clone(), |b| b);
+    let router = app(&strict, pool.clone());
+    assert_rejected(
+        &router,
+        &pool,
+        &store,
+        "template by default",
+        Some(&template),
+        StatusCode::UNAUTHORIZED,
+        "invalid_token_category",
+    )
+    .await;
+
+    let store = CountingStore::new(pool.clone());
+    let opted_in = clerk(&issuer, store.clone(), |b| b.accept_jwt_templates());
+    let router = app(&opted_in, pool.clone());
+    // Every other check still applies to templates.
+    let cases = [
+        (
+            "expired template",
+            issuer.template_for("user_template").expired_for(10).build(),
+            "token_expired",
+        ),
+        (
+            "template from another issuer",
+            issuer
+                .template_for("user_template")
+                .claim("iss", "https://other.clerk.accounts.dev")
+                .build(),
+            "invalid_issuer",
+        ),
+        (
+            "template with a machine subject",
+            issuer.template_for("mch_template").build(),
+            "invalid_token_category",
+        ),
+        (
+            "template signed by another key",
+            issuer
+                .template_for("user_template")
+                .wrong_signature()
+                .build(),
+            "invalid_signature",
+        ),
+    ];
+    for (case, token, code) in &cases {
+        assert_rejected(
+            &router,
+            &pool,
+            &store,
+            case,
+            Some(token),
+            StatusCode::UNAUTHORIZED,
+            code,
+        )
+        .await;
+    }
+    let reply = get_with_token(&router, "/me", Some(&template)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["user_id"], "user_template");
+    assert_eq!(reply.body["session_id"], serde_json::Value::Null);
+    assert_eq!(user_rows(&pool).await, 1);
+}
+
+/// `GET path` with only a `Cookie` header.
+async fn get_with_cookie(router: &axum::Router, path: &str, cookie: &str) -> common::Reply {
+    let request = Request::get(path)
+        .header(header::COOKIE, cookie)
+        .body(Body::empty())
+        .unwrap();
+    send(router, request).await
+}
+
+#[sqlx::test(migrations = false)]
+async fn session_cookies_follow_clerks_client_uat_rules(pool: PgPool) {
+    let Harness {
+        issuer,
+        store,
+        router,
+        ..
+    } = Harness::start(&pool, |b| b).await;
+    let iat = now() - 5;
+    let token = issuer.token_for("user_cookie").issued_at(iat).build();
+
+    let refused = [
+        ("no __client_uat", format!("__session={token}")),
+        (
+            "signed out (0)",
+            format!("__client_uat=0; __session={token}"),
+        ),
+        (
+            "session changed after the token was minted",
+            format!("__client_uat={}; __session={token}", iat + 1),
+        ),
+        (
+            "not a number",
+            format!("__client_uat=later; __session={token}"),
+        ),
+    ];
+    for (case, cookie) in &refused {
+        let reply = get_with_cookie(&router, "/me", cookie).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNAUTHORIZED,
+            "{case}: {}",
+            reply.body
+        );
+        assert_eq!(error_code(&reply), "session_outdated", "{case}");
+        assert!(
+            reply.headers.contains_key(header::WWW_AUTHENTICATE),
+            "{case}"
+        );
+        // Under the optional layer a signed-out browser is anonymous.
+        let reply = get_with_cookie(&router, "/anon", cookie).await;
+        assert_eq!(reply.status, StatusCode::OK, "{case}");
+        assert_eq!(reply.body["user_id"], serde_json::Value::Null, "{case}");
+    }
+    assert_eq!(
+        user_rows(&pool).await,
+        0,
+        "nothing written for outdated cookies"
+    );
+    assert_eq!(store.calls(), 0);
+
+    // client_uat at or before iat: signed in.
+    for uat in [iat, iat - 100] {
+        let reply = get_with_cookie(
+            &router,
+            "/me",
+            &format!("__client_uat={uat}; __session={token}"),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    assert_eq!(user_rows(&pool).await, 1);
+
+    // The session is cached now; signing out in the browser still signs out here.
+    let reply = get_with_cookie(
+        &router,
+        "/me",
+        &format!("__client_uat=0; __session={token}"),
+    )
+    .await;
+    assert_eq!(error_code(&reply), "session_outdated");
+    let reply = get_with_cookie(
+        &router,
+        "/me",
+        &format!("__client_uat={}; __session={token}", iat + 60),
+    )
+    .await;
+    assert_eq!(error_code(&reply), "session_outdated");
+    let reply = get_with_cookie(
+        &router,
+        "/anon",
+        &format!("__client_uat=0; __session={token}"),
+    )
+    .await;
+    assert_eq!(reply.body["user_id"], serde_json::Value::Null);
+
+    // Header tokens are not affected by the cookies.
+    let request = Request::get("/me")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::COOKIE, "__client_uat=0")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&router, request).await.status, StatusCode::OK);
+}
+
+#[sqlx::test(migrations = false)]
+async fn duplicate_and_empty_session_cookies(pool: PgPool) {
+    let Harness {
+        issuer,
+        store,
+        router,
+        ..
+    } = Harness::start(&pool, |b| b).await;
+    let a = issuer.token("user_dup_a");
+    let b = issuer.token("user_dup_b");
+    let uat = now() - 30;
+    let reply = get_with_cookie(
+        &router,
+        "/me",
+        &format!("__client_uat={uat}; __session={a}; __session={b}"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(&reply), "malformed_token");
+    // The optional layer does not pick one either.
+    let reply = get_with_cookie(
+        &router,
+        "/anon",
+        &format!("__client_uat={uat}; __session={b}; __session={a}"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(&reply), "malformed_token");
+    assert_eq!(user_rows(&pool).await, 0);
+    assert_eq!(store.calls(), 0);
+
+    // An empty value is no cookie: anonymous, or missing_token on the required layer.
+    let reply = get_with_cookie(&router, "/anon", &format!("__client_uat={uat}; __session=")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["user_id"], serde_json::Value::Null);
+    let reply = get_with_cookie(&router, "/me", &format!("__client_uat={uat}; __session=")).await;
+    assert_eq!(error_code(&reply), "missing_token");
+
+    // The same value twice is one cookie.
+    let reply = get_with_cookie(
+        &router,
+        "/me",
+        &format!("__client_uat={uat}; __session={a}; __session={a}"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+}
+
+#[sqlx::test(migrations = false)]
+async fn suffixed_cookies_are_read_when_their_client_uat_is_present(pool: PgPool) {
+    clerk_sync::migrate(&pool).await.unwrap();
+    let issuer = DevIssuer::start().await.unwrap();
+    // The issuer and JWKS URL set explicitly win over the ones decoded from the key.
+    let publishable_key = "pk_test_Y2xlcmsuZXhhbXBsZS5jb20k";
+    let suffix = "l2OS3d9k"; // base64url(SHA-1(key))[..8]
+    let config = issuer
+        .config()
+        .publishable_key(publishable_key)
+        .build()
+        .unwrap();
+    let clerk = ClerkSync::builder(config)
+        .store(PgUserStore::new(pool.clone()))
+        .build()
+        .unwrap();
+    let router = app(&clerk, pool.clone());
+    let uat = now() - 30;
+    let mine = issuer.token("user_suffixed");
+    let other_app = issuer.token("user_plain");
+
+    let cookie = format!(
+        "__session={other_app}; __client_uat={uat}; \
+         __session_{suffix}={mine}; __client_uat_{suffix}={uat}"
+    );
+    let reply = get_with_cookie(&router, "/me", &cookie).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["user_id"], "user_suffixed");
+
+    // The suffixed client_uat says signed out: the plain cookies are not a fallback.
+    let cookie = format!(
+        "__session={other_app}; __client_uat={uat}; \
+         __session_{suffix}={mine}; __client_uat_{suffix}=0"
+    );
+    let reply = get_with_cookie(&router, "/me", &cookie).await;
+    assert_eq!(error_code(&reply), "session_outdated");
+
+    // Two different suffixed session cookies are refused.
+    let cookie = format!(
+        "__session_{suffix}={other_app}; __session_{suffix}={mine}; __client_uat_{suffix}={uat}"
+    );
+    let reply = get_with_cookie(&router, "/me", &cookie).await;
+    assert_eq!(error_code(&reply), "malformed_token");
+
+    // Without a suffixed client_uat the plain names are read.
+    let cookie = format!("__session={other_app}; __client_uat={uat}; __session_{suffix}={mine}");
+    let reply = get_with_cookie(&router, "/me", &cookie).await;
+    assert_eq!(reply.body["user_id"], "user_plain");
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM users ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(ids, ["user_plain", "user_suffixed"]);
 }

@@ -1,5 +1,9 @@
-//! Finding the session token in a request: `Authorization` first, then the `__session` cookie.
+//! Finding the session token in a request: `Authorization` first, then the session cookie
+//! under Clerk's cookie rules.
 
+use aws_lc_rs::digest;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, header};
 
 use crate::error::AuthError;
@@ -8,13 +12,73 @@ use crate::error::AuthError;
 pub(crate) const MAX_TOKEN_LEN: usize = 16 * 1024;
 
 const SESSION_COOKIE: &str = "__session";
+const CLIENT_UAT_COOKIE: &str = "__client_uat";
+
+/// Where a request's token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Located<'a> {
+    /// `Authorization: Bearer <token>` (or a bare JWT there).
+    Header(&'a str),
+    /// The session cookie, with the value of its `__client_uat` cookie (`0` when absent or not
+    /// a number: signed out, as Clerk reads it).
+    Cookie { token: &'a str, client_uat: i64 },
+}
+
+impl<'a> Located<'a> {
+    /// The token itself.
+    pub(crate) fn token(self) -> &'a str {
+        match self {
+            Self::Header(token) | Self::Cookie { token, .. } => token,
+        }
+    }
+
+    /// Clerk's rule for cookie tokens: `__client_uat` is set to 0 at sign-out and to the time
+    /// of the last session change otherwise, so a cookie token counts only when that value is
+    /// positive and not later than the token's `iat`. Header tokens always pass.
+    pub(crate) fn check_client_uat(self, iat: i64) -> Result<(), AuthError> {
+        match self {
+            Self::Header(_) => Ok(()),
+            Self::Cookie { client_uat, .. } if client_uat > 0 && client_uat <= iat => Ok(()),
+            Self::Cookie { .. } => Err(AuthError::SessionOutdated),
+        }
+    }
+
+    /// The part of [`check_client_uat`](Self::check_client_uat) that needs no claims: a cookie
+    /// token beside a signed-out `__client_uat` is refused before any verification.
+    pub(crate) fn check_signed_in(self) -> Result<(), AuthError> {
+        match self {
+            Self::Cookie { client_uat, .. } if client_uat <= 0 => Err(AuthError::SessionOutdated),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The cookie-name suffix Clerk uses when several apps share a domain: the first 8
+/// characters of the URL-safe base64 of SHA-1 of the publishable key.
+pub(crate) fn cookie_suffix(publishable_key: &str) -> String {
+    let sha1 = digest::digest(
+        &digest::SHA1_FOR_LEGACY_USE_ONLY,
+        publishable_key.as_bytes(),
+    );
+    let mut encoded = URL_SAFE_NO_PAD.encode(sha1.as_ref());
+    encoded.truncate(8);
+    encoded
+}
 
 /// The token of a request, `Ok(None)` when there is none.
 ///
 /// `Authorization: Bearer <jwt>` (scheme case-insensitive) or a bare JWT in `Authorization`, as
-/// Clerk's SDK accepts; otherwise the `__session` cookie. Another scheme (`Basic ...`) is a
+/// Clerk's SDK accepts; otherwise the session cookie. Another scheme (`Basic ...`) is a
 /// malformed token rather than "no token", so a misconfigured client gets a precise error.
-pub(crate) fn token_from_headers(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+///
+/// Cookies: when `__client_uat_<suffix>` is present (and a suffix is known, see
+/// [`cookie_suffix`]), `__session_<suffix>` and `__client_uat_<suffix>` are read, else
+/// `__session` and `__client_uat`. An empty session cookie counts as none; two session cookies
+/// of the name read with different values are a malformed token (never first-wins).
+pub(crate) fn locate<'h>(
+    headers: &'h HeaderMap,
+    cookie_suffix: Option<&str>,
+) -> Result<Option<Located<'h>>, AuthError> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value
             .to_str()
@@ -30,19 +94,83 @@ pub(crate) fn token_from_headers(headers: &HeaderMap) -> Result<Option<&str>, Au
             None if value.eq_ignore_ascii_case("bearer") => "",
             None => value,
         };
-        return checked(token).map(Some);
+        return checked(token).map(|token| Some(Located::Header(token)));
     }
+    if !headers.contains_key(header::COOKIE) {
+        return Ok(None);
+    }
+    let mut plain = CookiePair::default();
+    let mut suffixed = CookiePair::default();
     for value in headers.get_all(header::COOKIE) {
         let Ok(value) = value.to_str() else { continue };
         for pair in value.split(';') {
-            if let Some((name, token)) = pair.trim().split_once('=')
-                && name == SESSION_COOKIE
-            {
-                return checked(token.trim_matches('"')).map(Some);
+            let Some((name, value)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            let value = value.trim().trim_matches('"');
+            if let Some(rest) = name.strip_prefix(SESSION_COOKIE) {
+                match (rest, cookie_suffix) {
+                    ("", _) => plain.session(value),
+                    (rest, Some(suffix)) if rest.strip_prefix('_') == Some(suffix) => {
+                        suffixed.session(value);
+                    }
+                    _ => {}
+                }
+            } else if let Some(rest) = name.strip_prefix(CLIENT_UAT_COOKIE) {
+                match (rest, cookie_suffix) {
+                    ("", _) => plain.client_uat(value),
+                    (rest, Some(suffix)) if rest.strip_prefix('_') == Some(suffix) => {
+                        suffixed.client_uat(value);
+                    }
+                    _ => {}
+                }
             }
         }
     }
-    Ok(None)
+    let read = if suffixed.client_uat.is_some() {
+        suffixed
+    } else {
+        plain
+    };
+    if read.conflicting {
+        return Err(AuthError::malformed(
+            "two session cookies with different values",
+        ));
+    }
+    let Some(token) = read.session else {
+        return Ok(None);
+    };
+    Ok(Some(Located::Cookie {
+        token: checked(token)?,
+        client_uat: read
+            .client_uat
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0),
+    }))
+}
+
+/// The session and `__client_uat` cookies of one name family.
+#[derive(Default, Clone, Copy)]
+struct CookiePair<'h> {
+    session: Option<&'h str>,
+    conflicting: bool,
+    client_uat: Option<&'h str>,
+}
+
+impl<'h> CookiePair<'h> {
+    fn session(&mut self, value: &'h str) {
+        if value.is_empty() {
+            return;
+        }
+        match self.session {
+            Some(seen) if seen != value => self.conflicting = true,
+            _ => self.session = Some(value),
+        }
+    }
+
+    fn client_uat(&mut self, value: &'h str) {
+        self.client_uat = Some(value);
+    }
 }
 
 fn checked(token: &str) -> Result<&str, AuthError> {
@@ -69,27 +197,144 @@ mod tests {
         map
     }
 
+    fn token_of(map: &HeaderMap) -> Result<Option<&str>, AuthError> {
+        locate(map, None).map(|found| found.map(Located::token))
+    }
+
     #[test]
     fn bearer_scheme_is_case_insensitive() {
         for value in ["Bearer a.b.c", "bearer a.b.c", "BEARER  a.b.c "] {
             let map = headers(&[(header::AUTHORIZATION, value)]);
-            assert_eq!(token_from_headers(&map), Ok(Some("a.b.c")), "{value}");
+            assert_eq!(
+                locate(&map, None),
+                Ok(Some(Located::Header("a.b.c"))),
+                "{value}"
+            );
         }
     }
 
     #[test]
     fn bare_jwt_in_authorization_is_accepted() {
         let map = headers(&[(header::AUTHORIZATION, "a.b.c")]);
-        assert_eq!(token_from_headers(&map), Ok(Some("a.b.c")));
+        assert_eq!(token_of(&map), Ok(Some("a.b.c")));
     }
 
     #[test]
-    fn session_cookie_is_used_without_authorization() {
+    fn session_cookie_comes_with_its_client_uat() {
         let map = headers(&[
             (header::COOKIE, "theme=dark"),
-            (header::COOKIE, "__client_uat=1; __session=x.y.z; other=1"),
+            (
+                header::COOKIE,
+                "__client_uat=1700000000; __session=x.y.z; other=1",
+            ),
         ]);
-        assert_eq!(token_from_headers(&map), Ok(Some("x.y.z")));
+        assert_eq!(
+            locate(&map, None),
+            Ok(Some(Located::Cookie {
+                token: "x.y.z",
+                client_uat: 1_700_000_000
+            }))
+        );
+        // Absent or not a number: 0, signed out.
+        for cookies in ["__session=x.y.z", "__session=x.y.z; __client_uat=soon"] {
+            let map = headers(&[(header::COOKIE, cookies)]);
+            assert_eq!(
+                locate(&map, None),
+                Ok(Some(Located::Cookie {
+                    token: "x.y.z",
+                    client_uat: 0
+                })),
+                "{cookies}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_uat_rules() {
+        let cookie = |client_uat| Located::Cookie {
+            token: "t",
+            client_uat,
+        };
+        assert_eq!(cookie(100).check_client_uat(100), Ok(()));
+        assert_eq!(cookie(99).check_client_uat(100), Ok(()));
+        for (uat, iat) in [(0, 100), (-1, 100), (101, 100)] {
+            assert_eq!(
+                cookie(uat).check_client_uat(iat),
+                Err(AuthError::SessionOutdated),
+                "{uat} vs {iat}"
+            );
+        }
+        assert_eq!(cookie(0).check_signed_in(), Err(AuthError::SessionOutdated));
+        assert_eq!(cookie(5).check_signed_in(), Ok(()));
+        assert_eq!(Located::Header("t").check_client_uat(1), Ok(()));
+        assert_eq!(Located::Header("t").check_signed_in(), Ok(()));
+    }
+
+    #[test]
+    fn suffixed_cookies_win_when_their_client_uat_is_present() {
+        let suffix = cookie_suffix("pk_test_Y2xlcmsuZXhhbXBsZS5jb20k");
+        assert_eq!(suffix.len(), 8);
+        let both = format!(
+            "__session=plain.t.k; __client_uat=5; __session_{suffix}=suffixed.t.k; \
+             __client_uat_{suffix}=7; __session_otherapp=other.t.k"
+        );
+        let map = headers(&[(header::COOKIE, &both)]);
+        assert_eq!(
+            locate(&map, Some(&suffix)),
+            Ok(Some(Located::Cookie {
+                token: "suffixed.t.k",
+                client_uat: 7
+            }))
+        );
+        // Without the publishable key, only the plain names are read.
+        assert_eq!(
+            locate(&map, None),
+            Ok(Some(Located::Cookie {
+                token: "plain.t.k",
+                client_uat: 5
+            }))
+        );
+        // A suffixed session cookie without its client_uat: the plain names are read.
+        let no_uat = format!("__session=plain.t.k; __client_uat=5; __session_{suffix}=s.t.k");
+        let map = headers(&[(header::COOKIE, &no_uat)]);
+        assert_eq!(token_of_suffixed(&map, &suffix), Some("plain.t.k"));
+    }
+
+    fn token_of_suffixed<'h>(map: &'h HeaderMap, suffix: &str) -> Option<&'h str> {
+        locate(map, Some(suffix)).unwrap().map(Located::token)
+    }
+
+    #[test]
+    fn cookie_suffix_matches_clerks_derivation() {
+        // base64url(SHA-1(key))[..8], computed independently with
+        // `printf %s KEY | openssl sha1 -binary | base64 | tr '+/' '-_' | cut -c1-8`, and the
+        // same as Clerk's JS SDK (`getCookieSuffix`) gives.
+        assert_eq!(
+            cookie_suffix("pk_test_Y2xlcmsuZXhhbXBsZS5jb20k"),
+            "l2OS3d9k"
+        );
+    }
+
+    #[test]
+    fn duplicate_session_cookies_are_refused_unless_equal() {
+        let map = headers(&[(
+            header::COOKIE,
+            "__session=a.b.c; __client_uat=1; __session=d.e.f",
+        )]);
+        assert_eq!(token_of(&map).unwrap_err().code(), "malformed_token");
+        let map = headers(&[
+            (header::COOKIE, "__session=a.b.c; __client_uat=1"),
+            (header::COOKIE, "__session=a.b.c"),
+        ]);
+        assert_eq!(token_of(&map), Ok(Some("a.b.c")));
+    }
+
+    #[test]
+    fn empty_session_cookie_is_no_token() {
+        let map = headers(&[(header::COOKIE, "__session=; __client_uat=0")]);
+        assert_eq!(token_of(&map), Ok(None));
+        let map = headers(&[(header::COOKIE, "__session=\"\"; __session=a.b.c")]);
+        assert_eq!(token_of(&map), Ok(Some("a.b.c")));
     }
 
     #[test]
@@ -98,13 +343,14 @@ mod tests {
             (header::AUTHORIZATION, "Bearer from.header.jwt"),
             (header::COOKIE, "__session=from.cookie.jwt"),
         ]);
-        assert_eq!(token_from_headers(&map), Ok(Some("from.header.jwt")));
+        assert_eq!(token_of(&map), Ok(Some("from.header.jwt")));
     }
 
     #[test]
     fn no_token_is_none() {
         let map = headers(&[(header::COOKIE, "__session_abc=1; session=2")]);
-        assert_eq!(token_from_headers(&map), Ok(None));
+        assert_eq!(token_of(&map), Ok(None));
+        assert_eq!(token_of(&HeaderMap::new()), Ok(None));
     }
 
     #[test]
@@ -112,11 +358,11 @@ mod tests {
         let long = format!("Bearer {}", "a".repeat(MAX_TOKEN_LEN + 1));
         for value in ["Basic dXNlcjpwYXNz", "Bearer", "Bearer   ", long.as_str()] {
             let map = headers(&[(header::AUTHORIZATION, value)]);
-            let error = token_from_headers(&map).unwrap_err();
+            let error = token_of(&map).unwrap_err();
             assert_eq!(error.code(), "malformed_token", "{value}");
         }
         let exactly_max = format!("Bearer {}", "a".repeat(MAX_TOKEN_LEN));
         let map = headers(&[(header::AUTHORIZATION, &exactly_max)]);
-        assert!(token_from_headers(&map).is_ok());
+        assert!(token_of(&map).is_ok());
     }
 }

@@ -43,13 +43,20 @@ pub(crate) struct VerifierOptions {
     pub(crate) authorized_parties: Vec<String>,
     pub(crate) azp_policy: AuthorizedPartyPolicy,
     pub(crate) allow_pending_sessions: bool,
+    pub(crate) accept_jwt_templates: bool,
     pub(crate) token_cache_capacity: u64,
 }
 
 /// Verifies Clerk session tokens; cheap to clone.
 ///
-/// Only RS256 is accepted whatever the header says, the header must carry a `kid`, and
-/// machine-to-machine tokens (`cat`) are refused. `exp`, `nbf` and `iat` are checked with the
+/// Only RS256 is accepted whatever the header says, and the header must carry a `kid`. Only
+/// session tokens pass, as Clerk's own `authenticateRequest` decides: the header's `cat`
+/// (token category) must be absent, the session category (`cl_B7d4PD111AAA`) or the ignore
+/// category (`cl_I7d4PD111III`); anything else is 401 `invalid_token_category`, JWT templates
+/// (`cl_B7d4PD222AAA`) included unless [`crate::ClerkSyncBuilder::accept_jwt_templates`] says
+/// otherwise. A JWT whose `sub` starts with `mch_` (an M2M token) or whose `typ` is `at+jwt`
+/// or `application/at+jwt` (an OAuth access token) is refused the same way, whatever its
+/// `cat`. `exp`, `nbf` and `iat` are checked with the
 /// configured leeway (5 s by default), `iss` against the configured issuer, `azp` by the
 /// [`AuthorizedPartyPolicy`], and `sts: pending` is refused unless allowed. A verified token is
 /// cached until its `exp` (plus leeway), and a cache hit checks `exp` again.
@@ -65,6 +72,7 @@ struct Inner {
     authorized_parties: Vec<String>,
     azp_policy: AuthorizedPartyPolicy,
     allow_pending_sessions: bool,
+    accept_jwt_templates: bool,
     // `None` when the capacity is 0: every request is verified.
     cache: Option<Cache<Box<str>, Arc<SessionClaims>>>,
     counters: Arc<Counters>,
@@ -103,6 +111,7 @@ struct RawHeader {
     alg: String,
     kid: Option<String>,
     cat: Option<String>,
+    typ: Option<String>,
 }
 
 pub(crate) fn unix_now() -> i64 {
@@ -128,6 +137,7 @@ impl Verifier {
                 authorized_parties: options.authorized_parties,
                 azp_policy: options.azp_policy,
                 allow_pending_sessions: options.allow_pending_sessions,
+                accept_jwt_templates: options.accept_jwt_templates,
                 cache,
                 counters,
             }),
@@ -158,6 +168,7 @@ impl Verifier {
                 authorized_parties: config.authorized_parties.clone(),
                 azp_policy: AuthorizedPartyPolicy::default(),
                 allow_pending_sessions: false,
+                accept_jwt_templates: false,
                 token_cache_capacity: 0,
             },
             counters,
@@ -207,8 +218,15 @@ impl Verifier {
             .kid
             .ok_or_else(|| AuthError::malformed("the token header has no `kid`"))?;
         match header.cat.as_deref() {
-            None | Some(CAT_SESSION | CAT_TEMPLATE | CAT_IGNORE) => {}
+            None | Some(CAT_SESSION | CAT_IGNORE) => {}
+            Some(CAT_TEMPLATE) if inner.accept_jwt_templates => {}
             Some(_) => return Err(AuthError::InvalidTokenCategory),
+        }
+        // An OAuth access token (RFC 9068) is never a session, whatever its `cat`.
+        if header.typ.as_deref().is_some_and(|typ| {
+            typ.eq_ignore_ascii_case("at+jwt") || typ.eq_ignore_ascii_case("application/at+jwt")
+        }) {
+            return Err(AuthError::InvalidTokenCategory);
         }
         let key = inner.keys.key_for(&kid).await?;
         // The signature first: nothing in an unsigned payload is worth reporting.
@@ -250,6 +268,10 @@ impl Verifier {
         }
         if claims.sub.trim().is_empty() {
             return Err(AuthError::malformed("the `sub` claim is empty"));
+        }
+        // A machine's subject: an M2M token, never a session.
+        if claims.sub.starts_with("mch_") {
+            return Err(AuthError::InvalidTokenCategory);
         }
         self.check_authorized_party(claims.azp.as_deref())?;
         if claims.sts.as_deref() == Some("pending") && !inner.allow_pending_sessions {
