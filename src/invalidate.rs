@@ -7,20 +7,18 @@
 //! synced keep being served (at most as stale as the user-cache TTL).
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use tokio::sync::watch;
 
 use crate::stats::Counters;
-use crate::sync::cache::{self, UserCache};
+use crate::sync::cache::SyncedUsers;
 
 /// Evicts users from one [`crate::ClerkSync`]'s synced-user cache on behalf of a store's
 /// listener task; cheap to clone. It does not keep the `ClerkSync` alive: when the last clone of
 /// that is dropped, [`closed`](Self::closed) resolves and the task should end.
 #[derive(Clone)]
 pub struct Invalidator {
-    cache: UserCache,
-    generation: Arc<AtomicU64>,
+    users: SyncedUsers,
     counters: Arc<Counters>,
     closed: watch::Receiver<()>,
 }
@@ -28,21 +26,19 @@ pub struct Invalidator {
 impl std::fmt::Debug for Invalidator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Invalidator")
-            .field("cached_users", &self.cache.entry_count())
+            .field("cached_users", &self.users.entry_count())
             .finish_non_exhaustive()
     }
 }
 
 impl Invalidator {
     pub(crate) fn new(
-        cache: UserCache,
-        generation: Arc<AtomicU64>,
+        users: SyncedUsers,
         counters: Arc<Counters>,
         closed: watch::Receiver<()>,
     ) -> Self {
         Self {
-            cache,
-            generation,
+            users,
             counters,
             closed,
         }
@@ -51,12 +47,12 @@ impl Invalidator {
     /// Evicts one user: the next request of that user runs the upsert again.
     pub async fn evict(&self, user_id: &str) {
         Counters::bump(&self.counters.invalidations_received);
-        cache::evict(&self.cache, user_id).await;
+        self.users.evict(user_id).await;
     }
 
     /// Evicts every user; call it after (re)connecting, since notifications may have been lost.
     pub fn clear(&self) {
-        cache::clear(&self.cache, &self.generation);
+        self.users.clear();
     }
 
     /// Records that the listener (re)connected and is receiving notifications.

@@ -3,11 +3,16 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use clerk_sync::testing::{DevIssuer, signed_webhook_request};
-use clerk_sync::{ClerkSync, Stats};
+use clerk_sync::{
+    ClerkSync, Invalidator, Stats, StoreFuture, UpsertOutcome, UserChange, UserProfile, UserStore,
+    WebhookOutcome,
+};
 use common::{
     CountingStore, WEBHOOK_PATH, WEBHOOK_SECRET, app, clerk, error_code, get_with_token, send,
 };
@@ -15,6 +20,7 @@ use http::StatusCode;
 use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::sync::Notify;
 
 /// One "process": its own pool, store, `ClerkSync` and app.
 struct Process {
@@ -208,4 +214,157 @@ async fn listener_stops_when_the_last_handle_is_dropped(
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The real Postgres store, whose layer upserts can be parked after the write (before the
+/// result is returned) while a test evicts; it also hands its [`Invalidator`] to the test
+/// instead of listening, so the test can play a listener reconnect.
+#[derive(Clone)]
+struct ParkingStore {
+    inner: clerk_sync::PgUserStore,
+    calls: Arc<AtomicU64>,
+    park_next: Arc<AtomicBool>,
+    parked: Arc<Notify>,
+    release: Arc<Notify>,
+    invalidator: Arc<Mutex<Option<Invalidator>>>,
+}
+
+impl ParkingStore {
+    fn new(pool: PgPool) -> Self {
+        Self {
+            inner: clerk_sync::PgUserStore::new(pool),
+            calls: Arc::default(),
+            park_next: Arc::default(),
+            parked: Arc::default(),
+            release: Arc::default(),
+            invalidator: Arc::default(),
+        }
+    }
+}
+
+impl UserStore for ParkingStore {
+    fn upsert<'a>(&'a self, profile: &'a UserProfile) -> StoreFuture<'a, UpsertOutcome> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let outcome = self.inner.upsert(profile).await;
+            if self.park_next.swap(false, Ordering::SeqCst) {
+                self.parked.notify_one();
+                self.release.notified().await;
+            }
+            outcome
+        })
+    }
+
+    fn apply_webhook<'a>(
+        &'a self,
+        delivery_id: &'a str,
+        change: &'a UserChange,
+    ) -> StoreFuture<'a, WebhookOutcome> {
+        self.inner.apply_webhook(delivery_id, change)
+    }
+
+    fn start_listener(&self, invalidator: Invalidator) -> bool {
+        *self.invalidator.lock().unwrap() = Some(invalidator);
+        true
+    }
+}
+
+/// An app on a [`ParkingStore`], and a first request of `user_id` parked after its upsert
+/// wrote the row (tier `free`); `evict` runs while it is parked, then the request finishes.
+async fn race_eviction_with_first_sync<F, Fut>(
+    pool: &PgPool,
+    user_id: &str,
+    evict: F,
+) -> (DevIssuer, ParkingStore, Router, String)
+where
+    F: FnOnce(ClerkSync, Router, ParkingStore) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    clerk_sync::migrate(pool).await.unwrap();
+    let issuer = DevIssuer::start().await.unwrap();
+    let store = ParkingStore::new(pool.clone());
+    let clerk = clerk(&issuer, store.clone(), |b| b);
+    let router = app(&clerk, pool.clone());
+    let token = issuer.token(user_id);
+
+    store.park_next.store(true, Ordering::SeqCst);
+    let first = tokio::spawn({
+        let router = router.clone();
+        let token = token.clone();
+        async move { get_with_token(&router, "/me", Some(&token)).await }
+    });
+    tokio::time::timeout(Duration::from_secs(10), store.parked.notified())
+        .await
+        .expect("the first upsert parks");
+    evict(clerk, router.clone(), store.clone()).await;
+    store.release.notify_one();
+    let reply = first.await.unwrap();
+    // The overtaken result may answer its own request.
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["tier"], "free");
+    (issuer, store, router, token)
+}
+
+#[sqlx::test(migrations = false)]
+async fn invalidation_during_an_inflight_sync_keeps_its_result_out_of_the_cache(pool: PgPool) {
+    let (_issuer, store, router, token) =
+        race_eviction_with_first_sync(&pool, "user_race", |clerk, _, _| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query("UPDATE users SET tier = 'pro' WHERE id = 'user_race'")
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                clerk.invalidate("user_race").await.unwrap();
+            }
+        })
+        .await;
+    // Not cached: the next request syncs again and reads the new tier.
+    let reply = get_with_token(&router, "/me", Some(&token)).await;
+    assert_eq!(reply.body["tier"], "pro", "{}", reply.body);
+    assert_eq!(store.calls.load(Ordering::SeqCst), 2);
+    // And that result is cached as usual.
+    let reply = get_with_token(&router, "/me", Some(&token)).await;
+    assert_eq!(reply.body["tier"], "pro");
+    assert_eq!(store.calls.load(Ordering::SeqCst), 2);
+}
+
+#[sqlx::test(migrations = false)]
+async fn delete_webhook_during_an_inflight_sync_is_not_undone_by_it(pool: PgPool) {
+    let (_issuer, store, router, token) =
+        race_eviction_with_first_sync(&pool, "user_race_del", |_, router, _| async move {
+            let request = signed_webhook_request(
+                WEBHOOK_PATH,
+                WEBHOOK_SECRET,
+                "msg_race_delete",
+                &deleted_event("user_race_del"),
+            )
+            .unwrap();
+            assert_eq!(send(&router, request).await.status, StatusCode::OK);
+        })
+        .await;
+    let reply = get_with_token(&router, "/me", Some(&token)).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
+    assert_eq!(error_code(&reply), "user_deleted");
+    assert_eq!(store.calls.load(Ordering::SeqCst), 2);
+}
+
+#[sqlx::test(migrations = false)]
+async fn listener_clear_during_an_inflight_sync_keeps_its_result_out_of_the_cache(pool: PgPool) {
+    let (_issuer, store, router, token) =
+        race_eviction_with_first_sync(&pool, "user_race_clear", |_, _, store| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query("UPDATE users SET tier = 'team' WHERE id = 'user_race_clear'")
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                let invalidator = store.invalidator.lock().unwrap().clone().unwrap();
+                invalidator.clear();
+            }
+        })
+        .await;
+    let reply = get_with_token(&router, "/me", Some(&token)).await;
+    assert_eq!(reply.body["tier"], "team", "{}", reply.body);
+    assert_eq!(store.calls.load(Ordering::SeqCst), 2);
 }

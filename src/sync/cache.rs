@@ -59,10 +59,13 @@ pub(crate) struct SyncOptions {
     pub(crate) default_tier: Arc<str>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum SyncFailure {
     Deleted,
     Unavailable,
+    /// The upsert succeeded but an eviction landed while it ran: the result answers the
+    /// requests that waited for it and is not cached.
+    Superseded(Arc<SyncedUser>),
 }
 
 /// "This process has synced the user; their tier is T", shared by the synced-user cache and
@@ -88,27 +91,76 @@ pub(crate) fn test_user(tier: &str, generation: &AtomicU64) -> Arc<SyncedUser> {
 
 /// The synced-user cache: user id → [`SyncedUser`]. Any removal (invalidation, TTL expiry,
 /// capacity eviction) marks the user as no longer current.
-pub(crate) type UserCache = Cache<Arc<str>, Arc<SyncedUser>>;
+type UserCache = Cache<Arc<str>, Arc<SyncedUser>>;
 
-/// Marks `user_id` as no longer current and removes it from `cache`.
-pub(crate) async fn evict(cache: &UserCache, user_id: &str) {
-    if let Some(user) = cache.get(user_id).await {
-        user.valid.store(false, Ordering::Release);
-    }
-    cache.invalidate(user_id).await;
+/// The synced-user cache with the two counters that make evictions reach everything derived
+/// from it; cheap to clone (shared by the [`Syncer`] and the store's [`Invalidator`]).
+///
+/// `generation` moves on [`clear`](Self::clear) and makes every [`SyncedUser`] made before it
+/// stale at once. `epoch` moves on every eviction and clear: a load reads it before its store
+/// call and keeps its result out of the cache when it moved meanwhile, because moka inserts
+/// the result of a pending load unconditionally and an eviction cannot see a pending entry.
+/// The epoch is process-wide, not per user: an eviction makes every load then in flight
+/// answer its own request only, and the next request of those users loads again.
+#[derive(Clone)]
+pub(crate) struct SyncedUsers {
+    cache: UserCache,
+    generation: Arc<AtomicU64>,
+    epoch: Arc<AtomicU64>,
 }
 
-/// Makes every synced user stale at once (cheaper than visiting them) and empties `cache`.
-pub(crate) fn clear(cache: &UserCache, generation: &AtomicU64) {
-    generation.fetch_add(1, Ordering::AcqRel);
-    cache.invalidate_all();
+impl SyncedUsers {
+    fn new(capacity: u64, ttl: Duration) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(capacity)
+            .time_to_live(ttl)
+            .eviction_listener(|_id, user: Arc<SyncedUser>, _cause| {
+                user.valid.store(false, Ordering::Release);
+            })
+            .build();
+        Self {
+            cache,
+            generation: Arc::new(AtomicU64::new(0)),
+            epoch: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Marks `user_id` as no longer current and removes it; loads in flight stay uncached.
+    pub(crate) async fn evict(&self, user_id: &str) {
+        // First the epoch, so that a load finishing from now on sees it before caching.
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.remove(user_id).await;
+    }
+
+    /// Marks `user_id` as no longer current and removes it, leaving the epoch alone.
+    async fn remove(&self, user_id: &str) {
+        if let Some(user) = self.cache.get(user_id).await {
+            user.valid.store(false, Ordering::Release);
+        }
+        self.cache.invalidate(user_id).await;
+    }
+
+    /// Makes every synced user stale at once (cheaper than visiting them) and empties the
+    /// cache; loads in flight stay uncached.
+    pub(crate) fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate_all();
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
 }
 
 /// Keeps "this process has synced user X, whose tier is T" and runs the upsert on a miss.
 pub(crate) struct Syncer {
     store: Arc<dyn UserStore>,
-    cache: UserCache,
-    generation: Arc<AtomicU64>,
+    users: SyncedUsers,
     options: SyncOptions,
     counters: Arc<Counters>,
 }
@@ -119,17 +171,9 @@ impl Syncer {
         options: SyncOptions,
         counters: Arc<Counters>,
     ) -> Self {
-        let cache = Cache::builder()
-            .max_capacity(options.capacity)
-            .time_to_live(options.ttl)
-            .eviction_listener(|_id, user: Arc<SyncedUser>, _cause| {
-                user.valid.store(false, Ordering::Release);
-            })
-            .build();
         Self {
             store,
-            cache,
-            generation: Arc::new(AtomicU64::new(0)),
+            users: SyncedUsers::new(options.capacity, options.ttl),
             options,
             counters,
         }
@@ -138,7 +182,7 @@ impl Syncer {
     /// `true` while `user` is still the cached, current state of that user.
     pub(crate) fn is_current(&self, user: &SyncedUser) -> bool {
         user.valid.load(Ordering::Acquire)
-            && user.generation == self.generation.load(Ordering::Acquire)
+            && user.generation == self.users.generation.load(Ordering::Acquire)
     }
 
     /// The synced user (its tier), and whether the row is known to exist.
@@ -146,20 +190,33 @@ impl Syncer {
         &self,
         claims: &SessionClaims,
     ) -> Result<(Arc<SyncedUser>, bool), AuthError> {
-        if let Some(user) = self.cache.get(claims.sub.as_str()).await {
+        if let Some(user) = self.users.cache.get(claims.sub.as_str()).await {
             Counters::bump(&self.counters.user_cache_hits);
             tracing::trace!(user.id = %claims.sub, "synced-user cache hit");
             return Ok((user, true));
         }
         Counters::bump(&self.counters.user_cache_misses);
-        // Concurrent misses for one user wait on a single upsert; failures are not cached.
+        // Concurrent misses for one user wait on a single upsert; failures are not cached, and
+        // neither is a result that an eviction overtook (see `SyncedUsers`).
+        let epoch = self.users.epoch();
         let result = self
+            .users
             .cache
-            .try_get_with(Arc::from(claims.sub.as_str()), self.upsert(claims))
+            .try_get_with(Arc::from(claims.sub.as_str()), self.load(claims))
             .await;
         match result {
-            Ok(user) => Ok((user, true)),
+            Ok(user) => {
+                // An eviction that landed between the load's own check and moka's insert.
+                if self.users.epoch() != epoch && self.is_current(&user) {
+                    self.users.remove(&claims.sub).await;
+                }
+                Ok((user, true))
+            }
             Err(failure) => match *failure {
+                SyncFailure::Superseded(ref user) => {
+                    user.valid.store(false, Ordering::Release);
+                    Ok((user.clone(), true))
+                }
                 SyncFailure::Deleted => Err(AuthError::UserDeleted),
                 SyncFailure::Unavailable => match self.options.failure_policy {
                     FailurePolicy::Closed => Err(AuthError::SyncUnavailable),
@@ -214,8 +271,21 @@ impl Syncer {
         Arc::new(SyncedUser {
             tier,
             valid: AtomicBool::new(true),
-            generation: self.generation.load(Ordering::Acquire),
+            generation: self.users.generation.load(Ordering::Acquire),
         })
+    }
+
+    /// The load behind one cache miss: the upsert, kept out of the cache when an eviction
+    /// landed while it ran.
+    async fn load(&self, claims: &SessionClaims) -> Result<Arc<SyncedUser>, SyncFailure> {
+        let epoch = self.users.epoch();
+        let user = self.upsert(claims).await?;
+        if self.users.epoch() == epoch {
+            Ok(user)
+        } else {
+            tracing::debug!(user.id = %claims.sub, "an eviction overtook the sync; not cached");
+            Err(SyncFailure::Superseded(user))
+        }
     }
 
     async fn upsert(&self, claims: &SessionClaims) -> Result<Arc<SyncedUser>, SyncFailure> {
@@ -251,7 +321,7 @@ impl Syncer {
     }
 
     pub(crate) async fn invalidate(&self, user_id: &str) {
-        evict(&self.cache, user_id).await;
+        self.users.evict(user_id).await;
     }
 
     pub(crate) fn store(&self) -> &dyn UserStore {
@@ -264,15 +334,10 @@ impl Syncer {
 
     /// A handle on the cache for a store's invalidation listener.
     pub(crate) fn invalidator(&self, closed: tokio::sync::watch::Receiver<()>) -> Invalidator {
-        Invalidator::new(
-            self.cache.clone(),
-            self.generation.clone(),
-            self.counters.clone(),
-            closed,
-        )
+        Invalidator::new(self.users.clone(), self.counters.clone(), closed)
     }
 
     pub(crate) fn cached_users(&self) -> u64 {
-        self.cache.entry_count()
+        self.users.entry_count()
     }
 }
