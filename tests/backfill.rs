@@ -142,7 +142,7 @@ async fn newer_rows_win_and_deleted_users_stay_deleted(pool: PgPool) {
     let store = store(&pool).await;
     let fake = FakeClerkApi::start(20).await.unwrap();
 
-    // User 5 already has a snapshot newer than Clerk's list (a webhook that raced ahead).
+    // User 5 already has an email snapshot newer than Clerk's list (claims that raced ahead).
     let mut newer = UserProfile::new(FakeClerkApi::user_id(5));
     newer.email = Some("newer@example.com".into());
     newer.version_ms = Some(fake.updated_at_ms(5) + 1_000);
@@ -162,16 +162,21 @@ async fn newer_rows_win_and_deleted_users_stay_deleted(pool: PgPool) {
     let report = run(&fake, &store, 500).await;
     assert_eq!(report.fetched, 20);
     assert_eq!(report.inserted, 18);
-    assert_eq!(report.unchanged, 1, "the newer row is left alone");
+    // The newer email stays; the names that snapshot did not carry are filled (a version per
+    // field: the newer email says nothing about the names).
+    assert_eq!(report.updated, 1, "{report:?}");
+    assert_eq!(report.unchanged, 0);
     assert_eq!(report.skipped_deleted, 1);
     assert!(report.is_success());
 
-    let email: Option<String> = sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
-        .bind(FakeClerkApi::user_id(5))
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let (email, first_name): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT email, first_name FROM users WHERE id = $1")
+            .bind(FakeClerkApi::user_id(5))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(email.as_deref(), Some("newer@example.com"));
+    assert!(first_name.is_some(), "the names come from the backfill");
     let (deleted, email): (bool, Option<String>) =
         sqlx::query_as("SELECT deleted_at IS NOT NULL, email FROM users WHERE id = $1")
             .bind(FakeClerkApi::user_id(7))
@@ -242,8 +247,18 @@ async fn clerk_down_stops_the_walk_after_three_failed_pages(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn store_failures_count_the_page_and_the_run_goes_on(pool: PgPool) {
     clerk_sync::migrate(&pool).await.unwrap();
+    // A table that passes the store's column check and is gone when the pages arrive.
+    sqlx::query("CREATE TABLE doomed (LIKE users INCLUDING ALL)")
+        .execute(&pool)
+        .await
+        .unwrap();
     let missing = PgUserStore::new(pool.clone())
-        .with_table("no_such_table")
+        .with_table("doomed")
+        .await
+        .unwrap();
+    sqlx::query("DROP TABLE doomed")
+        .execute(&pool)
+        .await
         .unwrap();
     let fake = FakeClerkApi::start(150).await.unwrap();
     let report = run(&fake, &missing, 100).await;

@@ -231,6 +231,113 @@ async fn unversioned_snapshot_does_not_overwrite_a_versioned_row(db: &Db) {
     assert_eq!(row.version_ms, Some(5_000));
 }
 
+/// Two text columns of a row, in both dialects.
+async fn columns(
+    db: &Db,
+    id: &str,
+    a: &'static str,
+    b: &'static str,
+) -> (Option<String>, Option<String>) {
+    let sql = format!("SELECT {a}, {b} FROM users WHERE id = '{id}'");
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .fetch_one(pool)
+                .await
+        }
+        Db::Sqlite(pool, _) => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .fetch_one(pool)
+                .await
+        }
+    }
+    .unwrap()
+}
+
+/// The case of issue 12 §4: claims that carry only the email, at a version a little newer than
+/// a webhook that carries the names, must not make the names lose; a later backfill fills what
+/// the row still lacks.
+async fn partial_snapshots_only_shadow_the_fields_they_carry(db: &Db) {
+    let store = db.store();
+    // Token claims {email} at iat = 2,000,000 s.
+    store
+        .upsert(&profile(
+            "user_ada",
+            Some("ada@claims.example"),
+            Some(2_000_000_000),
+        ))
+        .await
+        .unwrap();
+    // A `user.updated` webhook 500 s older with the email and the names.
+    let mut webhook = profile("user_ada", Some("ada@older.example"), Some(1_999_500_000));
+    webhook.first_name = Some("Ada".into());
+    webhook.last_name = Some("Lovelace".into());
+    assert_eq!(
+        store
+            .apply_webhook("msg_partial", &UserChange::Upsert(webhook))
+            .await
+            .unwrap(),
+        WebhookOutcome::Applied
+    );
+    let row = db.row("user_ada").await.unwrap();
+    assert_eq!(row.first_name.as_deref(), Some("Ada"));
+    assert_eq!(row.last_name.as_deref(), Some("Lovelace"));
+    assert_eq!(
+        row.email.as_deref(),
+        Some("ada@claims.example"),
+        "the newer email stays"
+    );
+    assert_eq!(
+        row.version_ms,
+        Some(2_000_000_000),
+        "the newest version applied"
+    );
+
+    // A backfill snapshot between the two: fills the username the row lacks, leaves the
+    // newer email alone, and is reported as an update (then unchanged when run again).
+    let mut backfill = profile(
+        "user_ada",
+        Some("ada@backfill.example"),
+        Some(1_999_800_000),
+    );
+    backfill.first_name = Some("Ada".into());
+    backfill.last_name = Some("Lovelace".into());
+    backfill.username = Some("ada".into());
+    let counts = store.import(std::slice::from_ref(&backfill)).await.unwrap();
+    assert_eq!((counts.updated, counts.unchanged), (1, 0), "{counts:?}");
+    let counts = store.import(std::slice::from_ref(&backfill)).await.unwrap();
+    assert_eq!((counts.updated, counts.unchanged), (0, 1), "{counts:?}");
+    assert_eq!(
+        columns(db, "user_ada", "username", "email").await,
+        (Some("ada".into()), Some("ada@claims.example".into()))
+    );
+    let row = db.row("user_ada").await.unwrap();
+    assert_eq!(row.first_name.as_deref(), Some("Ada"));
+    assert_eq!(row.version_ms, Some(2_000_000_000));
+
+    // A newer snapshot of one field moves that field only.
+    let mut rename = profile("user_ada", None, Some(2_100_000_000));
+    rename.last_name = Some("King".into());
+    store.upsert(&rename).await.unwrap();
+    let row = db.row("user_ada").await.unwrap();
+    assert_eq!(
+        (
+            row.email.as_deref(),
+            row.first_name.as_deref(),
+            row.last_name.as_deref()
+        ),
+        (Some("ada@claims.example"), Some("Ada"), Some("King"))
+    );
+    // ...and an older one of that field no longer can.
+    let mut stale = profile("user_ada", None, Some(2_050_000_000));
+    stale.last_name = Some("Byron".into());
+    store.upsert(&stale).await.unwrap();
+    assert_eq!(
+        db.row("user_ada").await.unwrap().last_name.as_deref(),
+        Some("King")
+    );
+}
+
 async fn tier_is_set_on_insert_only(db: &Db) {
     let store = db.store();
     store.upsert(&UserProfile::new("user_1")).await.unwrap();
@@ -349,6 +456,7 @@ on_both_backends!(
     older_snapshot_never_overwrites_a_newer_one,
     null_never_erases_a_known_field,
     unversioned_snapshot_does_not_overwrite_a_versioned_row,
+    partial_snapshots_only_shadow_the_fields_they_carry,
     tier_is_set_on_insert_only,
     deleted_user_is_not_resurrected_or_changed,
     concurrent_upserts_leave_one_row_per_user,
@@ -372,6 +480,7 @@ mod postgres_only {
             .unwrap();
         let store = PgUserStore::new(pool.clone())
             .with_table("app.members")
+            .await
             .unwrap();
         assert_eq!(
             store.upsert(&UserProfile::new("user_1")).await.unwrap(),
@@ -392,9 +501,96 @@ mod postgres_only {
             "us\"ers",
             "app.",
         ] {
-            let error = PgUserStore::new(pool.clone()).with_table(bad).unwrap_err();
+            let error = PgUserStore::new(pool.clone())
+                .with_table(bad)
+                .await
+                .unwrap_err();
             assert_eq!(error.setting(), "table", "{bad}");
         }
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn custom_tables_are_checked_for_every_column(pool: PgPool) {
+        clerk_sync::migrate(&pool).await.unwrap();
+        let error = PgUserStore::new(pool.clone())
+            .with_table("no_such_table")
+            .await
+            .unwrap_err();
+        assert_eq!(error.setting(), "table");
+        assert!(error.to_string().contains("does not exist"), "{error}");
+
+        // A table made before the per-field versions: the error names what to add.
+        for sql in [
+            "CREATE TABLE old_users (LIKE users INCLUDING ALL)",
+            "ALTER TABLE old_users DROP COLUMN email_version, DROP COLUMN image_url_version",
+        ] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        let error = PgUserStore::new(pool.clone())
+            .with_table("old_users")
+            .await
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("email_version, image_url_version"),
+            "{message}"
+        );
+        assert!(!message.contains("first_name_version"), "{message}");
+        assert!(message.contains("ALTER TABLE"), "{message}");
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn the_field_version_migration_versions_existing_rows(pool: PgPool) {
+        // The database as the previous release left it: every migration but the newest.
+        let dir = tempfile::tempdir().unwrap();
+        let mut files: Vec<_> = std::fs::read_dir("migrations/postgres")
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        files.sort();
+        let newest = files.pop().unwrap();
+        assert!(newest.to_str().unwrap().ends_with("_field_versions.sql"));
+        for file in &files {
+            std::fs::copy(file, dir.path().join(file.file_name().unwrap())).unwrap();
+        }
+        let mut old = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+        old.dangerous_set_table_name("_clerk_sync_migrations");
+        old.run(&pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO users (id, email, first_name, clerk_updated_at) VALUES \
+             ('user_old', 'old@example.com', NULL, to_timestamp(1000)), \
+             ('user_unversioned', 'u@example.com', 'U', NULL)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+
+        clerk_sync::migrate(&pool).await.unwrap();
+        let versions: Vec<(String, Option<f64>, Option<f64>)> = sqlx::query_as(
+            "SELECT id, extract(epoch FROM email_version)::float8, \
+             extract(epoch FROM first_name_version)::float8 FROM users ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            versions,
+            [
+                ("user_old".to_owned(), Some(1000.0), None),
+                ("user_unversioned".to_owned(), None, None)
+            ]
+        );
+        // The names of the versioned row are now fillable by an older snapshot.
+        let mut names = UserProfile::new("user_old");
+        names.first_name = Some("Olga".into());
+        names.version_ms = Some(500_000);
+        PgUserStore::new(pool.clone()).upsert(&names).await.unwrap();
+        let first: Option<String> =
+            sqlx::query_scalar("SELECT first_name FROM users WHERE id = 'user_old'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(first.as_deref(), Some("Olga"));
     }
 
     #[sqlx::test(migrations = false)]

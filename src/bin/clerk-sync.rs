@@ -175,6 +175,7 @@ async fn backfill(args: BackfillArgs) -> Outcome {
         (Store::Postgres(pool), Some(table)) => Box::new(
             PgUserStore::new(pool)
                 .with_table(table)
+                .await
                 .map_err(|e| (USAGE, e.to_string()))?,
         ),
         (Store::Postgres(pool), None) => {

@@ -11,13 +11,6 @@ pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
-/// The condition under which a snapshot's fields are applied to row `u`: its version is at
-/// least the stored one (`>=`, so a redelivered snapshot is a no-op rather than skipped), or
-/// the row never had a versioned snapshot. A NULL version compares as false.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-const NEWER: &str =
-    "(u.clerk_updated_at IS NULL OR excluded.clerk_updated_at >= u.clerk_updated_at)";
-
 /// Binds a snapshot's columns in the order every statement of both stores lists them: id,
 /// email, first name, last name, username, image URL, version (ms).
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -60,51 +53,120 @@ where
     })
 }
 
-/// The profile columns a snapshot may fill (besides `id` and the version).
+/// The profile columns a snapshot may fill (besides `id` and the version). Each has a version
+/// column beside it, `<name>_version`: the version of the snapshot that last set that field.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 const PROFILE_COLUMNS: [&str; 5] = ["email", "first_name", "last_name", "username", "image_url"];
 
-/// `SET` clauses for the profile fields: a field is replaced only by a known value from a
-/// snapshot that passes [`NEWER`]. The same SQL in PostgreSQL and SQLite.
+/// Every column a user store writes or reads, for checking a custom table.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+const REQUIRED_COLUMNS: [&str; 17] = [
+    "id",
+    "email",
+    "first_name",
+    "last_name",
+    "username",
+    "image_url",
+    "tier",
+    "clerk_updated_at",
+    "created_at",
+    "updated_at",
+    "last_seen_at",
+    "deleted_at",
+    "email_version",
+    "first_name_version",
+    "last_name_version",
+    "username_version",
+    "image_url_version",
+];
+
+/// Whether the snapshot (`excluded`) sets field `name` of row `u`: it carries a value (NULL
+/// never erases), and its version is at least the field's (`>=`, so a redelivered snapshot is
+/// a no-op rather than skipped), or the field never had a versioned value. A snapshot's
+/// version only shadows the fields it carries. A NULL snapshot version compares as false.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn field_applies(name: &str) -> String {
+    format!(
+        "(excluded.{name} IS NOT NULL AND (u.{name}_version IS NULL \
+         OR excluded.clerk_updated_at >= u.{name}_version))"
+    )
+}
+
+/// `SET` clauses for the profile fields and their versions, field by field (see
+/// [`field_applies`]). The same SQL in PostgreSQL and SQLite (`SET` reads the old row).
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 fn versioned_field_updates() -> String {
     PROFILE_COLUMNS
         .iter()
         .map(|name| {
+            let applies = field_applies(name);
             format!(
-                "{name} = CASE WHEN {NEWER} THEN COALESCE(excluded.{name}, u.{name}) ELSE u.{name} END"
+                "{name} = CASE WHEN {applies} THEN excluded.{name} ELSE u.{name} END, \
+                 {name}_version = CASE WHEN {applies} THEN excluded.clerk_updated_at \
+                     ELSE u.{name}_version END"
             )
         })
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-/// `SET` clauses for an import's profile fields: a field is replaced only by a known value.
-/// Unconditional, because the import's `WHERE` ([`import_update_condition`]) already requires
-/// a snapshot that passes [`NEWER`]. The same SQL in PostgreSQL and SQLite.
+/// `true` when the snapshot sets at least one field.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-fn merged_field_updates() -> String {
+fn any_field_applies() -> String {
     PROFILE_COLUMNS
         .iter()
-        .map(|name| format!("{name} = COALESCE(excluded.{name}, u.{name})"))
+        .map(|name| field_applies(name))
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+/// The names of the version columns, in [`PROFILE_COLUMNS`] order, for an `INSERT` list.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn version_columns() -> String {
+    PROFILE_COLUMNS
+        .iter()
+        .map(|name| format!("{name}_version"))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-/// The `WHERE` of an import's `DO UPDATE`: the row is live, the snapshot passes [`NEWER`],
-/// and applying it changes something, so a re-import of the same data writes nothing and
-/// counts as unchanged. `distinct` is the dialect's null-safe "differs" operator.
+/// The values of the version columns of a new row: `version` for each field that `value`
+/// (a field name to the dialect's expression of its new value) says is known, else NULL.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn version_values(value: impl Fn(usize) -> String, version: &str) -> String {
+    (0..PROFILE_COLUMNS.len())
+        .map(|at| format!("CASE WHEN {} IS NOT NULL THEN {version} END", value(at)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The `WHERE` of an import's `DO UPDATE`: the row is live and the snapshot changes a field's
+/// value or version, so a re-import of the same data writes nothing and counts as unchanged.
+/// `distinct` is the dialect's null-safe "differs" operator.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 fn import_update_condition(distinct: &str) -> String {
     let changed = PROFILE_COLUMNS
         .iter()
-        .map(|name| format!("COALESCE(excluded.{name}, u.{name}) {distinct} u.{name}"))
-        .chain(std::iter::once(format!(
-            "excluded.clerk_updated_at {distinct} u.clerk_updated_at"
-        )))
+        .map(|name| {
+            format!(
+                "({applies} AND (excluded.{name} {distinct} u.{name} \
+                 OR excluded.clerk_updated_at {distinct} u.{name}_version))",
+                applies = field_applies(name)
+            )
+        })
         .collect::<Vec<_>>()
         .join(" OR ");
-    format!("u.deleted_at IS NULL AND {NEWER} AND ({changed})")
+    format!("u.deleted_at IS NULL AND ({changed})")
+}
+
+/// `SET` clauses of a delete: the personal fields and their versions cleared.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn cleared_fields() -> String {
+    PROFILE_COLUMNS
+        .iter()
+        .map(|name| format!("{name} = NULL, {name}_version = NULL"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One snapshot per user id, the newest where a batch repeats one (a row cannot be updated
@@ -139,8 +201,10 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 ///
 /// Implementations must make [`upsert`](Self::upsert) one idempotent, atomic operation with
 /// these rules: insert the user with the default tier if absent; otherwise apply the snapshot
-/// only if its version is not older than the stored one, never replacing a known field with
-/// `None`; never touch `tier`; and never revive a deleted user (answer
+/// field by field, each field only if the snapshot carries it and its version is not older
+/// than that field's stored version (a snapshot that carries only the email says nothing
+/// about the names), never replacing a known field with `None`; keep `clerk_updated_at` as
+/// the newest version applied; never touch `tier`; and never revive a deleted user (answer
 /// [`UpsertOutcome::Deleted`] instead). Wrap a store to add behaviour (metrics, counting).
 pub trait UserStore: Send + Sync + 'static {
     /// Inserts or updates the user and returns its tier.

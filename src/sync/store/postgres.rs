@@ -87,8 +87,10 @@ impl PgUserStore {
 
     /// Writes to another table with the same columns (see the README's data model), for apps
     /// that already have a users table. The name may be schema-qualified (`app.users`); it must
-    /// be plain identifiers.
-    pub fn with_table(self, table: &str) -> Result<Self, ConfigError> {
+    /// be plain identifiers. The table's columns are checked now: a missing one (say the
+    /// per-field version columns of an older table; the README has the `ALTER TABLE`) is a
+    /// [`ConfigError`] that names them all.
+    pub async fn with_table(self, table: &str) -> Result<Self, ConfigError> {
         let valid_part = |part: &str| {
             let mut chars = part.chars();
             chars
@@ -104,6 +106,46 @@ impl PgUserStore {
                 format!("`{table}` is not a plain (optionally schema-qualified) table name"),
             ));
         }
+        let (schema, name) = match parts.as_slice() {
+            [schema, name] => (Some(*schema), *name),
+            _ => (None, table),
+        };
+        let columns: Vec<String> = sqlx::query_scalar(
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_schema = COALESCE($1, current_schema()) AND table_name = $2",
+        )
+        .persistent(false)
+        .bind(schema)
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|error| {
+            ConfigError::new(
+                "table",
+                format!("could not read the columns of `{table}`: {error}"),
+            )
+        })?;
+        if columns.is_empty() {
+            return Err(ConfigError::new(
+                "table",
+                format!("`{table}` does not exist (or has no columns visible to this role)"),
+            ));
+        }
+        let missing: Vec<&str> = super::REQUIRED_COLUMNS
+            .iter()
+            .copied()
+            .filter(|needed| !columns.iter().any(|column| column == needed))
+            .collect();
+        if !missing.is_empty() {
+            return Err(ConfigError::new(
+                "table",
+                format!(
+                    "`{table}` lacks the column(s) {}; see the README's data model for the \
+                     ALTER TABLE statements",
+                    missing.join(", ")
+                ),
+            ));
+        }
         let quoted = parts
             .iter()
             .map(|part| format!("\"{part}\""))
@@ -114,17 +156,20 @@ impl PgUserStore {
 
     fn build(pool: PgPool, table: &str) -> Self {
         let fields = super::versioned_field_updates();
-        let newer = super::NEWER;
+        let any_applies = super::any_field_applies();
+        let version_columns = super::version_columns();
+        let version = "to_timestamp($7::bigint / 1000.0)";
+        let version_values = super::version_values(|at| format!("${}::text", at + 2), version);
         // `$8` says whether this is a visit (the layer) or not (a webhook).
         let upsert_sql = format!(
             "INSERT INTO {table} AS u \
-                 (id, email, first_name, last_name, username, image_url, clerk_updated_at, last_seen_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7::bigint / 1000.0), \
+                 (id, email, first_name, last_name, username, image_url, clerk_updated_at, \
+                  {version_columns}, last_seen_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, {version}, {version_values}, \
                      CASE WHEN $8::boolean THEN now() END) \
              ON CONFLICT (id) DO UPDATE SET \
                  {fields}, \
-                 updated_at = CASE WHEN {newer} AND excluded.clerk_updated_at IS NOT NULL \
-                     THEN now() ELSE u.updated_at END, \
+                 updated_at = CASE WHEN {any_applies} THEN now() ELSE u.updated_at END, \
                  clerk_updated_at = GREATEST(u.clerk_updated_at, excluded.clerk_updated_at), \
                  last_seen_at = CASE WHEN $8::boolean THEN now() ELSE u.last_seen_at END \
              WHERE u.deleted_at IS NULL \
@@ -132,20 +177,22 @@ impl PgUserStore {
         );
         // A delete of an unknown user leaves a tombstone, so a late `user.created` cannot
         // create it; an existing row keeps its id and tier and loses its personal fields.
+        let cleared = super::cleared_fields();
         let delete_sql = format!(
             "INSERT INTO {table} AS u (id, clerk_updated_at, deleted_at) \
              VALUES ($1, to_timestamp($2::bigint / 1000.0), now()) \
              ON CONFLICT (id) DO UPDATE SET \
-                 email = NULL, first_name = NULL, last_name = NULL, username = NULL, \
-                 image_url = NULL, updated_at = now(), \
+                 {cleared}, updated_at = now(), \
                  deleted_at = COALESCE(u.deleted_at, now()), \
                  clerk_updated_at = GREATEST(u.clerk_updated_at, excluded.clerk_updated_at)"
         );
         // A page in one statement: the arrays become rows, the conflict update only fires
         // when the snapshot changes the row, and the deleted rows among the ids are counted
         // from the statement's snapshot (a live row is never deleted by this statement).
-        let merged = super::merged_field_updates();
         let changes = super::import_update_condition("IS DISTINCT FROM");
+        let import_version = "to_timestamp(version_ms / 1000.0)";
+        let import_version_values =
+            super::version_values(|at| super::PROFILE_COLUMNS[at].to_owned(), import_version);
         let import_sql = format!(
             "WITH input AS ( \
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
@@ -153,12 +200,13 @@ impl PgUserStore {
                      AS t(id, email, first_name, last_name, username, image_url, version_ms) \
              ), written AS ( \
                  INSERT INTO {table} AS u \
-                     (id, email, first_name, last_name, username, image_url, clerk_updated_at) \
+                     (id, email, first_name, last_name, username, image_url, clerk_updated_at, \
+                      {version_columns}) \
                  SELECT id, email, first_name, last_name, username, image_url, \
-                        to_timestamp(version_ms / 1000.0) \
+                        {import_version}, {import_version_values} \
                  FROM input \
                  ON CONFLICT (id) DO UPDATE SET \
-                     {merged}, \
+                     {fields}, \
                      clerk_updated_at = GREATEST(u.clerk_updated_at, excluded.clerk_updated_at), \
                      updated_at = now() \
                  WHERE {changes} \

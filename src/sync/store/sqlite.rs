@@ -73,41 +73,42 @@ impl SqliteUserStore {
     /// A store on an existing pool; run [`migrate_sqlite`] on it first.
     pub fn new(pool: SqlitePool) -> Self {
         let fields = super::versioned_field_updates();
-        let newer = super::NEWER;
+        let any_applies = super::any_field_applies();
+        let version_columns = super::version_columns();
+        let version_values = super::version_values(|at| format!("?{}", at + 2), "?7");
         // ?8: is this a visit (the layer) or not (a webhook); ?9: now, in milliseconds.
         let upsert_sql = format!(
             "INSERT INTO users AS u \
                  (id, email, first_name, last_name, username, image_url, clerk_updated_at, \
-                  last_seen_at, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, CASE WHEN ?8 THEN ?9 END, ?9, ?9) \
+                  {version_columns}, last_seen_at, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, {version_values}, \
+                     CASE WHEN ?8 THEN ?9 END, ?9, ?9) \
              ON CONFLICT (id) DO UPDATE SET \
                  {fields}, \
-                 updated_at = CASE WHEN {newer} AND excluded.clerk_updated_at IS NOT NULL \
-                     THEN ?9 ELSE u.updated_at END, \
+                 updated_at = CASE WHEN {any_applies} THEN ?9 ELSE u.updated_at END, \
                  clerk_updated_at = {GREATEST_VERSION}, \
                  last_seen_at = CASE WHEN ?8 THEN ?9 ELSE u.last_seen_at END \
              WHERE u.deleted_at IS NULL \
              RETURNING tier, created_at = ?9 AND updated_at = ?9 AS inserted"
         );
+        let cleared = super::cleared_fields();
         let delete_sql = format!(
             "INSERT INTO users AS u (id, clerk_updated_at, deleted_at, created_at, updated_at) \
              VALUES (?1, ?2, ?3, ?3, ?3) \
              ON CONFLICT (id) DO UPDATE SET \
-                 email = NULL, first_name = NULL, last_name = NULL, username = NULL, \
-                 image_url = NULL, updated_at = ?3, \
+                 {cleared}, updated_at = ?3, \
                  deleted_at = COALESCE(u.deleted_at, ?3), \
                  clerk_updated_at = {GREATEST_VERSION}"
         );
-        let merged = super::merged_field_updates();
         let changes = super::import_update_condition("IS NOT");
         // ?8: now, in milliseconds. A row comes back only when it was inserted or changed.
         let import_sql = format!(
             "INSERT INTO users AS u \
                  (id, email, first_name, last_name, username, image_url, clerk_updated_at, \
-                  created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) \
+                  {version_columns}, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, {version_values}, ?8, ?8) \
              ON CONFLICT (id) DO UPDATE SET \
-                 {merged}, \
+                 {fields}, \
                  clerk_updated_at = {GREATEST_VERSION}, \
                  updated_at = ?8 \
              WHERE {changes} \
