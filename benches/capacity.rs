@@ -55,6 +55,7 @@ impl UserStore for Instant_ {
             Ok(UpsertOutcome::Active {
                 tier: "free".to_owned(),
                 inserted: true,
+                has_email: true,
             })
         })
     }

@@ -276,6 +276,23 @@ impl ClerkApi {
         Ok(user.into_profile())
     }
 
+    /// `GET /v1/jwks`: the `kid`s of the instance's signing keys, which tell whether a token
+    /// was minted by the instance this secret key belongs to.
+    pub(crate) async fn jwks_kids(&self) -> Result<Vec<String>, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Jwks {
+            keys: Vec<Jwk>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Jwk {
+            kid: Option<String>,
+        }
+        let body = self.get(&format!("{}/v1/jwks", self.base), &[]).await?;
+        let jwks: Jwks = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::InvalidResponse(format!("JWKS: {e}")))?;
+        Ok(jwks.keys.into_iter().filter_map(|key| key.kid).collect())
+    }
+
     /// `GET /v1/users?limit=…&starting_after=…`: one page in Clerk's default order (newest
     /// first), after the user `starting_after` when given. `limit` is clamped to 1–500. The
     /// list has ended when a page holds fewer than `limit` users.

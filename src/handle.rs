@@ -15,6 +15,7 @@ use crate::extract::ClerkUser;
 use crate::layer::{ClerkSyncLayer, Mode};
 use crate::sessions::{Lookup, SessionCache};
 use crate::stats::{Counters, Stats};
+use crate::sync::budget::Budget;
 use crate::sync::cache::{SyncOptions, Syncer};
 use crate::sync::{
     FailurePolicy, ProfileClaims, ProfileSource, StoreError, UserChange, UserStore, WebhookOutcome,
@@ -256,7 +257,7 @@ impl ClerkSync {
             if !signed_in(&claims)? {
                 return Ok(None);
             }
-            let (user, synced) = inner.syncer.ensure(&claims).await?;
+            let (user, synced) = inner.syncer.ensure(&claims, token).await?;
             return Ok(Some(ClerkUser::new(claims, user.tier.clone(), synced)));
         };
         let now = unix_now();
@@ -276,7 +277,7 @@ impl ClerkSync {
         if !signed_in(&claims)? {
             return Ok(None);
         }
-        let (user, synced) = inner.syncer.ensure(&claims).await?;
+        let (user, synced) = inner.syncer.ensure(&claims, token).await?;
         let answer = ClerkUser::new(claims, user.tier.clone(), synced);
         if synced {
             sessions.insert(token, answer.clone(), user, now);
@@ -316,6 +317,7 @@ pub struct ClerkSyncBuilder {
     profile_claims: ProfileClaims,
     profile_source: ProfileSource,
     api: Option<ClerkApi>,
+    api_budget: (u32, u32),
     default_tier: String,
 }
 
@@ -348,6 +350,7 @@ impl ClerkSyncBuilder {
             profile_claims: ProfileClaims::default(),
             profile_source: ProfileSource::default(),
             api: None,
+            api_budget: (20, 40),
             default_tier: "free".to_owned(),
         }
     }
@@ -423,7 +426,8 @@ impl ClerkSyncBuilder {
         self
     }
 
-    /// Deadline of one upsert, on top of the pool's own acquire timeout. Default: 5 s.
+    /// Deadline of one sync: the upsert, and when the Backend API fills the profile, the call
+    /// and the write of its answer (on top of the pool's own acquire timeout). Default: 5 s.
     pub fn sync_timeout(mut self, timeout: Duration) -> Self {
         self.sync_timeout = timeout;
         self
@@ -456,14 +460,34 @@ impl ClerkSyncBuilder {
     }
 
     /// Where a newly seen user's profile comes from. Default:
-    /// [`ProfileSource::ClaimsThenApi`]: the Backend API is asked (once per sync miss) when
-    /// the token carries no email and `CLERK_SECRET_KEY` is set.
+    /// [`ProfileSource::ClaimsThenApi`]: the upsert writes what the token's claims carry, and
+    /// when the row then has no email and `CLERK_SECRET_KEY` is set, the Backend API is asked.
     ///
-    /// The API call shares [`sync_timeout`](Self::sync_timeout) with the upsert and is retried
-    /// once after 100 ms on a `5xx` or connection error (a `429` waits at most 1 s); when it
-    /// still fails, the [`FailurePolicy`] decides, as for a database failure.
+    /// The upsert always runs first, so a user whose row already has an email never costs an
+    /// API call. The call (retried once after 100 ms on a `5xx` or connection error; a `429`
+    /// waits at most 1 s) and the write of its answer share [`sync_timeout`](Self::sync_timeout)
+    /// with the upsert, so a fast answer is visible to the first handler. When it fails, times
+    /// out or the [budget](Self::enrichment_budget) is spent, the request goes on with the row
+    /// as the upsert wrote it, and the next user-cache miss tries again. A 404 from the token's
+    /// own instance answers 403 `user_deleted` until the token expires (the row stays; the
+    /// `user.deleted` webhook or a reconcile writes the tombstone).
     pub fn profile_source(mut self, source: ProfileSource) -> Self {
         self.profile_source = source;
+        self
+    }
+
+    /// Bounds the Backend API calls of profile enrichment in this process: a token bucket of
+    /// `burst` calls refilled at `per_second`. Default: 20 calls/s, burst 40.
+    ///
+    /// Clerk allows 1000 Backend API requests per 10 s per production instance (100 per 10 s
+    /// for development instances), shared by everything that uses the secret key. N
+    /// processes at the default spend at most N × 20 calls/s after their bursts: 5 processes
+    /// use the whole production limit, so with more processes (or a backfill running) set
+    /// `per_second` to about `100 / N` minus a margin, e.g. `enrichment_budget(8, 16)` for 10
+    /// processes; for a development instance `enrichment_budget(2, 5)`. A cache clear (a
+    /// listener reconnect) then costs at most the burst at once, not one call per user.
+    pub fn enrichment_budget(mut self, per_second: u32, burst: u32) -> Self {
+        self.api_budget = (per_second, burst);
         self
     }
 
@@ -554,6 +578,7 @@ impl ClerkSyncBuilder {
                 profile_claims: self.profile_claims,
                 profile_source: self.profile_source,
                 api,
+                api_budget: Budget::new(self.api_budget.0, self.api_budget.1),
                 default_tier: self.default_tier.into(),
             },
             counters.clone(),

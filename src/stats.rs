@@ -15,6 +15,7 @@ pub(crate) struct Counters {
     pub(crate) upserts_failed: AtomicU64,
     pub(crate) api_fetches: AtomicU64,
     pub(crate) api_failures: AtomicU64,
+    pub(crate) api_budget_skips: AtomicU64,
     pub(crate) jwks_fetches: AtomicU64,
     pub(crate) jwks_fetch_failures: AtomicU64,
     pub(crate) webhooks_applied: AtomicU64,
@@ -46,6 +47,7 @@ impl Counters {
             upserts_failed: load(&self.upserts_failed),
             api_fetches: load(&self.api_fetches),
             api_failures: load(&self.api_failures),
+            api_budget_skips: load(&self.api_budget_skips),
             jwks_fetches: load(&self.jwks_fetches),
             jwks_fetch_failures: load(&self.jwks_fetch_failures),
             webhooks_applied: load(&self.webhooks_applied),
@@ -77,8 +79,11 @@ pub struct Stats {
     pub upserts_failed: u64,
     /// Backend API `GET /v1/users/{id}` calls made to enrich a profile.
     pub api_fetches: u64,
-    /// Those calls that failed (after their retries) or timed out.
+    /// Those calls that failed (after their retries) or timed out, and 404s that were not
+    /// trusted (a secret key of another instance).
     pub api_failures: u64,
+    /// Enrichment calls not made because the per-process Backend API budget was spent.
+    pub api_budget_skips: u64,
     /// JWKS fetch attempts.
     pub jwks_fetches: u64,
     /// JWKS fetch attempts that failed.

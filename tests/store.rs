@@ -138,22 +138,35 @@ fn profile(id: &str, email: Option<&str>, version_ms: Option<i64>) -> UserProfil
     profile
 }
 
-fn active(tier: &str, inserted: bool) -> UpsertOutcome {
+fn active(tier: &str, inserted: bool, has_email: bool) -> UpsertOutcome {
     UpsertOutcome::Active {
         tier: tier.into(),
         inserted,
+        has_email,
     }
 }
 
 async fn insert_then_update_is_idempotent(db: &Db) {
     let store = db.store();
     let snapshot = profile("user_1", Some("a@example.com"), Some(1_000));
-    assert_eq!(store.upsert(&snapshot).await.unwrap(), active("free", true));
     assert_eq!(
         store.upsert(&snapshot).await.unwrap(),
-        active("free", false)
+        active("free", true, true)
     );
-    assert_eq!(db.users().await, 1);
+    assert_eq!(
+        store.upsert(&snapshot).await.unwrap(),
+        active("free", false, true)
+    );
+    // A snapshot without the email still reports the row's.
+    assert_eq!(
+        store.upsert(&UserProfile::new("user_1")).await.unwrap(),
+        active("free", false, true)
+    );
+    assert_eq!(
+        store.upsert(&UserProfile::new("user_2")).await.unwrap(),
+        active("free", true, false)
+    );
+    assert_eq!(db.users().await, 2);
     let row = db.row("user_1").await.unwrap();
     assert_eq!(row.email.as_deref(), Some("a@example.com"));
     assert_eq!(row.version_ms, Some(1_000));
@@ -346,7 +359,7 @@ async fn tier_is_set_on_insert_only(db: &Db) {
         .upsert(&profile("user_1", Some("a@example.com"), Some(9_000)))
         .await
         .unwrap();
-    assert_eq!(outcome, active("pro", false));
+    assert_eq!(outcome, active("pro", false, true));
     assert_eq!(db.row("user_1").await.unwrap().tier, "pro");
 }
 
@@ -484,7 +497,7 @@ mod postgres_only {
             .unwrap();
         assert_eq!(
             store.upsert(&UserProfile::new("user_1")).await.unwrap(),
-            active("free", true)
+            active("free", true, false)
         );
         let counts: (i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM app.members), (SELECT count(*) FROM users)",

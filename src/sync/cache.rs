@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use moka::future::Cache;
 use tracing::Instrument as _;
 
+use super::budget::Budget;
 use super::profile::{ProfileClaims, UserProfile};
 use super::store::{UpsertOutcome, UserStore};
-use crate::clerk_api::ClerkApi;
+use crate::clerk_api::{ApiError, ClerkApi};
 use crate::error::AuthError;
 use crate::invalidate::Invalidator;
 use crate::stats::Counters;
@@ -32,18 +33,21 @@ pub enum FailurePolicy {
 ///
 /// Clerk's session tokens carry no email or name unless the instance adds them as custom
 /// claims, so a row synced from claims alone often holds just the id. With a secret key, the
-/// Backend API fills the gap: one `GET /v1/users/{id}` per sync miss (not per request), and
-/// the snapshot is versioned by Clerk's `updated_at`.
+/// Backend API fills the gap: after the upsert, a row that has no email costs one
+/// `GET /v1/users/{id}` (at most once per user-cache lifetime, under a per-process budget),
+/// and the snapshot is versioned by Clerk's `updated_at`. A row that has the email never costs
+/// a call, and a failed call never fails the request: the row the upsert wrote stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum ProfileSource {
     /// Token claims only; the Backend API is never called.
     Claims,
-    /// Token claims, and the Backend API when they carry no email and a secret key is
+    /// Token claims, and the Backend API when the row still has no email and a secret key is
     /// configured (the default).
     #[default]
     ClaimsThenApi,
-    /// The Backend API on every sync miss (needs a secret key); claims are ignored.
+    /// The Backend API only (needs a secret key); profile claims are ignored, the upsert
+    /// writes the id alone and the API fills a row that has no email.
     Api,
 }
 
@@ -56,12 +60,19 @@ pub(crate) struct SyncOptions {
     pub(crate) profile_source: ProfileSource,
     /// Present when a secret key is configured and the source may use it.
     pub(crate) api: Option<ClerkApi>,
+    /// Bounds the Backend API calls of profile enrichment in this process.
+    pub(crate) api_budget: Budget,
     pub(crate) default_tier: Arc<str>,
 }
 
 #[derive(Debug, Clone)]
 enum SyncFailure {
     Deleted,
+    /// Clerk's Backend API (of the token's own instance) does not know the user: 403 until
+    /// the token's `exp` (Unix seconds).
+    DeletedInClerk {
+        until: i64,
+    },
     Unavailable,
     /// The upsert succeeded but an eviction landed while it ran: the result answers the
     /// requests that waited for it and is not cached.
@@ -163,6 +174,28 @@ pub(crate) struct Syncer {
     users: SyncedUsers,
     options: SyncOptions,
     counters: Arc<Counters>,
+    /// Users the Backend API answered 404 for: user id → the token's `exp`, until which the
+    /// verdict stands (so a client's retries cost no more calls).
+    gone: moka::sync::Cache<Arc<str>, i64>,
+    /// The `kid`s of the Backend API's own instance, and when they were read.
+    backend_kids: tokio::sync::Mutex<Option<(Instant, Arc<[String]>)>>,
+    /// The "secret key of another instance" error is logged once.
+    misconfiguration_logged: AtomicBool,
+}
+
+/// How long the Backend API's `kid`s are trusted before they are read again.
+const BACKEND_KIDS_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// Keeps a 404 verdict until the token's `exp`.
+struct UntilTokenExpiry;
+
+impl moka::Expiry<Arc<str>, i64> for UntilTokenExpiry {
+    fn expire_after_create(&self, _id: &Arc<str>, until: &i64, _now: Instant) -> Option<Duration> {
+        let left = until
+            .saturating_sub(crate::token::verify::unix_now())
+            .max(0);
+        Some(Duration::from_secs(left.unsigned_abs()))
+    }
 }
 
 impl Syncer {
@@ -174,8 +207,14 @@ impl Syncer {
         Self {
             store,
             users: SyncedUsers::new(options.capacity, options.ttl),
+            gone: moka::sync::Cache::builder()
+                .max_capacity(options.capacity)
+                .expire_after(UntilTokenExpiry)
+                .build(),
             options,
             counters,
+            backend_kids: tokio::sync::Mutex::new(None),
+            misconfiguration_logged: AtomicBool::new(false),
         }
     }
 
@@ -185,10 +224,12 @@ impl Syncer {
             && user.generation == self.users.generation.load(Ordering::Acquire)
     }
 
-    /// The synced user (its tier), and whether the row is known to exist.
+    /// The synced user (its tier), and whether the row is known to exist. `token` is the
+    /// verified token itself, read only to judge a 404 of the Backend API.
     pub(crate) async fn ensure(
         &self,
         claims: &SessionClaims,
+        token: &str,
     ) -> Result<(Arc<SyncedUser>, bool), AuthError> {
         if let Some(user) = self.users.cache.get(claims.sub.as_str()).await {
             Counters::bump(&self.counters.user_cache_hits);
@@ -196,13 +237,16 @@ impl Syncer {
             return Ok((user, true));
         }
         Counters::bump(&self.counters.user_cache_misses);
+        if self.gone.get(claims.sub.as_str()).is_some() {
+            return Err(AuthError::UserDeleted);
+        }
         // Concurrent misses for one user wait on a single upsert; failures are not cached, and
         // neither is a result that an eviction overtook (see `SyncedUsers`).
         let epoch = self.users.epoch();
         let result = self
             .users
             .cache
-            .try_get_with(Arc::from(claims.sub.as_str()), self.load(claims))
+            .try_get_with(Arc::from(claims.sub.as_str()), self.load(claims, token))
             .await;
         match result {
             Ok(user) => {
@@ -218,6 +262,10 @@ impl Syncer {
                     Ok((user.clone(), true))
                 }
                 SyncFailure::Deleted => Err(AuthError::UserDeleted),
+                SyncFailure::DeletedInClerk { until } => {
+                    self.gone.insert(Arc::from(claims.sub.as_str()), until);
+                    Err(AuthError::UserDeleted)
+                }
                 SyncFailure::Unavailable => match self.options.failure_policy {
                     FailurePolicy::Closed => Err(AuthError::SyncUnavailable),
                     FailurePolicy::Open => {
@@ -228,43 +276,107 @@ impl Syncer {
         }
     }
 
-    /// The snapshot to write: from the claims, or from the Backend API as
-    /// [`ProfileSource`] says. An API failure is a sync failure (the failure policy decides).
-    async fn profile(&self, claims: &SessionClaims) -> Result<UserProfile, SyncFailure> {
-        let from_claims = UserProfile::from_claims(claims, &self.options.profile_claims);
-        let wants_api = match self.options.profile_source {
-            ProfileSource::Claims => false,
-            ProfileSource::ClaimsThenApi => from_claims.email.is_none(),
-            ProfileSource::Api => true,
-        };
-        let Some(api) = self.options.api.as_ref().filter(|_| wants_api) else {
-            return Ok(from_claims);
-        };
+    /// After an upsert that left the row without an email: one Backend API call for the
+    /// profile, then a second write with it, both before `deadline`. Anything that fails here
+    /// leaves the row as the upsert wrote it and the request goes on, except a 404 from the
+    /// token's own instance, which is the user's deletion in Clerk.
+    async fn enrich(
+        &self,
+        api: &ClerkApi,
+        claims: &SessionClaims,
+        token: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), SyncFailure> {
+        let user_id = claims.sub.as_str();
+        if !self.options.api_budget.try_take() {
+            Counters::bump(&self.counters.api_budget_skips);
+            tracing::debug!(user.id = %user_id, "profile enrichment skipped: the Backend API budget is spent");
+            return Ok(());
+        }
         Counters::bump(&self.counters.api_fetches);
         let started = Instant::now();
-        let fetched = tokio::time::timeout(self.options.timeout, api.get_user(&claims.sub)).await;
+        let fetched = tokio::time::timeout_at(deadline, api.get_user(user_id)).await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        match fetched {
-            Ok(Ok(profile)) if profile.id == claims.sub => {
-                tracing::debug!(user.id = %claims.sub, elapsed_ms, "profile read from the Backend API");
-                Ok(profile)
-            }
+        let profile = match fetched {
+            Ok(Ok(profile)) if profile.id == user_id => profile,
             Ok(Ok(profile)) => {
                 Counters::bump(&self.counters.api_failures);
-                tracing::error!(user.id = %claims.sub, returned = %profile.id, "Backend API returned another user");
-                Err(SyncFailure::Unavailable)
+                tracing::error!(user.id = %user_id, returned = %profile.id, "Backend API returned another user");
+                return Ok(());
+            }
+            Ok(Err(ApiError::Rejected { status, .. })) if status == http::StatusCode::NOT_FOUND => {
+                return if self.same_instance(api, token).await {
+                    tracing::info!(user.id = %user_id, "Clerk does not know this user: refused until the token expires");
+                    Err(SyncFailure::DeletedInClerk { until: claims.exp })
+                } else {
+                    Counters::bump(&self.counters.api_failures);
+                    Ok(())
+                };
             }
             Ok(Err(error)) => {
                 Counters::bump(&self.counters.api_failures);
-                tracing::error!(user.id = %claims.sub, %error, elapsed_ms, "Backend API profile fetch failed");
-                Err(SyncFailure::Unavailable)
+                tracing::warn!(user.id = %user_id, %error, elapsed_ms, "Backend API profile fetch failed; the row stays as synced");
+                return Ok(());
             }
             Err(_) => {
                 Counters::bump(&self.counters.api_failures);
-                tracing::error!(user.id = %claims.sub, elapsed_ms, "Backend API profile fetch timed out");
-                Err(SyncFailure::Unavailable)
+                tracing::warn!(user.id = %user_id, elapsed_ms, "Backend API profile fetch ran out of sync_timeout; the row stays as synced");
+                return Ok(());
+            }
+        };
+        tracing::debug!(user.id = %user_id, elapsed_ms, "profile read from the Backend API");
+        match tokio::time::timeout_at(deadline, self.store.upsert(&profile)).await {
+            Ok(Ok(_)) => Counters::bump(&self.counters.upserts_ok),
+            Ok(Err(error)) => {
+                Counters::bump(&self.counters.upserts_failed);
+                tracing::warn!(user.id = %user_id, %error, "writing the Backend API profile failed");
+            }
+            Err(_) => {
+                Counters::bump(&self.counters.upserts_failed);
+                tracing::warn!(user.id = %user_id, "writing the Backend API profile timed out");
             }
         }
+        Ok(())
+    }
+
+    /// Whether `token` was minted by the instance the Backend API's secret key belongs to:
+    /// its `kid` is among `GET /v1/jwks`'s (read at most once a minute while they match). A
+    /// secret key of another instance would make every user look deleted, so then a 404 is
+    /// not trusted, and the misconfiguration is logged once.
+    async fn same_instance(&self, api: &ClerkApi, token: &str) -> bool {
+        let Some(kid) = crate::token::verify::header_kid(token) else {
+            return false;
+        };
+        let mut cached = self.backend_kids.lock().await;
+        let fresh = cached
+            .as_ref()
+            .filter(|(read, kids)| read.elapsed() < BACKEND_KIDS_MAX_AGE && kids.contains(&kid))
+            .map(|(_, kids)| kids.clone());
+        let kids = match fresh {
+            Some(kids) => kids,
+            None => match api.jwks_kids().await {
+                Ok(kids) => {
+                    let kids: Arc<[String]> = kids.into();
+                    *cached = Some((Instant::now(), kids.clone()));
+                    kids
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not read the Backend API's JWKS to judge a 404");
+                    return false;
+                }
+            },
+        };
+        drop(cached);
+        let same = kids.contains(&kid);
+        if !same && !self.misconfiguration_logged.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                token.kid = %kid,
+                "CLERK_SECRET_KEY belongs to another Clerk instance than the session tokens \
+                 (their kid is not in GET /v1/jwks): Backend API 404s are ignored and profiles \
+                 cannot be read; fix the secret key"
+            );
+        }
+        same
     }
 
     fn synced(&self, tier: Arc<str>) -> Arc<SyncedUser> {
@@ -277,9 +389,13 @@ impl Syncer {
 
     /// The load behind one cache miss: the upsert, kept out of the cache when an eviction
     /// landed while it ran.
-    async fn load(&self, claims: &SessionClaims) -> Result<Arc<SyncedUser>, SyncFailure> {
+    async fn load(
+        &self,
+        claims: &SessionClaims,
+        token: &str,
+    ) -> Result<Arc<SyncedUser>, SyncFailure> {
         let epoch = self.users.epoch();
-        let user = self.upsert(claims).await?;
+        let user = self.upsert(claims, token).await?;
         if self.users.epoch() == epoch {
             Ok(user)
         } else {
@@ -288,18 +404,39 @@ impl Syncer {
         }
     }
 
-    async fn upsert(&self, claims: &SessionClaims) -> Result<Arc<SyncedUser>, SyncFailure> {
-        let profile = self.profile(claims).await?;
+    /// The upsert, then (when the row has no email and the Backend API may be asked) the
+    /// profile from the API, all within one `sync_timeout`.
+    async fn upsert(
+        &self,
+        claims: &SessionClaims,
+        token: &str,
+    ) -> Result<Arc<SyncedUser>, SyncFailure> {
+        let deadline = tokio::time::Instant::now() + self.options.timeout;
+        let profile = match self.options.profile_source {
+            ProfileSource::Api => UserProfile::new(claims.sub.clone()),
+            ProfileSource::Claims | ProfileSource::ClaimsThenApi => {
+                UserProfile::from_claims(claims, &self.options.profile_claims)
+            }
+        };
         let span = tracing::debug_span!("clerk_sync.upsert", user.id = %claims.sub);
         let started = Instant::now();
-        let outcome = tokio::time::timeout(self.options.timeout, self.store.upsert(&profile))
+        let outcome = tokio::time::timeout_at(deadline, self.store.upsert(&profile))
             .instrument(span)
             .await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         match outcome {
-            Ok(Ok(UpsertOutcome::Active { tier, inserted })) => {
+            Ok(Ok(UpsertOutcome::Active {
+                tier,
+                inserted,
+                has_email,
+            })) => {
                 Counters::bump(&self.counters.upserts_ok);
                 tracing::debug!(user.id = %claims.sub, inserted, elapsed_ms, "synced user");
+                if let Some(api) = &self.options.api
+                    && !has_email
+                {
+                    self.enrich(api, claims, token, deadline).await?;
+                }
                 Ok(self.synced(tier.into()))
             }
             Ok(Ok(UpsertOutcome::Deleted)) => {

@@ -1,6 +1,7 @@
 //! Syncing verified users into the database: profiles, the store trait and its backends, and
 //! the synced-user cache.
 
+pub(crate) mod budget;
 pub(crate) mod cache;
 pub(crate) mod profile;
 pub(crate) mod store;

@@ -306,6 +306,11 @@ impl Verifier {
     }
 }
 
+/// The `kid` of a token's header (not verified: for tokens verified before).
+pub(crate) fn header_kid(token: &str) -> Option<String> {
+    parse_header(token).ok()?.kid
+}
+
 fn parse_header(token: &str) -> Result<RawHeader, AuthError> {
     let mut parts = token.split('.');
     let (Some(header), Some(_), Some(_), None) =

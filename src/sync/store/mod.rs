@@ -34,7 +34,7 @@ where
         .bind(profile.version_ms)
 }
 
-/// Reads the upsert's `RETURNING tier, inserted`; no row back means the conflict's
+/// Reads the upsert's `RETURNING tier, inserted, has_email`; no row back means the conflict's
 /// `WHERE deleted_at IS NULL` failed: the user is deleted.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 fn upsert_outcome<R>(row: Option<R>) -> Result<UpsertOutcome, sqlx::Error>
@@ -48,6 +48,7 @@ where
         Some(row) => UpsertOutcome::Active {
             tier: row.try_get("tier")?,
             inserted: row.try_get("inserted")?,
+            has_email: row.try_get("has_email")?,
         },
         None => UpsertOutcome::Deleted,
     })
@@ -327,6 +328,9 @@ pub enum UpsertOutcome {
         tier: String,
         /// `true` when this call created the row.
         inserted: bool,
+        /// `true` when the row (after this call) has an email: the layer then never asks the
+        /// Backend API for the profile.
+        has_email: bool,
     },
     /// The user was deleted; nothing was written.
     Deleted,

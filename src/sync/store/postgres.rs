@@ -173,7 +173,7 @@ impl PgUserStore {
                  clerk_updated_at = GREATEST(u.clerk_updated_at, excluded.clerk_updated_at), \
                  last_seen_at = CASE WHEN $8::boolean THEN now() ELSE u.last_seen_at END \
              WHERE u.deleted_at IS NULL \
-             RETURNING tier, (xmax = 0) AS inserted"
+             RETURNING tier, (xmax = 0) AS inserted, (email IS NOT NULL) AS has_email"
         );
         // A delete of an unknown user leaves a tombstone, so a late `user.created` cannot
         // create it; an existing row keeps its id and tier and loses its personal fields.

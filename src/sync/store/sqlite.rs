@@ -89,7 +89,8 @@ impl SqliteUserStore {
                  clerk_updated_at = {GREATEST_VERSION}, \
                  last_seen_at = CASE WHEN ?8 THEN ?9 ELSE u.last_seen_at END \
              WHERE u.deleted_at IS NULL \
-             RETURNING tier, created_at = ?9 AND updated_at = ?9 AS inserted"
+             RETURNING tier, created_at = ?9 AND updated_at = ?9 AS inserted, \
+                 email IS NOT NULL AS has_email"
         );
         let cleared = super::cleared_fields();
         let delete_sql = format!(
