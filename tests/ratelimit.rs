@@ -4,16 +4,22 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
-use clerk_sync::ratelimit::{AnonymousPolicy, StoreFailurePolicy};
+use clerk_sync::ratelimit::{
+    AnonymousPolicy, Decision, RateLimitKey, RateLimitStore, StoreFailurePolicy,
+};
 use clerk_sync::testing::DevIssuer;
-use clerk_sync::{ClerkSync, ClerkUser, Limit, PgRateLimitStore, RateLimitLayer, TierLimits};
-use common::{CountingStore, Reply, clerk, error_code, get_with_token, send};
+use clerk_sync::{
+    ClerkSync, ClerkUser, Limit, PgRateLimitStore, PgUserStore, RateLimitLayer, StoreFuture,
+    TierLimits,
+};
+use common::{Capture, CountingStore, Reply, clerk, error_code, get_with_token, send};
 use http::{Request, StatusCode, header};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -120,22 +126,95 @@ async fn a_new_users_first_request_is_counted_after_its_row_exists(pool: PgPool)
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(header_u64(&reply, "ratelimit-remaining"), 4);
     assert_eq!(store.calls(), 1);
-    // The limiter's row references the user's row: it could only be written after sync.
-    let (user_exists, limited): (bool, bool) = sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM users WHERE id = 'user_brand_new'), \
-                EXISTS (SELECT 1 FROM clerk_rate_limits WHERE user_id = 'user_brand_new')",
+    // The limiter's row is keyed by the namespaced user id.
+    let limited: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM clerk_rate_limits WHERE key = 'user:user_brand_new')",
     )
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert!(user_exists && limited);
-    // And the database refuses limiter state for a user that was never synced.
-    let orphan = sqlx::query(
-        "INSERT INTO clerk_rate_limits (user_id, tat, allowed) VALUES ('user_ghost', now(), true)",
-    )
-    .execute(&pool)
-    .await;
-    assert!(orphan.is_err(), "the foreign key holds");
+    assert!(limited);
+}
+
+/// A Postgres limiter store that, at every check, looks up whether the user's row already
+/// exists in `table`: the proof, with no foreign key, that the limiter runs after sync.
+#[derive(Clone)]
+struct RowCheckingStore {
+    inner: PgRateLimitStore,
+    pool: PgPool,
+    table: &'static str,
+    seen: Arc<Mutex<Vec<(String, bool)>>>,
+}
+
+impl RateLimitStore for RowCheckingStore {
+    fn check<'a>(&'a self, key: RateLimitKey<'a>, limit: Limit) -> StoreFuture<'a, Decision> {
+        Box::pin(async move {
+            if let RateLimitKey::User(id) = key {
+                let sql = format!("SELECT EXISTS (SELECT 1 FROM {} WHERE id = $1)", self.table);
+                let exists: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .unwrap();
+                self.seen.lock().unwrap().push((id.to_owned(), exists));
+            }
+            self.inner.check(key, limit).await
+        })
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_postgres_limiter_works_with_a_custom_users_table(pool: PgPool) {
+    clerk_sync::migrate(&pool).await.unwrap();
+    for sql in [
+        "CREATE SCHEMA app",
+        "CREATE TABLE app.users (LIKE public.users INCLUDING ALL)",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    let issuer = DevIssuer::start().await.unwrap();
+    let users = PgUserStore::new(pool.clone())
+        .with_table("app.users")
+        .await
+        .unwrap();
+    let clerk = clerk(&issuer, users, |b| b);
+    let store = RowCheckingStore {
+        inner: PgRateLimitStore::new(pool.clone()),
+        pool: pool.clone(),
+        table: "app.users",
+        seen: Arc::default(),
+    };
+    let limiter = RateLimitLayer::with_store(
+        limits(Limit::new(2, Duration::from_secs(60)).unwrap()),
+        store.clone(),
+    );
+    let router = limited_app(&clerk, limiter.clone());
+    let token = issuer.token("user_custom_table");
+    for remaining in [1, 0] {
+        let reply = get_with_token(&router, "/me", Some(&token)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        assert_eq!(header_u64(&reply, "ratelimit-remaining"), remaining);
+    }
+    let reply = get_with_token(&router, "/me", Some(&token)).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "limiting is on"
+    );
+    assert_eq!(error_code(&reply), "rate_limited");
+    assert_eq!(limiter.stats().store_failures, 0);
+    let seen = store.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter()
+            .all(|(id, exists)| id == "user_custom_table" && *exists),
+        "the row existed at every check: {seen:?}"
+    );
+    let in_public: i64 = sqlx::query_scalar("SELECT count(*) FROM public.users")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(in_public, 0);
 }
 
 #[sqlx::test(migrations = false)]
@@ -288,10 +367,30 @@ async fn store_failures_pass_by_default_or_answer_503(pool: PgPool) {
     let free = limits(Limit::per_minute(60).unwrap());
     let token = issuer.token("user_outage");
 
+    let capture = Capture::default();
+    let guard = tracing::subscriber::set_default(capture.subscriber());
     let lenient = RateLimitLayer::with_store(free.clone(), PgRateLimitStore::new(pool.clone()));
-    let reply = get_with_token(&limited_app(&clerk, lenient), "/me", Some(&token)).await;
-    assert_eq!(reply.status, StatusCode::OK);
-    assert!(!reply.headers.contains_key("ratelimit-limit"));
+    let router = limited_app(&clerk, lenient.clone());
+    for _ in 0..5 {
+        let reply = get_with_token(&router, "/me", Some(&token)).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(!reply.headers.contains_key("ratelimit-limit"));
+    }
+    drop(guard);
+    // Impossible to miss, without a line per request: one error line with the count, and a
+    // counter.
+    assert_eq!(lenient.stats().store_failures, 5);
+    let logs = capture.text();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("rate-limit store failing"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{logs}");
+    assert!(
+        lines[0].contains("ERROR") && lines[0].contains("UNLIMITED"),
+        "{}",
+        lines[0]
+    );
 
     let strict = RateLimitLayer::with_store(free, PgRateLimitStore::new(pool.clone()))
         .on_store_failure(StoreFailurePolicy::Deny);

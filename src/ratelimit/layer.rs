@@ -3,9 +3,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::ConnectInfo;
@@ -39,8 +40,9 @@ pub enum AnonymousPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum StoreFailurePolicy {
-    /// Let the request through without rate-limit headers and log the error (the default):
-    /// a limiter outage should not become an API outage.
+    /// Let the request through without rate-limit headers (the default): a limiter outage
+    /// should not become an API outage. Failures are counted
+    /// ([`RateLimitLayer::stats`]) and reported in one `error` line a minute with their count.
     #[default]
     Allow,
     /// Answer 503 `rate_limit_unavailable`.
@@ -83,6 +85,56 @@ struct Settings {
     store: Arc<dyn RateLimitStore>,
     anonymous: AnonymousPolicy,
     on_store_failure: StoreFailurePolicy,
+    failures: Arc<FailureReport>,
+}
+
+/// Counters of one [`RateLimitLayer`] (shared by every service it made).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RateLimitStats {
+    /// Requests whose store call failed (passed or refused by the [`StoreFailurePolicy`]).
+    pub store_failures: u64,
+}
+
+/// How often a failing store is reported: one `error` line per interval at most, with the
+/// number of failures since the last line, instead of a line per request.
+const FAILURE_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Counts store failures and logs them at most once per [`FAILURE_REPORT_INTERVAL`].
+#[derive(Debug, Default)]
+struct FailureReport {
+    total: AtomicU64,
+    unreported: AtomicU64,
+    last_report: Mutex<Option<Instant>>,
+}
+
+impl FailureReport {
+    fn record(&self, error: &dyn std::fmt::Display, policy: StoreFailurePolicy) {
+        let total = self.total.fetch_add(1, Ordering::Relaxed) + 1;
+        self.unreported.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut last = match self.last_report.lock() {
+            Ok(last) => last,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if last.is_some_and(|at| now.duration_since(at) < FAILURE_REPORT_INTERVAL) {
+            return;
+        }
+        *last = Some(now);
+        drop(last);
+        let failures = self.unreported.swap(0, Ordering::Relaxed);
+        let effect = match policy {
+            StoreFailurePolicy::Allow => "requests pass UNLIMITED",
+            StoreFailurePolicy::Deny => "requests are refused with 503",
+        };
+        tracing::error!(
+            failures,
+            total,
+            %error,
+            "rate-limit store failing ({failures} failure(s) since the last report; {effect}); \
+             reported at most once a minute"
+        );
+    }
 }
 
 impl std::fmt::Debug for RateLimitLayer {
@@ -110,7 +162,15 @@ impl RateLimitLayer {
                 store: Arc::new(store),
                 anonymous: AnonymousPolicy::default(),
                 on_store_failure: StoreFailurePolicy::default(),
+                failures: Arc::default(),
             },
+        }
+    }
+
+    /// Counters since this layer was made.
+    pub fn stats(&self) -> RateLimitStats {
+        RateLimitStats {
+            store_failures: self.settings.failures.total.load(Ordering::Relaxed),
         }
     }
 
@@ -291,7 +351,7 @@ where
             let decision = match settings.store.check(subject.key(), limit).await {
                 Ok(decision) => decision,
                 Err(error) => {
-                    tracing::error!(%error, "rate-limit store failed");
+                    settings.failures.record(&error, settings.on_store_failure);
                     return match settings.on_store_failure {
                         StoreFailurePolicy::Allow => {
                             inner.call(request).await.map(IntoResponse::into_response)

@@ -8,7 +8,9 @@ mod memory;
 mod postgres;
 mod store;
 
-pub use layer::{AnonymousPolicy, RateLimit, RateLimitLayer, ResponseFuture, StoreFailurePolicy};
+pub use layer::{
+    AnonymousPolicy, RateLimit, RateLimitLayer, RateLimitStats, ResponseFuture, StoreFailurePolicy,
+};
 pub use limits::{Limit, TierLimits};
 pub use memory::MemoryRateLimitStore;
 #[cfg(feature = "postgres")]

@@ -11,42 +11,27 @@ use crate::sync::StoreFuture;
 
 // GCRA in one statement. Every SET expression reads the old row, so `allowed` is decided and
 // `tat` moved (or not) atomically under the row lock; concurrent requests for one key
-// serialise on it. $2 is the emission interval and $3 the burst tolerance, in seconds.
-macro_rules! gcra_sql {
-    ($table:literal, $key:literal, $value:literal) => {
-        concat!(
-            "INSERT INTO ",
-            $table,
-            " AS r (",
-            $key,
-            ", tat, allowed) \
-             VALUES (",
-            $value,
-            ", now() + make_interval(secs => $2), true) \
-             ON CONFLICT (",
-            $key,
-            ") DO UPDATE SET \
-                 allowed = GREATEST(r.tat, now()) - now() <= make_interval(secs => $3), \
-                 tat = CASE WHEN GREATEST(r.tat, now()) - now() <= make_interval(secs => $3) \
-                            THEN GREATEST(r.tat, now()) + make_interval(secs => $2) \
-                            ELSE r.tat END \
-             RETURNING allowed, extract(epoch FROM tat - now())::float8 AS ahead"
-        )
-    };
-}
+// serialise on it. $1 is the namespaced key, $2 the emission interval and $3 the burst
+// tolerance, in seconds.
+const GCRA_SQL: &str = "INSERT INTO clerk_rate_limits AS r (key, tat, allowed) \
+     VALUES ($1, now() + make_interval(secs => $2), true) \
+     ON CONFLICT (key) DO UPDATE SET \
+         allowed = GREATEST(r.tat, now()) - now() <= make_interval(secs => $3), \
+         tat = CASE WHEN GREATEST(r.tat, now()) - now() <= make_interval(secs => $3) \
+                    THEN GREATEST(r.tat, now()) + make_interval(secs => $2) \
+                    ELSE r.tat END \
+     RETURNING allowed, extract(epoch FROM tat - now())::float8 AS ahead";
 
-const USER_SQL: &str = gcra_sql!("clerk_rate_limits", "user_id", "$1");
-const IP_SQL: &str = gcra_sql!("clerk_rate_limits_ip", "ip", "$1::inet");
-
-/// Rate-limit state in PostgreSQL (tables `clerk_rate_limits` and `clerk_rate_limits_ip`,
-/// created by [`crate::migrate`]), so every process shares one limit per user.
+/// Rate-limit state in PostgreSQL (table `clerk_rate_limits`, created by [`crate::migrate`]),
+/// so every process shares one limit per key.
 ///
 /// Each request is one atomic statement (GCRA, the same arithmetic as
 /// [`crate::MemoryRateLimitStore`]), so concurrent requests from many processes never admit
-/// more than the limit. `clerk_rate_limits.user_id` references `users(id)`: a limited request
-/// for a user without a row fails, which makes "the limiter runs after sync" a database
-/// guarantee. Expired rows are deleted every 10 minutes by a background task that ends with
-/// the last clone of the store.
+/// more than the limit. Rows are keyed by [`RateLimitKey::storage_key`] (`user:<id>`,
+/// `ip:<network>`), with no foreign key to the users table, so the store works with any
+/// table given to [`crate::PgUserStore::with_table`]. Expired rows are deleted every 10 minutes
+/// (through an index on `tat`) by a background task that ends with the last clone of the
+/// store.
 #[derive(Clone)]
 pub struct PgRateLimitStore {
     inner: Arc<PgPool>,
@@ -75,13 +60,12 @@ async fn cleanup(pool: Weak<PgPool>) {
     loop {
         tokio::time::sleep(CLEANUP_EVERY).await;
         let Some(pool) = pool.upgrade() else { return };
-        for sql in [
-            "DELETE FROM clerk_rate_limits WHERE tat < now()",
-            "DELETE FROM clerk_rate_limits_ip WHERE tat < now()",
-        ] {
-            if let Err(error) = sqlx::query(sql).persistent(false).execute(&*pool).await {
-                tracing::warn!(%error, "rate-limit cleanup failed");
-            }
+        if let Err(error) = sqlx::query("DELETE FROM clerk_rate_limits WHERE tat < now()")
+            .persistent(false)
+            .execute(&*pool)
+            .await
+        {
+            tracing::warn!(%error, "rate-limit cleanup failed");
         }
     }
 }
@@ -89,14 +73,10 @@ async fn cleanup(pool: Weak<PgPool>) {
 impl RateLimitStore for PgRateLimitStore {
     fn check<'a>(&'a self, key: RateLimitKey<'a>, limit: Limit) -> StoreFuture<'a, Decision> {
         Box::pin(async move {
-            let (sql, value) = match key {
-                RateLimitKey::User(id) => (USER_SQL, id.to_owned()),
-                RateLimitKey::Ip(ip) => (IP_SQL, ip.to_string()),
-            };
             let interval = limit.emission_interval();
             let tolerance = limit.period().saturating_sub(interval);
-            let row = sqlx::query(sql)
-                .bind(value)
+            let row = sqlx::query(GCRA_SQL)
+                .bind(key.storage_key())
                 .bind(interval.as_secs_f64())
                 .bind(tolerance.as_secs_f64())
                 .fetch_one(&*self.inner)

@@ -12,8 +12,22 @@ use crate::sync::StoreFuture;
 pub enum RateLimitKey<'a> {
     /// A synced user, by Clerk user id.
     User(&'a str),
-    /// An anonymous request, by client IP.
+    /// An anonymous request, by the client's network: its address with the host bits past
+    /// the configured prefix cleared (IPv6 by /64 by default, see
+    /// [`crate::ClientAddress`]).
     Ip(IpAddr),
+}
+
+impl RateLimitKey<'_> {
+    /// The key as shared stores write it: a namespace, a colon, the id. `user:<Clerk user id>`
+    /// and `ip:<network address>`; machines and organizations will get `mch:` and `org:`.
+    /// Namespaces keep keys of different kinds apart in one table or keyspace.
+    pub fn storage_key(&self) -> String {
+        match self {
+            Self::User(id) => format!("user:{id}"),
+            Self::Ip(ip) => format!("ip:{ip}"),
+        }
+    }
 }
 
 /// The answer for one request.
