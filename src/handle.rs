@@ -9,10 +9,11 @@ use http::HeaderMap;
 use tokio::sync::watch;
 
 use crate::clerk_api::{ClerkApi, RetryPolicy};
+use crate::client_addr::ClientAddress;
 use crate::config::{ClerkConfig, WebhookSecret};
 use crate::error::{AuthError, ConfigError};
 use crate::extract::ClerkUser;
-use crate::layer::{ClerkSyncLayer, Mode};
+use crate::layer::{AnonymousRequest, ClerkSyncLayer, Mode};
 use crate::sessions::{Lookup, SessionCache};
 use crate::stats::{Counters, Stats};
 use crate::sync::budget::Budget;
@@ -43,6 +44,7 @@ struct Inner {
     counters: Arc<Counters>,
     webhook_secret: Option<WebhookSecret>,
     cookie_suffix: Option<String>,
+    client_address: ClientAddress,
     // Dropped with the last clone: tells the store's listener task to end.
     _alive: watch::Sender<()>,
 }
@@ -110,6 +112,19 @@ impl ClerkSync {
             )
         })?;
         Ok(webhook::router(self.clone(), secret, path))
+    }
+
+    /// The marker of an anonymous request, with the client's network when the server
+    /// provides `ConnectInfo<SocketAddr>`.
+    pub(crate) fn anonymous<B>(&self, request: &http::Request<B>) -> AnonymousRequest {
+        let network = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| {
+                let client = &self.inner.client_address;
+                client.network(client.client_ip(info.0.ip(), request.headers()))
+            });
+        AnonymousRequest { network }
     }
 
     pub(crate) fn counters(&self) -> &Counters {
@@ -318,6 +333,7 @@ pub struct ClerkSyncBuilder {
     profile_source: ProfileSource,
     api: Option<ClerkApi>,
     api_budget: (u32, u32),
+    client_address: ClientAddress,
     default_tier: String,
 }
 
@@ -351,6 +367,7 @@ impl ClerkSyncBuilder {
             profile_source: ProfileSource::default(),
             api: None,
             api_budget: (20, 40),
+            client_address: ClientAddress::new(),
             default_tier: "free".to_owned(),
         }
     }
@@ -498,6 +515,15 @@ impl ClerkSyncBuilder {
         self
     }
 
+    /// How the client's address is found (trusted proxies, forwarding headers) and grouped
+    /// into networks (IPv6 by /64), for [`crate::ratelimit::AnonymousPolicy::ByIp`] and the
+    /// other per-client limits. Default: [`ClientAddress::new`], no trusted proxies: the
+    /// connection's peer is the client and forwarding headers are ignored.
+    pub fn client_address(mut self, client_address: ClientAddress) -> Self {
+        self.client_address = client_address;
+        self
+    }
+
     /// The tier reported for users that could not be synced under [`FailurePolicy::Open`].
     /// Rows get their tier from the column default. Default: `free`.
     pub fn default_tier(mut self, tier: impl Into<String>) -> Self {
@@ -602,6 +628,7 @@ impl ClerkSyncBuilder {
                 counters,
                 webhook_secret: self.config.webhook_secret.clone(),
                 cookie_suffix: self.config.cookie_suffix.clone(),
+                client_address: self.client_address,
                 _alive: alive,
             }),
         })

@@ -34,9 +34,12 @@ pub(crate) enum Mode {
 }
 
 /// Put in the extensions of requests that passed the optional layer without a token, so the
-/// rate limiter can tell "anonymous" from "the sync layer did not run".
+/// rate limiter can tell "anonymous" from "the sync layer did not run". `network` is the
+/// client's network by [`crate::ClientAddress`], when the server provides `ConnectInfo`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct AnonymousRequest;
+pub(crate) struct AnonymousRequest {
+    pub(crate) network: Option<std::net::IpAddr>,
+}
 
 /// Applies [`ClerkSyncService`]; made by [`ClerkSync::layer`] or [`ClerkSync::optional_layer`].
 #[derive(Debug, Clone)]
@@ -97,7 +100,8 @@ where
                 return ResponseFuture::inner(self.inner.call(request));
             }
             Quick::Anonymous => {
-                request.extensions_mut().insert(AnonymousRequest);
+                let anonymous = self.clerk.anonymous(&request);
+                request.extensions_mut().insert(anonymous);
                 return ResponseFuture::inner(self.inner.call(request));
             }
             Quick::Rejected(rejection) => return ResponseFuture::ready(rejection.into_response()),
@@ -115,7 +119,8 @@ where
                     request.extensions_mut().insert(user);
                 }
                 Ok(None) => {
-                    request.extensions_mut().insert(AnonymousRequest);
+                    let anonymous = clerk.anonymous(&request);
+                    request.extensions_mut().insert(anonymous);
                 }
                 Err(rejection) => return Ok(rejection.into_response()),
             }

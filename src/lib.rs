@@ -11,6 +11,7 @@
 
 pub mod backfill;
 pub mod clerk_api;
+mod client_addr;
 mod config;
 mod error;
 mod extract;
@@ -30,6 +31,7 @@ pub mod testing;
 
 pub use backfill::{BackfillOptions, BackfillReport, backfill};
 pub use clerk_api::{ApiError, ClerkApi};
+pub use client_addr::ClientAddress;
 pub use config::{ClerkConfig, ClerkConfigBuilder, KeySource, Secret};
 pub use error::{AuthError, ConfigError};
 pub use extract::{ClerkUser, MissingClerkLayer};

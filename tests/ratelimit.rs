@@ -16,8 +16,8 @@ use clerk_sync::ratelimit::{
 };
 use clerk_sync::testing::DevIssuer;
 use clerk_sync::{
-    ClerkSync, ClerkUser, Limit, PgRateLimitStore, PgUserStore, RateLimitLayer, StoreFuture,
-    TierLimits,
+    ClerkSync, ClerkUser, ClientAddress, Limit, PgRateLimitStore, PgUserStore, RateLimitLayer,
+    StoreFuture, TierLimits,
 };
 use common::{Capture, CountingStore, Reply, clerk, error_code, get_with_token, send};
 use http::{Request, StatusCode, header};
@@ -355,6 +355,97 @@ async fn anonymous_requests_pass_or_are_limited_by_ip(pool: PgPool) {
             .unwrap()
             .contains("connect_info")
     );
+}
+
+/// `/anon` from `peer`, with extra headers.
+fn anon_from(peer: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut request = Request::get("/anon");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request.body(Body::empty()).unwrap();
+    let peer: std::net::IpAddr = peer.parse().unwrap();
+    request
+        .extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from((peer, 40000))));
+    request
+}
+
+/// Sends each request and returns their statuses.
+async fn statuses(router: &Router, requests: Vec<Request<Body>>) -> Vec<u16> {
+    let mut out = Vec::new();
+    for request in requests {
+        out.push(send(router, request).await.status.as_u16());
+    }
+    out
+}
+
+#[sqlx::test(migrations = false)]
+async fn ipv6_clients_share_their_64_and_mapped_ipv4_is_ipv4(pool: PgPool) {
+    let (issuer, _, store) = sync_and_clerk(&pool).await;
+    let clerk = clerk(&issuer, store, |b| b);
+    let by_ip = RateLimitLayer::with_store(
+        limits(Limit::per_minute(60).unwrap()),
+        PgRateLimitStore::new(pool.clone()),
+    )
+    .anonymous(AnonymousPolicy::ByIp(Limit::per_minute(2).unwrap()));
+    let router = limited_app(&clerk, by_ip);
+    // Three addresses of one /64: one budget of 2. Another /64 has its own.
+    let rotating = vec![
+        anon_from("2001:db8:1:2::1", &[]),
+        anon_from("2001:db8:1:2:ffff::9", &[]),
+        anon_from("2001:db8:1:2:abcd:1234:5678:9abc", &[]),
+        anon_from("2001:db8:1:3::1", &[]),
+    ];
+    assert_eq!(statuses(&router, rotating).await, [200, 200, 429, 200]);
+    // An IPv4-mapped peer spends the IPv4 address's budget.
+    let mapped = vec![
+        anon_from("203.0.113.9", &[]),
+        anon_from("::ffff:203.0.113.9", &[]),
+        anon_from("::ffff:203.0.113.9", &[]),
+    ];
+    assert_eq!(statuses(&router, mapped).await, [200, 200, 429]);
+    let mut keys: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM clerk_rate_limits WHERE key LIKE 'ip:%'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["ip:2001:db8:1:2::", "ip:2001:db8:1:3::", "ip:203.0.113.9"]
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn forwarded_addresses_count_only_from_trusted_proxies(pool: PgPool) {
+    let (issuer, _, store) = sync_and_clerk(&pool).await;
+    let proxies = ClientAddress::new().trust_proxies(["10.0.0.0/8"]).unwrap();
+    let clerk = clerk(&issuer, store, |b| b.client_address(proxies));
+    let by_ip = RateLimitLayer::per_tier(limits(Limit::per_minute(60).unwrap()))
+        .anonymous(AnonymousPolicy::ByIp(Limit::per_minute(2).unwrap()));
+    let router = limited_app(&clerk, by_ip);
+
+    // Behind the proxy: each client its own budget, whatever it prepends itself.
+    let behind = vec![
+        anon_from("10.0.0.1", &[("x-forwarded-for", "198.51.100.1")]),
+        anon_from("10.0.0.2", &[("x-forwarded-for", "6.6.6.6, 198.51.100.1")]),
+        anon_from(
+            "10.0.0.1",
+            &[("x-forwarded-for", "7.7.7.7, 198.51.100.1, 10.0.0.9")],
+        ),
+        anon_from("10.0.0.1", &[("x-forwarded-for", "198.51.100.2")]),
+        anon_from("10.0.0.1", &[("forwarded", "for=\"[2001:db8::5]:443\"")]),
+    ];
+    assert_eq!(statuses(&router, behind).await, [200, 200, 429, 200, 200]);
+
+    // An untrusted peer is keyed by its own address: headers it sends are ignored.
+    let direct = vec![
+        anon_from("203.0.113.50", &[("x-forwarded-for", "198.51.100.3")]),
+        anon_from("203.0.113.50", &[("x-forwarded-for", "198.51.100.4")]),
+        anon_from("203.0.113.50", &[("forwarded", "for=198.51.100.5")]),
+    ];
+    assert_eq!(statuses(&router, direct).await, [200, 200, 429]);
 }
 
 #[sqlx::test(migrations = false)]

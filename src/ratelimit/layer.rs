@@ -1,7 +1,6 @@
 //! [`RateLimitLayer`]: per-user limits by tier, applied after the sync layer.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,7 +8,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, header};
 use pin_project_lite::pin_project;
@@ -31,8 +29,11 @@ pub enum AnonymousPolicy {
     /// No limit (the default).
     #[default]
     PassThrough,
-    /// Limited by client IP, which needs `ConnectInfo<SocketAddr>`
+    /// Limited by the client's network, which needs `ConnectInfo<SocketAddr>`
     /// (`into_make_service_with_connect_info`); without it the request gets a 500 saying so.
+    /// The client and its network come from [`crate::ClerkSyncBuilder::client_address`]:
+    /// IPv6 by /64 and IPv4 by address by default, forwarded addresses read only from
+    /// trusted proxies.
     ByIp(Limit),
 }
 
@@ -292,17 +293,17 @@ impl<S> RateLimit<S> {
             let limit = self.settings.limits.for_tier(user.tier());
             return Ok(limit.map(|limit| (Subject::User(user.clone()), limit)));
         }
-        if extensions.get::<AnonymousRequest>().is_none() {
+        let Some(anonymous) = extensions.get::<AnonymousRequest>() else {
             return Err(
                 "RateLimitLayer found no ClerkUser: the Clerk sync layer must run first. \
                  With ServiceBuilder, add clerk.layer() before RateLimitLayer; with \
                  Router::layer, call .layer(RateLimitLayer) before .layer(clerk.layer())",
             );
-        }
+        };
         match self.settings.anonymous {
             AnonymousPolicy::PassThrough => Ok(None),
-            AnonymousPolicy::ByIp(limit) => match extensions.get::<ConnectInfo<SocketAddr>>() {
-                Some(ConnectInfo(addr)) => Ok(Some((Subject::Ip(addr.ip()), limit))),
+            AnonymousPolicy::ByIp(limit) => match anonymous.network {
+                Some(network) => Ok(Some((Subject::Ip(network), limit))),
                 None => Err(
                     "AnonymousPolicy::ByIp needs the client address: serve the app with \
                      `into_make_service_with_connect_info::<SocketAddr>()`",
