@@ -146,9 +146,9 @@ impl ClerkSync {
         .await;
         match applied {
             Ok(Ok(outcome)) => {
-                if outcome != WebhookOutcome::Duplicate {
-                    syncer.invalidate(change.user_id()).await;
-                }
+                // A duplicate too: the first attempt may have committed while its caller timed
+                // out, before it reached this eviction.
+                syncer.invalidate(change.user_id()).await;
                 Ok(outcome)
             }
             Ok(Err(error)) => {
@@ -276,6 +276,7 @@ impl ClerkSync {
             return Ok(Some(ClerkUser::new(claims, user.tier.clone(), synced)));
         };
         let now = unix_now();
+        let key_epoch = sessions.key_epoch();
         // A known token whose user was invalidated keeps its verified claims; anything else is
         // verified now (the session cache is the token cache, so the verifier's is bypassed).
         let claims = match self.lookup(sessions, token, now) {
@@ -295,7 +296,7 @@ impl ClerkSync {
         let (user, synced) = inner.syncer.ensure(&claims, token).await?;
         let answer = ClerkUser::new(claims, user.tier.clone(), synced);
         if synced {
-            sessions.insert(token, answer.clone(), user, now);
+            sessions.insert(token, answer.clone(), user, now, key_epoch);
         }
         Ok(Some(answer))
     }
@@ -619,7 +620,7 @@ impl ClerkSyncBuilder {
         }
         let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX);
         let sessions = (self.token_cache_capacity > 0)
-            .then(|| SessionCache::new(self.token_cache_capacity, leeway));
+            .then(|| SessionCache::new(self.token_cache_capacity, leeway, verifier.key_epoch()));
         Ok(ClerkSync {
             inner: Arc::new(Inner {
                 verifier,

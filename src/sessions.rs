@@ -17,6 +17,7 @@ use std::sync::{Arc, RwLock};
 use crate::extract::ClerkUser;
 use crate::sync::cache::SyncedUser;
 use crate::token::SessionClaims;
+use crate::token::keys::KeyEpoch;
 
 const SHARDS: usize = 64;
 /// Bytes of the token's end that are hashed: part of its RSA signature, so as good as random.
@@ -27,6 +28,8 @@ struct Session {
     token: Box<str>,
     /// The token's `exp`, copied here so that the check needs no pointer.
     exp: i64,
+    /// The key-removal epoch the token was verified under.
+    key_epoch: u64,
     user: Arc<SyncedUser>,
     answer: ClerkUser,
 }
@@ -92,18 +95,27 @@ pub(crate) struct SessionCache {
     shard_capacity: usize,
     seed: RandomState,
     leeway: i64,
+    /// Moves when a signing key leaves the key set: sessions verified before are absent then
+    /// (verified again, and refused if their key is gone).
+    key_epoch: KeyEpoch,
 }
 
 impl SessionCache {
     /// `capacity` sessions at most (split evenly over the shards).
-    pub(crate) fn new(capacity: u64, leeway: i64) -> Self {
+    pub(crate) fn new(capacity: u64, leeway: i64, key_epoch: KeyEpoch) -> Self {
         let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
         Self {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             shard_capacity: (capacity / SHARDS).max(1),
             seed: RandomState::new(),
             leeway,
+            key_epoch,
         }
+    }
+
+    /// The key epoch now; read it before verifying a token that will be inserted.
+    pub(crate) fn key_epoch(&self) -> u64 {
+        self.key_epoch.load(Ordering::Acquire)
     }
 
     /// Keyed by the token's tail with a per-process random seed; the whole token is compared
@@ -136,6 +148,9 @@ impl SessionCache {
         let Some(session) = map.get(&key).filter(|session| *session.token == *token) else {
             return Lookup::Absent;
         };
+        if session.key_epoch != self.key_epoch.load(Ordering::Acquire) {
+            return Lookup::Absent;
+        }
         if session.exp.saturating_add(self.leeway) < now {
             return Lookup::Expired;
         }
@@ -156,11 +171,20 @@ impl SessionCache {
     }
 
     /// Caches `answer` (a synced user's [`ClerkUser`]) for `token`, current while `user` is.
-    pub(crate) fn insert(&self, token: &str, answer: ClerkUser, user: Arc<SyncedUser>, now: i64) {
+    /// `key_epoch` is [`key_epoch`](Self::key_epoch) as read before the token was verified.
+    pub(crate) fn insert(
+        &self,
+        token: &str,
+        answer: ClerkUser,
+        user: Arc<SyncedUser>,
+        now: i64,
+        key_epoch: u64,
+    ) {
         let key = self.key(token);
         let session = Session {
             token: token.into(),
             exp: answer.claims().exp,
+            key_epoch,
             user,
             answer,
         };
@@ -219,9 +243,9 @@ mod tests {
 
     #[test]
     fn exact_token_only() {
-        let cache = SessionCache::new(1000, 5);
+        let cache = SessionCache::new(1000, 5, KeyEpoch::default());
         let token = format!("{}.sig-{}", "a".repeat(100), "x".repeat(40));
-        cache.insert(&token, answer("user_1", 200), user(), 100);
+        cache.insert(&token, answer("user_1", 200), user(), 100, 0);
         assert_eq!(found(&cache, &token).as_deref(), Some("user_1"));
         assert_eq!(cache.hits(), 1);
         // Same tail (same signature), other payload: a miss, not the cached claims.
@@ -233,8 +257,8 @@ mod tests {
 
     #[test]
     fn expired_and_stale_sessions_are_not_hits() {
-        let cache = SessionCache::new(1000, 5);
-        cache.insert("token-1", answer("user_1", 200), user(), 100);
+        let cache = SessionCache::new(1000, 5, KeyEpoch::default());
+        cache.insert("token-1", answer("user_1", 200), user(), 100, 0);
         // Within the leeway, then past it.
         assert!(matches!(
             cache.get("token-1", 205, |_| true),
@@ -253,15 +277,15 @@ mod tests {
 
     #[test]
     fn full_shards_drop_expired_sessions_first_and_stay_bounded() {
-        let cache = SessionCache::new(640, 5); // 10 per shard
+        let cache = SessionCache::new(640, 5, KeyEpoch::default()); // 10 per shard
         for i in 0..5_000 {
-            cache.insert(&format!("old-{i:08}"), answer("u", 50), user(), 100);
+            cache.insert(&format!("old-{i:08}"), answer("u", 50), user(), 100, 0);
         }
         assert!(cache.len() <= 640, "bounded: {}", cache.len());
         // Live sessions displace expired ones and are not themselves evicted while there is
         // anything expired to drop (100 over 64 shards stays under 10 per shard).
         for i in 0..100 {
-            cache.insert(&format!("new-{i:08}"), answer("u", 500), user(), 100);
+            cache.insert(&format!("new-{i:08}"), answer("u", 500), user(), 100, 0);
         }
         for i in 0..100 {
             assert!(found(&cache, &format!("new-{i:08}")).is_some(), "new-{i}");

@@ -185,6 +185,15 @@ impl DevIssuer {
         Ok(kid)
     }
 
+    /// Stops publishing the key `kid` (tokens it signed no longer verify once a verifier
+    /// refreshes its key set). Returns whether it was published.
+    pub fn retire_key(&self, kid: &str) -> bool {
+        let mut keys = self.write_keys();
+        let before = keys.len();
+        keys.retain(|key| key.kid != kid);
+        keys.len() != before
+    }
+
     /// The JWKS document this issuer serves (every published key), for example to serve it
     /// from [`FakeClerkApi`] as the Backend API's `/v1/jwks`.
     pub fn jwks(&self) -> Value {

@@ -103,6 +103,16 @@ impl IntoResponse for WebhookError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
+        // RFC 9110 §15.5.2: a 401 names the scheme that would authenticate the request, here
+        // Svix's signed headers.
+        if self.status() == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(
+                    "Svix realm=\"clerk-webhooks\", headers=\"svix-id svix-timestamp svix-signature\"",
+                ),
+            );
+        }
         response
     }
 }
@@ -149,7 +159,12 @@ pub(crate) fn verify(
         .trim()
         .parse()
         .map_err(|_| WebhookError::MalformedHeader("svix-timestamp"))?;
-    if (now - timestamp).abs() > TOLERANCE_SECS {
+    // Checked arithmetic: a timestamp near i64::MIN or MAX is out of range, not an overflow.
+    if now
+        .checked_sub(timestamp)
+        .and_then(i64::checked_abs)
+        .is_none_or(|skew| skew > TOLERANCE_SECS)
+    {
         return Err(WebhookError::TimestampOutOfRange);
     }
     // Space-separated `version,signature` pairs; only `v1` is defined, others are skipped.
@@ -407,6 +422,20 @@ mod tests {
             Err(WebhookError::TimestampOutOfRange)
         );
         assert!(check(&good, body, v.timestamp + 300).is_ok());
+        // Extreme timestamps are out of range, without overflowing (a panic in debug builds).
+        for extreme in [i64::MIN, i64::MIN + 1, i64::MAX] {
+            let map = headers(&v.id, &extreme.to_string(), &v.signature);
+            for now in [v.timestamp, 0, i64::MAX, i64::MIN]
+                .into_iter()
+                .filter(|now| now.abs_diff(extreme) > 300)
+            {
+                assert_eq!(
+                    check(&map, body, now),
+                    Err(WebhookError::TimestampOutOfRange),
+                    "{extreme} at {now}"
+                );
+            }
+        }
         let wrong = WebhookSecret::parse("whsec_c2VjcmV0LXdlYmhvb2sta2V5").unwrap();
         assert_eq!(
             verify(&wrong, &good, body, v.timestamp),

@@ -171,3 +171,56 @@ async fn pem_key_verifies_without_any_network(pool: PgPool) {
     assert_eq!(issuer.jwks_fetches(), 0);
     assert_eq!(user_rows(&pool).await, 1);
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_cached_session_stops_being_a_hit_when_its_key_leaves_the_jwks(pool: PgPool) {
+    let Harness {
+        issuer,
+        clerk,
+        router,
+        ..
+    } = Harness::start(&pool, |b| {
+        b.jwks_min_refresh_interval(Duration::from_millis(200))
+    })
+    .await;
+    let old_kid = issuer.kid();
+    let old = issuer.token("user_retired_key");
+    for _ in 0..2 {
+        assert_eq!(
+            get_with_token(&router, "/me", Some(&old)).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        clerk.stats().tokens_verified,
+        1,
+        "the second was a cached hit"
+    );
+
+    // The instance rotates and retires the old key; a new token makes the layer refresh.
+    issuer.rotate_key().unwrap();
+    assert!(issuer.retire_key(&old_kid));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let new = issuer.token("user_new_key");
+    assert_eq!(
+        get_with_token(&router, "/me", Some(&new)).await.status,
+        StatusCode::OK
+    );
+
+    // The cached session of the old key is no longer answered from the cache.
+    let reply = get_with_token(&router, "/me", Some(&old)).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.body);
+    assert_eq!(error_code(&reply), "unknown_key");
+    // A session cached before the removal was noticed (the new token's own, cached under
+    // the epoch read before its verification) is verified again once, then cached as before.
+    let before = clerk.stats();
+    for _ in 0..3 {
+        assert_eq!(
+            get_with_token(&router, "/me", Some(&new)).await.status,
+            StatusCode::OK
+        );
+    }
+    let after = clerk.stats();
+    assert_eq!(after.tokens_verified, before.tokens_verified + 1);
+    assert_eq!(after.token_cache_hits, before.token_cache_hits + 2);
+}

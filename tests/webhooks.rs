@@ -152,6 +152,31 @@ async fn older_update_leaves_the_row_unchanged(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn a_duplicate_delivery_still_evicts_the_user_here(pool: PgPool) {
+    let f = Harness::start(&pool, |b| b).await;
+    let token = f.issuer.token("user_lost_eviction");
+    assert_eq!(
+        get_with_token(&f.router, "/me", Some(&token)).await.status,
+        StatusCode::OK
+    );
+    // The first attempt of `msg_lost` committed, but its caller timed out before the eviction
+    // (played here by writing what that commit wrote, without this process hearing of it).
+    for sql in [
+        "INSERT INTO clerk_webhook_events (svix_id) VALUES ('msg_lost')",
+        "UPDATE users SET deleted_at = now(), email = NULL WHERE id = 'user_lost_eviction'",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    let reply = deliver(&f.router, "msg_lost", &deleted_event("user_lost_eviction")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["status"], "duplicate");
+    // Svix's retry evicted the user, so the deletion is seen at once.
+    let reply = get_with_token(&f.router, "/me", Some(&token)).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
+    assert_eq!(error_code(&reply), "user_deleted");
+}
+
+#[sqlx::test(migrations = false)]
 async fn deleted_user_with_a_valid_token_gets_403(pool: PgPool) {
     let f = Harness::start(&pool, |b| b).await;
     let token = f.issuer.token("user_leaving");
@@ -325,6 +350,12 @@ async fn bad_deliveries_are_rejected_and_write_nothing(pool: PgPool) {
             "webhook_timestamp_out_of_range",
         ),
         (
+            "timestamp i64::MIN (overflows a naive skew check)",
+            request("msg_bad", i64::MIN, sign(SECRET, i64::MIN, &body), &body),
+            StatusCode::UNAUTHORIZED,
+            "webhook_timestamp_out_of_range",
+        ),
+        (
             "malformed signature header",
             request("msg_bad", now, Some("sha256=abcdef".into()), &body),
             StatusCode::BAD_REQUEST,
@@ -363,6 +394,10 @@ async fn bad_deliveries_are_rejected_and_write_nothing(pool: PgPool) {
         let reply = send(&f.router, request).await;
         assert_eq!(reply.status, status, "{case}: {}", reply.body);
         assert_eq!(error_code(&reply), code, "{case}");
+        if status == StatusCode::UNAUTHORIZED {
+            let challenge = reply.headers[header::WWW_AUTHENTICATE].to_str().unwrap();
+            assert!(challenge.starts_with("Svix "), "{case}: {challenge}");
+        }
         assert_eq!(user_rows(&pool).await, 0, "{case}: no row written");
         assert_eq!(
             recorded_deliveries(&pool).await,

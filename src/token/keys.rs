@@ -92,6 +92,10 @@ pub(crate) enum KeyStore {
     Jwks(Box<JwksKeys>),
 }
 
+/// Moves each time a refreshed key set lacks a `kid` the previous one had; cached sessions
+/// remember the value they were verified under and are verified again once it moved.
+pub(crate) type KeyEpoch = Arc<std::sync::atomic::AtomicU64>;
+
 impl KeyStore {
     pub(crate) fn new(
         source: &KeySource,
@@ -126,7 +130,16 @@ impl KeyStore {
             counters,
             keys: RwLock::new(Arc::new(KeySet::default())),
             refresh: Mutex::new(RefreshState::default()),
+            removals: KeyEpoch::default(),
         })))
+    }
+
+    /// The key-removal epoch; a PEM key is never removed, so its epoch never moves.
+    pub(crate) fn epoch(&self) -> KeyEpoch {
+        match self {
+            Self::Pem(_) => KeyEpoch::default(),
+            Self::Jwks(jwks) => jwks.removals.clone(),
+        }
     }
 
     /// The key for `kid`. With a PEM key, every `kid` maps to that key.
@@ -159,6 +172,7 @@ pub(crate) struct JwksKeys {
     keys: RwLock<Arc<KeySet>>,
     // Held across a fetch: requests with unknown `kid`s queue here instead of each fetching.
     refresh: Mutex<RefreshState>,
+    removals: KeyEpoch,
 }
 
 impl JwksKeys {
@@ -229,6 +243,11 @@ impl JwksKeys {
             Ok(keys) => {
                 tracing::debug!(url = %self.url, keys = keys.len(), "fetched JWKS");
                 state.last_failed = false;
+                let removed = self
+                    .current()
+                    .keys
+                    .keys()
+                    .any(|kid| !keys.contains_key(kid));
                 let set = Arc::new(KeySet {
                     keys,
                     fetched_at: Some(Instant::now()),
@@ -236,6 +255,12 @@ impl JwksKeys {
                 match self.keys.write() {
                     Ok(mut guard) => *guard = set,
                     Err(poisoned) => *poisoned.into_inner() = set,
+                }
+                // After the swap: a session verified from now on reads the new epoch first.
+                if removed {
+                    self.removals
+                        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    tracing::info!(url = %self.url, "a signing key left the JWKS: cached sessions are verified again");
                 }
             }
             Err(error) => {

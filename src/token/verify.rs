@@ -300,6 +300,11 @@ impl Verifier {
         }
     }
 
+    /// The key-removal epoch of this verifier's key set.
+    pub(crate) fn key_epoch(&self) -> super::keys::KeyEpoch {
+        self.inner.keys.epoch()
+    }
+
     /// Number of tokens in the verified-token cache (approximate, as moka counts).
     pub fn cached_tokens(&self) -> u64 {
         self.inner.cache.as_ref().map_or(0, Cache::entry_count)
