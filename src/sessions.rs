@@ -20,6 +20,8 @@ use crate::token::SessionClaims;
 use crate::token::keys::KeyEpoch;
 
 const SHARDS: usize = 64;
+/// Where the shard index starts in a key's hash (see [`SessionCache::shard`]).
+const SHARD_SHIFT: u32 = 40;
 /// Bytes of the token's end that are hashed: part of its RSA signature, so as good as random.
 const HASHED_TAIL: usize = 32;
 
@@ -127,8 +129,11 @@ impl SessionCache {
     }
 
     fn shard(&self, key: u64) -> &Shard {
-        // The low bits pick the shard; HashMap uses the high bits (hashbrown's control bytes).
-        &self.shards[(key as usize) % SHARDS]
+        // hashbrown takes a bucket from the key's low bits and a 7-bit tag from its top bits;
+        // the shard comes from bits 40-45, clear of both. (Taken from the low bits, every key of
+        // a shard shared its low 6 bits, so only 1 bucket in 64 could be a home bucket and
+        // lookups probed long chains.)
+        &self.shards[((key >> SHARD_SHIFT) as usize) % SHARDS]
     }
 
     /// The session of exactly this token, judged at `now`; `is_current` tells whether its
@@ -273,6 +278,23 @@ mod tests {
             _ => panic!("a session whose user is not current is stale"),
         }
         assert_eq!(cache.hits(), 1);
+    }
+
+    #[test]
+    fn shards_and_buckets_take_different_bits() {
+        let cache = SessionCache::new(64_000, 5, KeyEpoch::default());
+        // Keys of one shard must still spread over the low bits hashbrown buckets by.
+        let mut low_bits = std::collections::HashSet::new();
+        let mut in_shard_0 = 0;
+        for i in 0..20_000 {
+            let key = cache.key(&format!("header.payload.signature-{i:08}"));
+            if std::ptr::eq(cache.shard(key), &cache.shards[0]) {
+                in_shard_0 += 1;
+                low_bits.insert(key & 63);
+            }
+        }
+        assert!(in_shard_0 > 200, "{in_shard_0}");
+        assert!(low_bits.len() > 60, "low 6 bits seen in one shard: {}", low_bits.len());
     }
 
     #[test]
