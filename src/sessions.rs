@@ -294,7 +294,11 @@ mod tests {
             }
         }
         assert!(in_shard_0 > 200, "{in_shard_0}");
-        assert!(low_bits.len() > 60, "low 6 bits seen in one shard: {}", low_bits.len());
+        assert!(
+            low_bits.len() > 60,
+            "low 6 bits seen in one shard: {}",
+            low_bits.len()
+        );
     }
 
     #[test]

@@ -447,6 +447,22 @@ async fn get_with_cookie(router: &axum::Router, path: &str, cookie: &str) -> com
     send(router, request).await
 }
 
+/// Sends `cookie` to `path` and checks the 401, its code and its challenge.
+async fn assert_cookie_refused(router: &axum::Router, path: &str, cookie: &str, code: &str) {
+    let reply = get_with_cookie(router, path, cookie).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNAUTHORIZED,
+        "{cookie}: {}",
+        reply.body
+    );
+    assert_eq!(error_code(&reply), code, "{cookie}");
+    assert!(
+        reply.headers.contains_key(header::WWW_AUTHENTICATE),
+        "{cookie}"
+    );
+}
+
 #[sqlx::test(migrations = false)]
 async fn session_cookies_follow_clerks_client_uat_rules(pool: PgPool) {
     let Harness {
@@ -511,20 +527,20 @@ async fn session_cookies_follow_clerks_client_uat_rules(pool: PgPool) {
     assert_eq!(user_rows(&pool).await, 1);
 
     // The session is cached now; signing out in the browser still signs out here.
-    let reply = get_with_cookie(
+    assert_cookie_refused(
         &router,
         "/me",
         &format!("__client_uat=0; __session={token}"),
+        "session_outdated",
     )
     .await;
-    assert_eq!(error_code(&reply), "session_outdated");
-    let reply = get_with_cookie(
+    assert_cookie_refused(
         &router,
         "/me",
         &format!("__client_uat={}; __session={token}", iat + 60),
+        "session_outdated",
     )
     .await;
-    assert_eq!(error_code(&reply), "session_outdated");
     let reply = get_with_cookie(
         &router,
         "/anon",
@@ -553,23 +569,21 @@ async fn duplicate_and_empty_session_cookies(pool: PgPool) {
     let a = issuer.token("user_dup_a");
     let b = issuer.token("user_dup_b");
     let uat = now() - 30;
-    let reply = get_with_cookie(
+    assert_cookie_refused(
         &router,
         "/me",
         &format!("__client_uat={uat}; __session={a}; __session={b}"),
+        "malformed_token",
     )
     .await;
-    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(error_code(&reply), "malformed_token");
     // The optional layer does not pick one either.
-    let reply = get_with_cookie(
+    assert_cookie_refused(
         &router,
         "/anon",
         &format!("__client_uat={uat}; __session={b}; __session={a}"),
+        "malformed_token",
     )
     .await;
-    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(error_code(&reply), "malformed_token");
     assert_eq!(user_rows(&pool).await, 0);
     assert_eq!(store.calls(), 0);
 
