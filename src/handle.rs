@@ -187,9 +187,10 @@ impl ClerkSync {
         match self.lookup(sessions, located.token(), unix_now()) {
             // The cookie rule holds for cached sessions too: a browser that signed out since is
             // signed out here.
-            Lookup::Hit(user) => match located.check_client_uat(user.claims().iat) {
-                Ok(()) => Quick::Hit(user),
-                Err(_) if mode == Mode::Optional => Quick::Anonymous,
+            Lookup::Hit(user) => match signed_in(mode, located.check_client_uat(user.claims().iat))
+            {
+                Ok(true) => Quick::Hit(user),
+                Ok(false) => Quick::Anonymous,
                 Err(error) => self.rejected(error),
             },
             Lookup::Expired => self.rejected(AuthError::TokenExpired),
@@ -210,11 +211,7 @@ impl ClerkSync {
             None if mode == Mode::Optional => return Ok(None),
             None => return Err(AuthError::MissingToken),
         };
-        match located.check_signed_in() {
-            Ok(()) => Ok(Some(located)),
-            Err(_) if mode == Mode::Optional => Ok(None),
-            Err(error) => Err(error),
-        }
+        Ok(signed_in(mode, located.check_signed_in())?.then_some(located))
     }
 
     /// The cached session of `token`, its user judged current or not by the syncer.
@@ -262,11 +259,8 @@ impl ClerkSync {
         let inner = &*self.inner;
         // A cookie token minted before the browser's last session change is outdated; under
         // the optional layer the request is anonymous. Checked before anything is written.
-        let signed_in = |claims: &SessionClaims| match located.check_client_uat(claims.iat) {
-            Ok(()) => Ok(true),
-            Err(_) if mode == Mode::Optional => Ok(false),
-            Err(error) => Err(error),
-        };
+        let signed_in =
+            |claims: &SessionClaims| signed_in(mode, located.check_client_uat(claims.iat));
         let Some(sessions) = &inner.sessions else {
             let claims = inner.verifier.verify(token).await?;
             if !signed_in(&claims)? {
@@ -299,6 +293,17 @@ impl ClerkSync {
             sessions.insert(token, answer.clone(), user, now, key_epoch);
         }
         Ok(Some(answer))
+    }
+}
+
+/// Applies the outcome of a cookie check (Clerk's `__client_uat` rule): `Ok(true)` signed in;
+/// an outdated cookie is `Ok(false)` (anonymous) under the optional layer, as Clerk treats a
+/// signed-out browser, and the rejection under the required one.
+fn signed_in(mode: Mode, check: Result<(), AuthError>) -> Result<bool, AuthError> {
+    match check {
+        Ok(()) => Ok(true),
+        Err(_) if mode == Mode::Optional => Ok(false),
+        Err(error) => Err(error),
     }
 }
 
