@@ -18,10 +18,9 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
+use clerk_sync::store::{InvalidationChannel, StoreFuture, UpsertOutcome, UserProfile, UserStore};
 use clerk_sync::testing::DevIssuer;
-use clerk_sync::{
-    ClerkSync, ClerkUser, PgUserStore, StoreFuture, UpsertOutcome, UserProfile, UserStore,
-};
+use clerk_sync::{ClerkSync, ClerkUser, PgUserStore};
 use sqlx::postgres::PgPoolOptions;
 use tower::ServiceExt;
 
@@ -44,6 +43,10 @@ impl<S: UserStore> UserStore for Counting<S> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.upsert(profile)
     }
+
+    fn invalidation_channel(&self) -> Option<Arc<dyn InvalidationChannel>> {
+        self.inner.invalidation_channel()
+    }
 }
 
 /// Answers every upsert at once: the memory measurement is about the caches.
@@ -58,6 +61,10 @@ impl UserStore for Instant_ {
                 has_email: true,
             })
         })
+    }
+
+    fn invalidation_channel(&self) -> Option<Arc<dyn InvalidationChannel>> {
+        None
     }
 }
 
@@ -94,13 +101,15 @@ async fn burst(issuer: &DevIssuer, url: &str) {
     // The default pool size of many apps; the burst must not need more.
     let pool = bench_pool(url, PgPoolOptions::new().max_connections(10)).await;
     let calls = Arc::new(AtomicU64::new(0));
-    let clerk = ClerkSync::builder(issuer.config().build().unwrap())
-        .store(Counting {
+    let clerk = ClerkSync::builder(
+        issuer.config().build().unwrap(),
+        Counting {
             inner: PgUserStore::new(pool.clone()),
             calls: calls.clone(),
-        })
-        .build()
-        .unwrap();
+        },
+    )
+    .build()
+    .unwrap();
     let app = Router::new()
         .route("/me", get(handler))
         .layer(clerk.layer());
@@ -152,8 +161,7 @@ async fn burst(issuer: &DevIssuer, url: &str) {
 async fn memory(issuer: &DevIssuer) {
     const N: usize = 100_000;
     // Room for every session of the measurement (the default holds 100,000).
-    let clerk = ClerkSync::builder(issuer.config().build().unwrap())
-        .store(Instant_)
+    let clerk = ClerkSync::builder(issuer.config().build().unwrap(), Instant_)
         .token_cache_capacity(4 * N as u64)
         .build()
         .unwrap();

@@ -37,10 +37,10 @@ use axum::Router;
 use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use clerk_sync::store::{UserProfile, UserStore};
 use clerk_sync::testing::DevIssuer;
 use clerk_sync::{
     ClerkSync, ClerkUser, Limit, PgRateLimitStore, PgUserStore, RateLimitLayer, TierLimits,
-    UserProfile, UserStore,
 };
 use criterion::Criterion;
 use sqlx::PgPool;
@@ -236,8 +236,7 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
     ));
     let build = |token_cache: u64| {
         let config = issuer.config().build().unwrap();
-        ClerkSync::builder(config)
-            .store(PgUserStore::new(pool.clone()))
+        ClerkSync::builder(config, PgUserStore::new(pool.clone()))
             .token_cache_capacity(token_cache)
             .build()
             .unwrap()
@@ -248,7 +247,9 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
         .route("/me", get(handler))
         .layer(cached.layer());
     // A limit no request in the bench reaches, so every request takes the allowed path.
-    let generous = || TierLimits::new(Limit::new(1_000_000_000, Duration::from_secs(1)));
+    let generous = || {
+        TierLimits::new(Limit::new(1_000_000_000, Duration::from_secs(1)).expect("a valid limit"))
+    };
     let limited = |limiter: RateLimitLayer| {
         Router::new().route("/me", get(handler)).layer(
             tower::ServiceBuilder::new()

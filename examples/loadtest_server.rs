@@ -37,9 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let issuer = DevIssuer::start().await?;
     let dir = tempfile::tempdir()?;
     let store = SqliteUserStore::open(&dir.path().join("loadtest.db").to_string_lossy()).await?;
-    let clerk = ClerkSync::builder(issuer.config().build()?)
-        .store(store)
-        .build()?;
+    let clerk = ClerkSync::builder(issuer.config().build()?, store).build()?;
 
     // Tokens valid for the whole run (Clerk's live 60 s and are refreshed by its frontend).
     let exp = std::time::SystemTime::now()

@@ -13,7 +13,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 
 use crate::clerk_api::{ApiError, ClerkApi, MAX_PAGE_SIZE};
-use crate::sync::{ImportCounts, UserProfile, UserStore};
+use crate::store::{ImportCounts, UserProfile, UserStore};
 
 /// Options of one [`backfill`] run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

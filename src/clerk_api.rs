@@ -13,16 +13,19 @@ use std::time::Duration;
 use http::StatusCode;
 use serde::Deserialize;
 
-use crate::config::{ClerkConfig, DEFAULT_API_URL, Secret};
+use crate::config::{ClerkConfig, DEFAULT_API_URL};
 use crate::error::ConfigError;
-use crate::sync::UserProfile;
-use crate::sync::profile::ClerkUserObject;
+use crate::secret::Secret;
+use crate::store::UserProfile;
+use crate::store::profile::ClerkUserObject;
 
 /// Largest page `GET /v1/users` serves.
 pub const MAX_PAGE_SIZE: u32 = 500;
 
-/// How failed calls are retried.
+/// How failed calls are retried. Build one with [`RetryPolicy::new`] (or start from
+/// [`RetryPolicy::default`] / [`RetryPolicy::none`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Retries after the first attempt (so `max_retries + 1` attempts in all). Default: 5.
     pub max_retries: u32,
@@ -44,6 +47,17 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// `max_retries` retries after the first attempt; `initial_backoff` before the first retry
+    /// of a `5xx` or connection error, doubling each time; no wait (backoff or `Retry-After`)
+    /// longer than `max_wait`.
+    pub fn new(max_retries: u32, initial_backoff: Duration, max_wait: Duration) -> Self {
+        Self {
+            max_retries,
+            initial_backoff,
+            max_wait,
+        }
+    }
+
     /// No retries: every failure is final. What the request path uses, where a waiting user
     /// matters more than one more attempt.
     pub fn none() -> Self {

@@ -6,31 +6,13 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::{DecodePaddingMode, general_purpose};
 
+use aws_lc_rs::digest;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
 use crate::error::ConfigError;
+use crate::secret::{Secret, WebhookSecret};
 
 pub(crate) const DEFAULT_API_URL: &str = "https://api.clerk.com";
-
-/// A secret string (secret key, webhook secret) whose `Debug` output is redacted.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself; keep it out of logs.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(\"[redacted]\")")
-    }
-}
 
 /// Where the verifier gets the public keys that sign session tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,31 +46,6 @@ pub struct ClerkConfig {
     pub(crate) webhook_secret: Option<WebhookSecret>,
     /// Clerk's cookie-name suffix for this instance, derived from the publishable key.
     pub(crate) cookie_suffix: Option<String>,
-}
-
-/// The key of a Svix webhook endpoint (`whsec_` + base64), decoded; `Debug` is redacted.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct WebhookSecret(pub(crate) Vec<u8>);
-
-impl fmt::Debug for WebhookSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("WebhookSecret(\"[redacted]\")")
-    }
-}
-
-impl WebhookSecret {
-    /// Svix's format: an optional `whsec_` prefix, then standard base64 of the key bytes.
-    pub(crate) fn parse(value: &str) -> Result<Self, ConfigError> {
-        let value = value.trim();
-        let encoded = value.strip_prefix("whsec_").unwrap_or(value);
-        match general_purpose::STANDARD.decode(encoded) {
-            Ok(key) if !key.is_empty() => Ok(Self(key)),
-            _ => Err(ConfigError::new(
-                "CLERK_WEBHOOK_SIGNING_SECRET",
-                "expected `whsec_` followed by base64, as shown in Clerk's dashboard",
-            )),
-        }
-    }
 }
 
 impl ClerkConfig {
@@ -300,7 +257,7 @@ impl ClerkConfigBuilder {
         let key_source = if let Some(pem) = self.jwt_key_pem {
             // Clerk's dashboard shows the key with literal `\n`s when copied into one line.
             let pem = pem.replace("\\n", "\n");
-            crate::token::keys::rsa_key_from_pem(&pem).ok_or_else(|| {
+            crate::rsa::key_from_pem(&pem).ok_or_else(|| {
                 ConfigError::new("CLERK_JWT_KEY", "not a PEM-encoded RSA public key")
             })?;
             KeySource::Pem(pem)
@@ -339,10 +296,7 @@ impl ClerkConfigBuilder {
             }
         };
 
-        let cookie_suffix = self
-            .publishable_key
-            .as_deref()
-            .map(crate::token::extract::cookie_suffix);
+        let cookie_suffix = self.publishable_key.as_deref().map(cookie_suffix);
         Ok(ClerkConfig {
             issuer,
             key_source,
@@ -353,6 +307,18 @@ impl ClerkConfigBuilder {
             cookie_suffix,
         })
     }
+}
+
+/// The cookie-name suffix Clerk uses when several apps share a domain: the first 8
+/// characters of the URL-safe base64 of SHA-1 of the publishable key.
+pub(crate) fn cookie_suffix(publishable_key: &str) -> String {
+    let sha1 = digest::digest(
+        &digest::SHA1_FOR_LEGACY_USE_ONLY,
+        publishable_key.as_bytes(),
+    );
+    let mut encoded = URL_SAFE_NO_PAD.encode(sha1.as_ref());
+    encoded.truncate(8);
+    encoded
 }
 
 fn check_url(setting: &'static str, url: &str) -> Result<(), ConfigError> {
@@ -603,5 +569,16 @@ lwIDAQAB
             Some(b"secret-webhook-key".to_vec())
         );
         assert!(debug.contains("[redacted]"));
+    }
+
+    #[test]
+    fn cookie_suffix_matches_clerks_derivation() {
+        // base64url(SHA-1(key))[..8], computed independently with
+        // `printf %s KEY | openssl sha1 -binary | base64 | tr '+/' '-_' | cut -c1-8`, and the
+        // same as Clerk's JS SDK (`getCookieSuffix`) gives.
+        assert_eq!(
+            cookie_suffix("pk_test_Y2xlcmsuZXhhbXBsZS5jb20k"),
+            "l2OS3d9k"
+        );
     }
 }

@@ -69,31 +69,12 @@ pub enum AuthError {
 impl AuthError {
     /// The machine-readable code sent as `error` in the JSON body.
     pub fn code(&self) -> &'static str {
-        match self {
-            Self::MissingToken => "missing_token",
-            Self::MalformedToken(_) => "malformed_token",
-            Self::InvalidSignature(_) => "invalid_signature",
-            Self::TokenExpired => "token_expired",
-            Self::TokenNotYetValid => "token_not_yet_valid",
-            Self::InvalidIssuer => "invalid_issuer",
-            Self::InvalidAuthorizedParty => "invalid_authorized_party",
-            Self::InvalidTokenCategory => "invalid_token_category",
-            Self::SessionPending => "session_pending",
-            Self::SessionOutdated => "session_outdated",
-            Self::UnknownKey => "unknown_key",
-            Self::KeysUnavailable { .. } => "keys_unavailable",
-            Self::UserDeleted => "user_deleted",
-            Self::SyncUnavailable => "sync_unavailable",
-        }
+        ERROR_CODES[self.index()].0
     }
 
     /// The HTTP status of the rejection.
     pub fn status(&self) -> StatusCode {
-        match self {
-            Self::UserDeleted => StatusCode::FORBIDDEN,
-            Self::KeysUnavailable { .. } | Self::SyncUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::UNAUTHORIZED,
-        }
+        ERROR_CODES[self.index()].1
     }
 
     /// `true` when the server, not the client, is at fault (logged at `warn`, not `debug`).
@@ -109,7 +90,8 @@ impl AuthError {
         Self::InvalidSignature(Cow::Borrowed(reason))
     }
 
-    /// Index of this error in [`crate::Stats`] counters; one slot per code.
+    /// This error's row in [`ERROR_CODES`] (the auth codes come first, so it also indexes the
+    /// per-code counters of [`crate::Stats`]).
     pub(crate) fn index(&self) -> usize {
         match self {
             Self::MissingToken => 0,
@@ -129,72 +111,150 @@ impl AuthError {
         }
     }
 
-    /// Every code, in [`AuthError::index`] order.
-    pub(crate) const CODES: [&'static str; 14] = [
-        "missing_token",
-        "malformed_token",
-        "invalid_signature",
-        "token_expired",
-        "token_not_yet_valid",
-        "invalid_issuer",
-        "invalid_authorized_party",
-        "invalid_token_category",
-        "session_pending",
-        "unknown_key",
-        "keys_unavailable",
-        "user_deleted",
-        "sync_unavailable",
-        "session_outdated",
-    ];
+    /// How many [`AuthError`] codes lead [`ERROR_CODES`].
+    pub(crate) const COUNT: usize = 14;
+
+    /// `Retry-After` seconds, for the rejections that are worth retrying.
+    pub(crate) fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::KeysUnavailable { retry_after_secs } => Some(*retry_after_secs),
+            Self::SyncUnavailable => Some(1),
+            _ => None,
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge of a 401 (RFC 6750 §3): the scheme alone for a
+    /// request without credentials, else `invalid_token` with the message.
+    pub(crate) fn challenge(&self) -> Option<HeaderValue> {
+        match self {
+            Self::MissingToken => Some(HeaderValue::from_static("Bearer")),
+            _ if self.status() == StatusCode::UNAUTHORIZED => {
+                // Messages are our own text; quotes and backslashes are dropped so the
+                // quoted-string stays valid whatever a future message contains.
+                let description: String = self
+                    .to_string()
+                    .chars()
+                    .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+                    .collect();
+                HeaderValue::from_str(&format!(
+                    "Bearer error=\"invalid_token\", error_description=\"{description}\""
+                ))
+                .ok()
+            }
+            _ => None,
+        }
+    }
 }
 
-/// The JSON body of every error response of this crate.
+/// Every error code this crate answers, with its HTTP status: the layer's rejections
+/// ([`AuthError`]), then the webhook endpoint's ([`crate::WebhookError`]), the rate limiter's
+/// and the extractor's. Every error response is JSON `{"error": "<code>", "message": "..."}`.
+pub const ERROR_CODES: &[(&str, StatusCode)] = &[
+    // AuthError, in `AuthError::index` order.
+    ("missing_token", StatusCode::UNAUTHORIZED),
+    ("malformed_token", StatusCode::UNAUTHORIZED),
+    ("invalid_signature", StatusCode::UNAUTHORIZED),
+    ("token_expired", StatusCode::UNAUTHORIZED),
+    ("token_not_yet_valid", StatusCode::UNAUTHORIZED),
+    ("invalid_issuer", StatusCode::UNAUTHORIZED),
+    ("invalid_authorized_party", StatusCode::UNAUTHORIZED),
+    ("invalid_token_category", StatusCode::UNAUTHORIZED),
+    ("session_pending", StatusCode::UNAUTHORIZED),
+    ("unknown_key", StatusCode::UNAUTHORIZED),
+    ("keys_unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    ("user_deleted", StatusCode::FORBIDDEN),
+    ("sync_unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    ("session_outdated", StatusCode::UNAUTHORIZED),
+    // WebhookError (its store failure is `sync_unavailable`, above, with the same status).
+    ("missing_webhook_headers", StatusCode::BAD_REQUEST),
+    ("malformed_webhook_headers", StatusCode::BAD_REQUEST),
+    ("webhook_timestamp_out_of_range", StatusCode::UNAUTHORIZED),
+    ("invalid_webhook_signature", StatusCode::UNAUTHORIZED),
+    ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+    ("malformed_webhook", StatusCode::BAD_REQUEST),
+    // The rate limiter.
+    ("rate_limited", StatusCode::TOO_MANY_REQUESTS),
+    ("rate_limit_unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    (
+        "rate_limit_misconfigured",
+        StatusCode::INTERNAL_SERVER_ERROR,
+    ),
+    // The `ClerkUser` extractor on a route without the layer.
+    ("clerk_layer_missing", StatusCode::INTERNAL_SERVER_ERROR),
+];
+
+/// The status of `code` in [`ERROR_CODES`]; 500 for a code not in the table (a bug that the
+/// unit tests catch).
+pub(crate) fn status_of(code: &str) -> StatusCode {
+    ERROR_CODES
+        .iter()
+        .find(|(known, _)| *known == code)
+        .map_or(StatusCode::INTERNAL_SERVER_ERROR, |(_, status)| *status)
+}
+
 #[derive(Serialize)]
-pub(crate) struct ErrorBody<'a> {
-    pub(crate) error: &'a str,
-    pub(crate) message: &'a str,
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+/// The one error response of this crate: `{"error": code, "message": message}` with the
+/// code's status from [`ERROR_CODES`].
+pub(crate) fn error_response(code: &str, message: &str) -> Response {
+    let body = ErrorBody {
+        error: code,
+        message,
+    };
+    (status_of(code), Json(body)).into_response()
+}
+
+/// Adds `WWW-Authenticate` and `Retry-After` where a response lacks them: the one place both
+/// are set, for the default bodies and a custom [`on_rejection`] response alike.
+///
+/// [`on_rejection`]: crate::ClerkSyncBuilder::on_rejection
+pub(crate) fn complete_headers(
+    response: &mut Response,
+    challenge: Option<HeaderValue>,
+    retry_after: Option<u64>,
+) {
+    let headers = response.headers_mut();
+    if let Some(challenge) = challenge
+        && !headers.contains_key(header::WWW_AUTHENTICATE)
+    {
+        headers.insert(header::WWW_AUTHENTICATE, challenge);
+    }
+    if let Some(seconds) = retry_after
+        && !headers.contains_key(header::RETRY_AFTER)
+    {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
 }
 
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
-        let message = self.to_string();
-        let mut response = (
-            self.status(),
-            Json(ErrorBody {
-                error: self.code(),
-                message: &message,
-            }),
-        )
-            .into_response();
-        let headers = response.headers_mut();
-        match &self {
-            // RFC 6750 §3.1: a request without credentials gets the scheme and no error code.
-            Self::MissingToken => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            _ if self.status() == StatusCode::UNAUTHORIZED => {
-                // Messages are our own text; quotes and backslashes are dropped so the
-                // quoted-string stays valid whatever a future message contains.
-                let description: String = message
-                    .chars()
-                    .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
-                    .collect();
-                let value =
-                    format!("Bearer error=\"invalid_token\", error_description=\"{description}\"");
-                if let Ok(value) = HeaderValue::from_str(&value) {
-                    headers.insert(header::WWW_AUTHENTICATE, value);
-                }
-            }
-            Self::KeysUnavailable { retry_after_secs } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
-            }
-            Self::SyncUnavailable => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            _ => {}
-        }
+        let mut response = error_response(self.code(), &self.to_string());
+        complete_headers(&mut response, self.challenge(), self.retry_after());
         response
     }
+}
+
+/// The future returned by the methods of [`crate::store::UserStore`] and the other store
+/// traits.
+pub type StoreFuture<'a, T> = futures_util::future::BoxFuture<'a, Result<T, StoreError>>;
+
+/// A store failure; the layer answers 503 `sync_unavailable` (or passes, failing open).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database answered with an error or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Another failure of a custom store (or of a channel's server).
+    #[error("{0}")]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+    /// The store does not implement this operation.
+    #[error("this store does not support {0}")]
+    Unsupported(&'static str),
 }
 
 /// A start-up error: a setting is missing or has a bad value.
@@ -232,7 +292,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_table_matches_variants() {
+    fn every_variant_has_its_own_row_of_the_code_table() {
         let all = [
             AuthError::MissingToken,
             AuthError::malformed("x"),
@@ -251,10 +311,18 @@ mod tests {
             AuthError::SyncUnavailable,
             AuthError::SessionOutdated,
         ];
-        assert_eq!(all.len(), AuthError::CODES.len());
+        assert_eq!(all.len(), AuthError::COUNT);
+        let mut indexes: Vec<usize> = all.iter().map(AuthError::index).collect();
+        indexes.sort_unstable();
+        assert_eq!(indexes, (0..AuthError::COUNT).collect::<Vec<_>>());
         for error in &all {
-            assert_eq!(AuthError::CODES[error.index()], error.code());
+            assert_eq!(error.clone().into_response().status(), error.status());
         }
+        // Every code appears once.
+        let mut codes: Vec<&str> = ERROR_CODES.iter().map(|(code, _)| *code).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), ERROR_CODES.len());
     }
 
     #[test]

@@ -3,13 +3,10 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
-use http::StatusCode;
 use http::request::Parts;
 
-use crate::error::ErrorBody;
 use crate::token::SessionClaims;
 
 /// The signed-in user of a request, put in the request extensions by [`crate::ClerkSyncLayer`].
@@ -85,12 +82,7 @@ pub struct MissingClerkLayer;
 impl IntoResponse for MissingClerkLayer {
     fn into_response(self) -> Response {
         tracing::error!("{self}");
-        let message = self.to_string();
-        let body = ErrorBody {
-            error: "clerk_layer_missing",
-            message: &message,
-        };
-        (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+        crate::error::error_response("clerk_layer_missing", &self.to_string())
     }
 }
 
@@ -115,4 +107,12 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for ClerkUser {
     ) -> Result<Option<Self>, Self::Rejection> {
         Ok(parts.extensions.get::<ClerkUser>().cloned())
     }
+}
+
+/// Put in the extensions of requests that passed the optional layer without a token, so the
+/// rate limiter can tell "anonymous" from "the sync layer did not run". `network` is the
+/// client's network by [`crate::ClientAddress`], when the server provides `ConnectInfo`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AnonymousRequest {
+    pub(crate) network: Option<std::net::IpAddr>,
 }

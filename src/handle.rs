@@ -1,328 +1,162 @@
-//! [`ClerkSync`], the handle the app keeps, and its builder.
+//! [`ClerkSync`], the handle the app keeps, and its builder: wiring only. The request
+//! pipeline is [`crate::core`]'s.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use http::HeaderMap;
+use axum::response::Response;
 use tokio::sync::watch;
 
 use crate::clerk_api::{ClerkApi, RetryPolicy};
 use crate::client_addr::ClientAddress;
-use crate::config::{ClerkConfig, WebhookSecret};
-use crate::error::{AuthError, ConfigError};
-use crate::extract::ClerkUser;
-use crate::layer::{AnonymousRequest, ClerkSyncLayer, Mode};
-use crate::sessions::{Lookup, SessionCache};
+use crate::config::ClerkConfig;
+use crate::core::{Core, Mode, RejectionHook};
+use crate::error::{AuthError, ConfigError, StoreError};
+use crate::invalidate::InvalidationChannel;
+use crate::layer::ClerkSyncLayer;
+use crate::secret::WebhookSecret;
 use crate::stats::{Counters, Stats};
+use crate::store::UserStore;
 use crate::sync::budget::Budget;
-use crate::sync::cache::{SyncOptions, Syncer};
-use crate::sync::{
-    FailurePolicy, ProfileClaims, ProfileSource, StoreError, UserChange, UserStore, WebhookOutcome,
-};
-use crate::token::extract::{Located, locate};
+use crate::sync::{FailurePolicy, ProfileClaims, ProfileSource, SyncOptions, Syncer, listener};
 use crate::token::keys::{KeyOptions, KeyStore};
-use crate::token::verify::{VerifierOptions, unix_now};
-use crate::token::{AuthorizedPartyPolicy, SessionClaims, Verifier};
-use crate::webhook::{self, WebhookError};
+use crate::token::verify::VerifierOptions;
+use crate::token::{AuthorizedPartyPolicy, Verifier};
+use crate::token_cache::TokenCache;
+
+/// How often the background task forgets old webhook delivery ids, and how old they must be.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+const DELIVERY_IDS_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Verifies Clerk session tokens and keeps users synced; cheap to clone (an `Arc` inside).
 ///
-/// Build one per process with [`ClerkSync::builder`], then put [`ClerkSync::layer`] in front
-/// of authenticated routes.
+/// Build one per process with [`ClerkSync::builder`], spawn its [`background`](Self::background)
+/// task, then put [`ClerkSync::layer`] in front of authenticated routes.
 #[derive(Clone)]
 pub struct ClerkSync {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    verifier: Verifier,
-    syncer: Syncer,
-    // `None` when the token cache is off (`token_cache_capacity(0)`).
-    sessions: Option<SessionCache>,
-    counters: Arc<Counters>,
+    core: Arc<Core>,
     webhook_secret: Option<WebhookSecret>,
-    cookie_suffix: Option<String>,
-    client_address: ClientAddress,
-    // Dropped with the last clone: tells the store's listener task to end.
-    _alive: watch::Sender<()>,
 }
 
 impl fmt::Debug for ClerkSync {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClerkSync")
-            .field("verifier", &self.inner.verifier)
-            .field("cached_users", &self.inner.syncer.cached_users())
-            .field(
-                "cached_sessions",
-                &self.inner.sessions.as_ref().map_or(0, SessionCache::len),
-            )
+            .field("core", &self.core)
             .finish_non_exhaustive()
     }
 }
 
 impl ClerkSync {
-    /// Starts a builder for this Clerk instance.
-    pub fn builder(config: ClerkConfig) -> ClerkSyncBuilder {
-        ClerkSyncBuilder::new(config)
+    /// Starts a builder for this Clerk instance, writing users to `store` (for example
+    /// [`crate::PgUserStore`], [`crate::SqliteUserStore`] or [`crate::MemoryUserStore`]).
+    pub fn builder(config: ClerkConfig, store: impl UserStore) -> ClerkSyncBuilder {
+        ClerkSyncBuilder::new(config, Arc::new(store))
     }
 
     /// A layer that requires a valid session: requests without one get 401.
     pub fn layer(&self) -> ClerkSyncLayer {
-        ClerkSyncLayer::new(self.clone(), Mode::Required)
+        ClerkSyncLayer::new(self.core.clone(), Mode::Required)
     }
 
-    /// A layer that lets requests without any token through with no [`ClerkUser`]. A token
-    /// that is present must still be valid: a bad or expired one gets 401, so clients learn
-    /// that their session broke instead of silently becoming anonymous.
+    /// A layer that lets requests without any token through with no [`crate::ClerkUser`]. A
+    /// token that is present must still be valid: a bad or expired one gets 401, so clients
+    /// learn that their session broke instead of silently becoming anonymous.
     pub fn optional_layer(&self) -> ClerkSyncLayer {
-        ClerkSyncLayer::new(self.clone(), Mode::Optional)
+        ClerkSyncLayer::new(self.core.clone(), Mode::Optional)
     }
 
     /// The token verifier, for code outside the layer (WebSocket upgrades, jobs, the CLI).
     pub fn verifier(&self) -> &Verifier {
-        &self.inner.verifier
+        &self.core.verifier
     }
 
-    /// Forgets the synced user in this process and tells the other processes on the same
-    /// store to do the same, so the next request of that user upserts again and reads its
+    /// The work that runs beside the requests, as a future for the app to spawn once:
+    /// `tokio::spawn(clerk.background())`. It listens on the invalidation channel (evicting
+    /// what other processes publish, and clearing the synced-user cache after a reconnect)
+    /// and forgets webhook delivery ids older than 30 days, hourly. It ends by itself when the
+    /// last layer, webhook router and clone of this handle are gone.
+    ///
+    /// Nothing is spawned behind the app's back: without this task, other processes'
+    /// evictions never reach this one (cached users then live out their TTL), and a
+    /// configuration with a channel logs a warning once, at the first sync.
+    pub fn background(&self) -> impl Future<Output = ()> + Send + 'static {
+        let syncer = &self.core.syncer;
+        syncer.mark_listening();
+        let channel = syncer.channel().cloned();
+        let users = syncer.users().clone();
+        let store = syncer.store().clone();
+        let counters = self.core.counters.clone();
+        let mut alive = self.core.alive.subscribe();
+        async move {
+            let listening = async move {
+                match channel {
+                    Some(channel) => listener::listen(channel, users, counters).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let pruning = async move {
+                let mut every = tokio::time::interval(PRUNE_EVERY);
+                loop {
+                    every.tick().await;
+                    match store.prune_webhook_deliveries(DELIVERY_IDS_KEPT).await {
+                        Ok(pruned) => tracing::debug!(pruned, "old webhook delivery ids pruned"),
+                        Err(error) => tracing::warn!(%error, "pruning webhook delivery ids failed"),
+                    }
+                }
+            };
+            // `changed` fails once the core (the sender) is gone; nothing is ever sent.
+            let closed = async move { while alive.changed().await.is_ok() {} };
+            tokio::select! {
+                () = closed => {}
+                () = listening => {}
+                () = pruning => {}
+            }
+        }
+    }
+
+    /// Forgets the synced user in this process and publishes the id on the invalidation
+    /// channel, so the next request of that user in every process upserts again and reads its
     /// tier afresh. Call it after changing a user's tier.
     ///
     /// The local eviction always happens; the error says the other processes could not be
     /// told (their caches expire after the user-cache TTL at the latest).
     pub async fn invalidate(&self, user_id: &str) -> Result<(), StoreError> {
-        self.inner.syncer.invalidate(user_id).await;
-        self.inner
-            .syncer
-            .store()
-            .publish_invalidation(user_id)
-            .await
+        self.core.syncer.invalidate(user_id).await
     }
 
     /// A router with one route, `POST path`, that receives Clerk's webhooks (Svix-signed
     /// `user.created`, `user.updated`, `user.deleted`) and applies them through the store.
-    /// Merge it into your app outside the session layer. Needs
-    /// `CLERK_WEBHOOK_SIGNING_SECRET`.
-    pub fn webhook_router(&self, path: &str) -> Result<Router, ConfigError> {
-        let secret = self.inner.webhook_secret.clone().ok_or_else(|| {
+    /// Merge it into your app outside the session layer; it fits a router of any state.
+    /// Needs `CLERK_WEBHOOK_SIGNING_SECRET`.
+    pub fn webhook_router<S>(&self, path: &str) -> Result<Router<S>, ConfigError>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let secret = self.webhook_secret.clone().ok_or_else(|| {
             ConfigError::new(
                 "CLERK_WEBHOOK_SIGNING_SECRET",
                 "not set: copy the endpoint's signing secret (`whsec_...`) from Clerk's dashboard",
             )
         })?;
-        Ok(webhook::router(self.clone(), secret, path))
-    }
-
-    /// The marker of an anonymous request, with the client's network when the server
-    /// provides `ConnectInfo<SocketAddr>`.
-    pub(crate) fn anonymous<B>(&self, request: &http::Request<B>) -> AnonymousRequest {
-        let network = request
-            .extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|info| {
-                let client = &self.inner.client_address;
-                client.network(client.client_ip(info.0.ip(), request.headers()))
-            });
-        AnonymousRequest { network }
-    }
-
-    pub(crate) fn counters(&self) -> &Counters {
-        &self.inner.counters
-    }
-
-    /// Applies a verified webhook change and evicts the user here; the store notifies the
-    /// other processes.
-    pub(crate) async fn apply_webhook(
-        &self,
-        delivery_id: &str,
-        change: &UserChange,
-    ) -> Result<WebhookOutcome, WebhookError> {
-        let syncer = &self.inner.syncer;
-        let applied = tokio::time::timeout(
-            syncer.timeout(),
-            syncer.store().apply_webhook(delivery_id, change),
-        )
-        .await;
-        match applied {
-            Ok(Ok(outcome)) => {
-                // A duplicate too: the first attempt may have committed while its caller timed
-                // out, before it reached this eviction.
-                syncer.invalidate(change.user_id()).await;
-                Ok(outcome)
-            }
-            Ok(Err(error)) => {
-                tracing::error!(user.id = change.user_id(), %error, "webhook write failed");
-                Err(WebhookError::StoreUnavailable)
-            }
-            Err(_) => {
-                tracing::error!(user.id = change.user_id(), "webhook write timed out");
-                Err(WebhookError::StoreUnavailable)
-            }
-        }
+        Ok(crate::webhook::router(self.core.clone(), secret, path))
     }
 
     /// Counters since this `ClerkSync` was built.
     pub fn stats(&self) -> Stats {
-        let mut stats = self.inner.counters.snapshot();
-        // A session hit is a token-cache hit and a user-cache hit at once.
-        let session_hits = self.inner.sessions.as_ref().map_or(0, SessionCache::hits);
-        stats.token_cache_hits += session_hits;
-        stats.user_cache_hits += session_hits;
-        stats
+        self.core.stats()
     }
-
-    /// The synchronous first look at a request, run inside `Service::call`: a rejection that
-    /// needs no I/O, a request without a token, or a cached session whose user is current.
-    /// [`Quick::Miss`] sends the request to [`authenticate`](Self::authenticate).
-    pub(crate) fn authenticate_quick(&self, headers: &HeaderMap, mode: Mode) -> Quick {
-        let located = match self.locate(headers, mode) {
-            Ok(Some(located)) => located,
-            Ok(None) => return Quick::Anonymous,
-            Err(error) => return self.rejected(error),
-        };
-        let Some(sessions) = &self.inner.sessions else {
-            return Quick::Miss;
-        };
-        match self.lookup(sessions, located.token(), unix_now()) {
-            // The cookie rule holds for cached sessions too: a browser that signed out since is
-            // signed out here.
-            Lookup::Hit(user) => match signed_in(mode, located.check_client_uat(user.claims().iat))
-            {
-                Ok(true) => Quick::Hit(user),
-                Ok(false) => Quick::Anonymous,
-                Err(error) => self.rejected(error),
-            },
-            Lookup::Expired => self.rejected(AuthError::TokenExpired),
-            Lookup::Stale(_) | Lookup::Absent => Quick::Miss,
-        }
-    }
-
-    /// The request's token, `Ok(None)` for an anonymous request of the optional layer: no
-    /// token, or a session cookie of a signed-out browser (Clerk treats that browser as signed
-    /// out, not as an error). Everything here is decided without I/O.
-    fn locate<'h>(
-        &self,
-        headers: &'h HeaderMap,
-        mode: Mode,
-    ) -> Result<Option<Located<'h>>, AuthError> {
-        let located = match locate(headers, self.inner.cookie_suffix.as_deref())? {
-            Some(located) => located,
-            None if mode == Mode::Optional => return Ok(None),
-            None => return Err(AuthError::MissingToken),
-        };
-        Ok(signed_in(mode, located.check_signed_in())?.then_some(located))
-    }
-
-    /// The cached session of `token`, its user judged current or not by the syncer.
-    fn lookup(&self, sessions: &SessionCache, token: &str, now: i64) -> Lookup {
-        sessions.get(token, now, |user| self.inner.syncer.is_current(user))
-    }
-
-    fn rejected(&self, error: AuthError) -> Quick {
-        self.record_rejection(&error);
-        Quick::Rejected(error)
-    }
-
-    fn record_rejection(&self, error: &AuthError) {
-        self.inner.counters.reject(error);
-        if error.is_server_fault() {
-            tracing::warn!(code = error.code(), "request rejected: {error}");
-        } else {
-            tracing::debug!(code = error.code(), "request rejected: {error}");
-        }
-    }
-
-    /// Verifies the request's token and makes sure its user is synced. `Ok(None)` only in
-    /// [`Mode::Optional`] for a request without a token. Rejections are counted and logged.
-    pub(crate) async fn authenticate(
-        &self,
-        headers: &HeaderMap,
-        mode: Mode,
-    ) -> Result<Option<ClerkUser>, AuthError> {
-        let result = self.authenticate_inner(headers, mode).await;
-        if let Err(error) = &result {
-            self.record_rejection(error);
-        }
-        result
-    }
-
-    async fn authenticate_inner(
-        &self,
-        headers: &HeaderMap,
-        mode: Mode,
-    ) -> Result<Option<ClerkUser>, AuthError> {
-        let Some(located) = self.locate(headers, mode)? else {
-            return Ok(None);
-        };
-        let token = located.token();
-        let inner = &*self.inner;
-        // A cookie token minted before the browser's last session change is outdated; under
-        // the optional layer the request is anonymous. Checked before anything is written.
-        let signed_in =
-            |claims: &SessionClaims| signed_in(mode, located.check_client_uat(claims.iat));
-        let Some(sessions) = &inner.sessions else {
-            let claims = inner.verifier.verify(token).await?;
-            if !signed_in(&claims)? {
-                return Ok(None);
-            }
-            let (user, synced) = inner.syncer.ensure(&claims, token).await?;
-            return Ok(Some(ClerkUser::new(claims, user.tier.clone(), synced)));
-        };
-        let now = unix_now();
-        let key_epoch = sessions.key_epoch();
-        // A known token whose user was invalidated keeps its verified claims; anything else is
-        // verified now (the session cache is the token cache, so the verifier's is bypassed).
-        let claims = match self.lookup(sessions, token, now) {
-            Lookup::Hit(user) => {
-                return Ok(signed_in(user.claims())?.then_some(user));
-            }
-            Lookup::Expired => return Err(AuthError::TokenExpired),
-            Lookup::Stale(claims) => {
-                Counters::bump(&inner.counters.token_cache_hits);
-                claims
-            }
-            Lookup::Absent => inner.verifier.verify_fresh(token).await?,
-        };
-        if !signed_in(&claims)? {
-            return Ok(None);
-        }
-        let (user, synced) = inner.syncer.ensure(&claims, token).await?;
-        let answer = ClerkUser::new(claims, user.tier.clone(), synced);
-        if synced {
-            sessions.insert(token, answer.clone(), user, now, key_epoch);
-        }
-        Ok(Some(answer))
-    }
-}
-
-/// Applies the outcome of a cookie check (Clerk's `__client_uat` rule): `Ok(true)` signed in;
-/// an outdated cookie is `Ok(false)` (anonymous) under the optional layer, as Clerk treats a
-/// signed-out browser, and the rejection under the required one.
-fn signed_in(mode: Mode, check: Result<(), AuthError>) -> Result<bool, AuthError> {
-    match check {
-        Ok(()) => Ok(true),
-        Err(_) if mode == Mode::Optional => Ok(false),
-        Err(error) => Err(error),
-    }
-}
-
-/// What [`ClerkSync::authenticate_quick`] found.
-pub(crate) enum Quick {
-    /// A cached session whose user is current.
-    Hit(ClerkUser),
-    /// No token, and the layer is optional.
-    Anonymous,
-    /// Rejected without I/O (already counted and logged).
-    Rejected(AuthError),
-    /// Needs verification or a sync.
-    Miss,
 }
 
 /// Builder for [`ClerkSync`]. Every setter documents its default.
 pub struct ClerkSyncBuilder {
     config: ClerkConfig,
-    store: Option<Arc<dyn UserStore>>,
+    store: Arc<dyn UserStore>,
+    /// `None`: the store's own channel.
+    channel: Option<Option<Arc<dyn InvalidationChannel>>>,
+    on_rejection: Option<RejectionHook>,
     leeway: Duration,
     azp_policy: AuthorizedPartyPolicy,
     allow_pending_sessions: bool,
@@ -347,16 +181,18 @@ impl fmt::Debug for ClerkSyncBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClerkSyncBuilder")
             .field("config", &self.config)
-            .field("has_store", &self.store.is_some())
+            .field("custom_channel", &self.channel.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl ClerkSyncBuilder {
-    fn new(config: ClerkConfig) -> Self {
+    fn new(config: ClerkConfig, store: Arc<dyn UserStore>) -> Self {
         Self {
             config,
-            store: None,
+            store,
+            channel: None,
+            on_rejection: None,
             leeway: Duration::from_secs(5),
             azp_policy: AuthorizedPartyPolicy::default(),
             allow_pending_sessions: false,
@@ -378,9 +214,43 @@ impl ClerkSyncBuilder {
         }
     }
 
-    /// Where users are written, for example [`crate::PgUserStore`]. Required.
-    pub fn store(mut self, store: impl UserStore) -> Self {
-        self.store = Some(Arc::new(store));
+    /// How evictions reach the other processes: a channel the handle publishes on after
+    /// every write that changes a user, and that its [`background`](ClerkSync::background)
+    /// task listens on. Default: the store's own
+    /// ([`UserStore::invalidation_channel`]): `LISTEN`/`NOTIFY` for [`crate::PgUserStore`],
+    /// none for SQLite and memory.
+    pub fn invalidation(mut self, channel: impl InvalidationChannel) -> Self {
+        self.channel = Some(Some(Arc::new(channel)));
+        self
+    }
+
+    /// No invalidation channel, whatever the store offers: for a single process (the user
+    /// cache TTL bounds staleness otherwise). Default: the store's own channel.
+    pub fn without_invalidation(mut self) -> Self {
+        self.channel = Some(None);
+        self
+    }
+
+    /// Shapes every rejection of the layers (401, 403, 503) instead of the default JSON body
+    /// `{"error": "<code>", "message": "..."}`. The hook sees the [`AuthError`] (its
+    /// [`code`](AuthError::code) and [`status`](AuthError::status) are the defaults' own); the
+    /// crate still adds `WWW-Authenticate` to a 401 and `Retry-After` to a 503 when the
+    /// hook's response lacks them. Default: the JSON body.
+    ///
+    /// ```
+    /// # fn doc(builder: clerk_sync::ClerkSyncBuilder) -> clerk_sync::ClerkSyncBuilder {
+    /// use axum::response::IntoResponse;
+    ///
+    /// builder.on_rejection(|error| {
+    ///     (error.status(), format!("sign in again ({})", error.code())).into_response()
+    /// })
+    /// # }
+    /// ```
+    pub fn on_rejection(
+        mut self,
+        hook: impl Fn(&AuthError) -> Response + Send + Sync + 'static,
+    ) -> Self {
+        self.on_rejection = Some(Arc::new(hook));
         self
     }
 
@@ -537,17 +407,14 @@ impl ClerkSyncBuilder {
         self
     }
 
-    /// Builds the handle. Keys are fetched by the first request that needs them. When called
-    /// inside a Tokio runtime, it also starts the store's invalidation listener (for
-    /// [`crate::PgUserStore`]: `LISTEN` on one pooled connection), which ends when the last
-    /// clone of the handle is dropped.
+    /// Builds the handle. Keys are fetched by the first request that needs them; nothing is
+    /// spawned (see [`ClerkSync::background`]).
     pub fn build(self) -> Result<ClerkSync, ConfigError> {
-        let store = self.store.ok_or_else(|| {
-            ConfigError::new(
-                "store",
-                "no user store: call .store(PgUserStore::new(pool))",
-            )
-        })?;
+        let store = self.store;
+        let channel = match self.channel {
+            Some(chosen) => chosen,
+            None => store.invalidation_channel(),
+        };
         if self.azp_policy == AuthorizedPartyPolicy::Required
             && self.config.authorized_parties.is_empty()
         {
@@ -602,6 +469,7 @@ impl ClerkSyncBuilder {
         );
         let syncer = Syncer::new(
             store,
+            channel,
             SyncOptions {
                 capacity: self.user_cache_capacity,
                 ttl: self.user_cache_ttl,
@@ -615,28 +483,23 @@ impl ClerkSyncBuilder {
             },
             counters.clone(),
         );
-        let (alive, closed) = watch::channel(());
-        if tokio::runtime::Handle::try_current().is_ok() {
-            syncer.store().start_listener(syncer.invalidator(closed));
-        } else {
-            tracing::warn!(
-                "ClerkSync built outside a Tokio runtime: no cross-process invalidation listener"
-            );
-        }
         let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX);
-        let sessions = (self.token_cache_capacity > 0)
-            .then(|| SessionCache::new(self.token_cache_capacity, leeway, verifier.key_epoch()));
+        let tokens = (self.token_cache_capacity > 0)
+            .then(|| TokenCache::new(self.token_cache_capacity, leeway, verifier.key_epoch()));
+        let (alive, _) = watch::channel(());
+        let core = Core {
+            verifier,
+            syncer,
+            tokens,
+            counters,
+            cookie_suffix: self.config.cookie_suffix.clone(),
+            client_address: self.client_address,
+            on_rejection: self.on_rejection,
+            alive,
+        };
         Ok(ClerkSync {
-            inner: Arc::new(Inner {
-                verifier,
-                syncer,
-                sessions,
-                counters,
-                webhook_secret: self.config.webhook_secret.clone(),
-                cookie_suffix: self.config.cookie_suffix.clone(),
-                client_address: self.client_address,
-                _alive: alive,
-            }),
+            core: Arc::new(core),
+            webhook_secret: self.config.webhook_secret.clone(),
         })
     }
 }

@@ -23,34 +23,22 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::handle::{ClerkSync, Quick};
-use crate::response::LayerState;
+use std::sync::Arc;
 
-/// Whether requests without a token pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
-    Required,
-    Optional,
-}
+use crate::core::{Core, Decision, Mode};
+use crate::response_state::LayerState;
 
-/// Put in the extensions of requests that passed the optional layer without a token, so the
-/// rate limiter can tell "anonymous" from "the sync layer did not run". `network` is the
-/// client's network by [`crate::ClientAddress`], when the server provides `ConnectInfo`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AnonymousRequest {
-    pub(crate) network: Option<std::net::IpAddr>,
-}
-
-/// Applies [`ClerkSyncService`]; made by [`ClerkSync::layer`] or [`ClerkSync::optional_layer`].
+/// Applies [`ClerkSyncService`]; made by [`crate::ClerkSync::layer`] or
+/// [`crate::ClerkSync::optional_layer`].
 #[derive(Debug, Clone)]
 pub struct ClerkSyncLayer {
-    clerk: ClerkSync,
+    core: Arc<Core>,
     mode: Mode,
 }
 
 impl ClerkSyncLayer {
-    pub(crate) fn new(clerk: ClerkSync, mode: Mode) -> Self {
-        Self { clerk, mode }
+    pub(crate) fn new(core: Arc<Core>, mode: Mode) -> Self {
+        Self { core, mode }
     }
 }
 
@@ -60,7 +48,7 @@ impl<S> Layer<S> for ClerkSyncLayer {
     fn layer(&self, inner: S) -> Self::Service {
         ClerkSyncService {
             inner,
-            clerk: self.clerk.clone(),
+            core: self.core.clone(),
             mode: self.mode,
         }
     }
@@ -72,8 +60,25 @@ impl<S> Layer<S> for ClerkSyncLayer {
 #[derive(Debug, Clone)]
 pub struct ClerkSyncService<S> {
     inner: S,
-    clerk: ClerkSync,
+    core: Arc<Core>,
     mode: Mode,
+}
+
+impl<S> ClerkSyncService<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the service, returning the inner one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S, B> Service<Request<B>> for ClerkSyncService<S>
@@ -94,35 +99,37 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         // Known sessions, anonymous requests and rejections without I/O are decided here and
         // call the inner service directly: no boxed future, no clone of the inner service.
-        match self.clerk.authenticate_quick(request.headers(), self.mode) {
-            Quick::Hit(user) => {
+        let pending = match self.core.decide(request.headers(), self.mode) {
+            Decision::Hit(user) => {
                 request.extensions_mut().insert(user);
                 return ResponseFuture::inner(self.inner.call(request));
             }
-            Quick::Anonymous => {
-                let anonymous = self.clerk.anonymous(&request);
+            Decision::Anonymous => {
+                let anonymous = self.core.anonymous(&request);
                 request.extensions_mut().insert(anonymous);
                 return ResponseFuture::inner(self.inner.call(request));
             }
-            Quick::Rejected(rejection) => return ResponseFuture::ready(rejection.into_response()),
-            Quick::Miss => {}
-        }
+            Decision::Rejected(error) => {
+                return ResponseFuture::ready(self.core.rejection(error));
+            }
+            Decision::Pending(pending) => pending,
+        };
         // The service that was polled ready is the one to call; leave a fresh clone behind.
         // See https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let clerk = self.clerk.clone();
+        let core = self.core.clone();
         let mode = self.mode;
         ResponseFuture::boxed(async move {
-            match clerk.authenticate(request.headers(), mode).await {
+            match core.finish(pending, mode).await {
                 Ok(Some(user)) => {
                     request.extensions_mut().insert(user);
                 }
                 Ok(None) => {
-                    let anonymous = clerk.anonymous(&request);
+                    let anonymous = core.anonymous(&request);
                     request.extensions_mut().insert(anonymous);
                 }
-                Err(rejection) => return Ok(rejection.into_response()),
+                Err(error) => return Ok(core.rejection(error)),
             }
             inner.call(request).await.map(IntoResponse::into_response)
         })

@@ -13,42 +13,47 @@ pub mod backfill;
 pub mod clerk_api;
 mod client_addr;
 mod config;
+mod core;
 mod error;
 mod extract;
 mod handle;
 mod invalidate;
 mod layer;
+mod log_throttle;
 pub mod ratelimit;
-mod response;
-mod sessions;
+mod response_state;
+mod rsa;
+mod secret;
 mod stats;
+pub mod store;
 mod sync;
-mod token;
-mod webhook;
-
 #[cfg(feature = "test-util")]
 pub mod testing;
+mod time;
+mod token;
+mod token_cache;
+mod webhook;
 
 pub use backfill::{BackfillOptions, BackfillReport, backfill};
 pub use clerk_api::{ApiError, ClerkApi};
 pub use client_addr::ClientAddress;
-pub use config::{ClerkConfig, ClerkConfigBuilder, KeySource, Secret};
-pub use error::{AuthError, ConfigError};
+pub use config::{ClerkConfig, ClerkConfigBuilder, KeySource};
+pub use error::{AuthError, ConfigError, ERROR_CODES};
 pub use extract::{ClerkUser, MissingClerkLayer};
 pub use handle::{ClerkSync, ClerkSyncBuilder};
-pub use invalidate::Invalidator;
+#[cfg(feature = "postgres")]
+pub use invalidate::PgChannel;
 pub use layer::{ClerkSyncLayer, ClerkSyncService, ResponseFuture};
 #[cfg(feature = "postgres")]
 pub use ratelimit::PgRateLimitStore;
-pub use ratelimit::{Limit, MemoryRateLimitStore, RateLimitLayer, TierLimits};
+pub use ratelimit::{Limit, MemoryRateLimitStore, RateLimitLayer, TierLimit, TierLimits};
+pub use secret::Secret;
 pub use stats::Stats;
-pub use sync::{
-    FailurePolicy, ImportCounts, ProfileClaims, ProfileSource, StoreError, StoreFuture,
-    UpsertOutcome, UserChange, UserProfile, UserStore, WebhookOutcome,
-};
+pub use store::MemoryUserStore;
 #[cfg(feature = "postgres")]
-pub use sync::{PgUserStore, migrate};
+pub use store::postgres::{PgUserStore, migrate};
 #[cfg(feature = "sqlite")]
-pub use sync::{SqliteUserStore, migrate_sqlite};
+pub use store::sqlite::{SqliteUserStore, migrate_sqlite};
+pub use sync::{FailurePolicy, ProfileClaims, ProfileSource};
 pub use token::{AuthorizedPartyPolicy, SessionClaims, Verifier};
 pub use webhook::WebhookError;

@@ -35,7 +35,7 @@ use crate::ClerkConfig;
 use crate::config::ClerkConfigBuilder;
 
 mod fake_api;
-use crate::token::verify::unix_now;
+use crate::time::unix_now;
 pub use fake_api::{FakeClerkApi, Fault};
 
 /// The `azp` of minted tokens and the authorized party of [`DevIssuer::config`].
@@ -466,7 +466,7 @@ pub fn sign_webhook(
     timestamp: i64,
     body: &[u8],
 ) -> Result<String, crate::ConfigError> {
-    let secret = crate::config::WebhookSecret::parse(secret)?;
+    let secret = crate::secret::WebhookSecret::parse(secret)?;
     Ok(crate::webhook::sign(&secret, id, timestamp, body))
 }
 

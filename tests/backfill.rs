@@ -2,11 +2,9 @@
 //! retries and failed pages, idempotent re-runs, versioning and deleted users.
 #![allow(clippy::unwrap_used)]
 
+use clerk_sync::store::{UserChange, UserProfile, UserStore};
 use clerk_sync::testing::{FakeClerkApi, Fault};
-use clerk_sync::{
-    BackfillOptions, BackfillReport, PgUserStore, SqliteUserStore, UserChange, UserProfile,
-    UserStore, backfill,
-};
+use clerk_sync::{BackfillOptions, BackfillReport, PgUserStore, SqliteUserStore, backfill};
 use sqlx::PgPool;
 
 async fn run(fake: &FakeClerkApi, store: &dyn UserStore, page_size: u32) -> BackfillReport {

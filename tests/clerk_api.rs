@@ -137,11 +137,11 @@ async fn connection_errors_are_retried_then_reported() {
     };
     let api = ClerkApi::new(&format!("http://127.0.0.1:{port}"), "sk_test_x")
         .unwrap()
-        .with_retry(clerk_sync::clerk_api::RetryPolicy {
-            max_retries: 2,
-            initial_backoff: Duration::from_millis(5),
-            max_wait: Duration::from_millis(50),
-        });
+        .with_retry(clerk_sync::clerk_api::RetryPolicy::new(
+            2,
+            Duration::from_millis(5),
+            Duration::from_millis(50),
+        ));
     match api.get_user("user_1").await.unwrap_err() {
         ApiError::Unavailable { attempts, .. } => assert_eq!(attempts, 3),
         other => panic!("expected Unavailable, got {other:?}"),

@@ -8,7 +8,8 @@ mod common;
 use clerk_sync::testing::{FakeClerkApi, Fault};
 use std::time::{Duration, Instant};
 
-use clerk_sync::{ClerkSync, PgUserStore, ProfileSource, UserStore};
+use clerk_sync::store::UserStore;
+use clerk_sync::{ClerkSync, PgUserStore, ProfileSource};
 use common::{Harness, error_code, get_with_token, user_rows};
 use http::StatusCode;
 use sqlx::PgPool;
@@ -96,12 +97,14 @@ async fn profile_source_claims_never_calls_and_api_ignores_claims(pool: PgPool) 
     assert_eq!(reply.body["row_email"], serde_json::Value::Null);
     assert_eq!(fake.user_requests(), 0);
 
-    let api_only = ClerkSync::builder(h.issuer.config().build().unwrap())
-        .store(PgUserStore::new(pool.clone()))
-        .clerk_api(fake.client())
-        .profile_source(ProfileSource::Api)
-        .build()
-        .unwrap();
+    let api_only = ClerkSync::builder(
+        h.issuer.config().build().unwrap(),
+        PgUserStore::new(pool.clone()),
+    )
+    .clerk_api(fake.client())
+    .profile_source(ProfileSource::Api)
+    .build()
+    .unwrap();
     let router = common::app(&api_only, pool.clone());
     let token = h
         .issuer
@@ -123,7 +126,7 @@ async fn a_row_that_has_the_profile_never_costs_an_api_call(pool: PgPool) {
     let h = harness(&pool, &fake, |b| b).await;
     let user = FakeClerkApi::user_id(7);
     // The row came from a webhook or a backfill earlier.
-    let mut known = clerk_sync::UserProfile::new(&user);
+    let mut known = clerk_sync::store::UserProfile::new(&user);
     known.email = Some("known@example.com".into());
     known.version_ms = Some(1_000);
     PgUserStore::new(pool.clone()).upsert(&known).await.unwrap();
@@ -294,8 +297,7 @@ async fn api_profiles_need_a_secret_key() {
     let store = clerk_sync::SqliteUserStore::open(dir.path().join("u.db").to_str().unwrap())
         .await
         .unwrap();
-    let error = ClerkSync::builder(issuer.config().build().unwrap())
-        .store(store)
+    let error = ClerkSync::builder(issuer.config().build().unwrap(), store)
         .profile_source(ProfileSource::Api)
         .build()
         .unwrap_err();

@@ -3,18 +3,20 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use clerk_sync::testing::{DevIssuer, signed_webhook_request};
-use clerk_sync::{
-    ClerkSync, Invalidator, Stats, StoreFuture, UpsertOutcome, UserChange, UserProfile, UserStore,
-    WebhookOutcome,
+use clerk_sync::store::{
+    ChannelEvent, InvalidationChannel, StoreError, StoreFuture, UpsertOutcome, UserChange,
+    UserProfile, UserStore, WebhookOutcome,
 };
+use clerk_sync::testing::{DevIssuer, signed_webhook_request};
+use clerk_sync::{ClerkSync, Stats};
 use common::{
-    CountingStore, WEBHOOK_PATH, WEBHOOK_SECRET, app, clerk, error_code, get_with_token, send,
+    CountingStore, ScriptedChannel, WEBHOOK_PATH, WEBHOOK_SECRET, app, clerk, error_code,
+    get_with_token, send,
 };
 use http::StatusCode;
 use serde_json::json;
@@ -37,6 +39,7 @@ async fn process(issuer: &DevIssuer, options: &PgConnectOptions) -> Process {
         .unwrap();
     let store = CountingStore::new(pool.clone());
     let clerk = clerk(issuer, store.clone(), |b| b);
+    tokio::spawn(clerk.background());
     let router = app(&clerk, pool);
     Process {
         clerk,
@@ -217,8 +220,7 @@ async fn listener_stops_when_the_last_handle_is_dropped(
 }
 
 /// The real Postgres store, whose layer upserts can be parked after the write (before the
-/// result is returned) while a test evicts; it also hands its [`Invalidator`] to the test
-/// instead of listening, so the test can play a listener reconnect.
+/// result is returned) while a test evicts.
 #[derive(Clone)]
 struct ParkingStore {
     inner: clerk_sync::PgUserStore,
@@ -226,7 +228,6 @@ struct ParkingStore {
     park_next: Arc<AtomicBool>,
     parked: Arc<Notify>,
     release: Arc<Notify>,
-    invalidator: Arc<Mutex<Option<Invalidator>>>,
 }
 
 impl ParkingStore {
@@ -237,7 +238,6 @@ impl ParkingStore {
             park_next: Arc::default(),
             parked: Arc::default(),
             release: Arc::default(),
-            invalidator: Arc::default(),
         }
     }
 }
@@ -263,9 +263,8 @@ impl UserStore for ParkingStore {
         self.inner.apply_webhook(delivery_id, change)
     }
 
-    fn start_listener(&self, invalidator: Invalidator) -> bool {
-        *self.invalidator.lock().unwrap() = Some(invalidator);
-        true
+    fn invalidation_channel(&self) -> Option<Arc<dyn InvalidationChannel>> {
+        self.inner.invalidation_channel()
     }
 }
 
@@ -277,13 +276,18 @@ async fn race_eviction_with_first_sync<F, Fut>(
     evict: F,
 ) -> (DevIssuer, ParkingStore, Router, String)
 where
-    F: FnOnce(ClerkSync, Router, ParkingStore) -> Fut,
+    F: FnOnce(ClerkSync, Router, ScriptedChannel) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     clerk_sync::migrate(pool).await.unwrap();
     let issuer = DevIssuer::start().await.unwrap();
     let store = ParkingStore::new(pool.clone());
-    let clerk = clerk(&issuer, store.clone(), |b| b);
+    // A channel the test plays, so that it can stage a listener reconnect.
+    let channel = ScriptedChannel::default();
+    let clerk = clerk(&issuer, store.clone(), |b| b.invalidation(channel.clone()));
+    tokio::spawn(clerk.background());
+    channel.send(ChannelEvent::Listening);
+    wait_for(&clerk, "the listener", |s| s.listener_connects >= 1).await;
     let router = app(&clerk, pool.clone());
     let token = issuer.token(user_id);
 
@@ -296,7 +300,7 @@ where
     tokio::time::timeout(Duration::from_secs(10), store.parked.notified())
         .await
         .expect("the first upsert parks");
-    evict(clerk, router.clone(), store.clone()).await;
+    evict(clerk, router.clone(), channel).await;
     store.release.notify_one();
     let reply = first.await.unwrap();
     // The overtaken result may answer its own request.
@@ -352,15 +356,17 @@ async fn delete_webhook_during_an_inflight_sync_is_not_undone_by_it(pool: PgPool
 #[sqlx::test(migrations = false)]
 async fn listener_clear_during_an_inflight_sync_keeps_its_result_out_of_the_cache(pool: PgPool) {
     let (_issuer, store, router, token) =
-        race_eviction_with_first_sync(&pool, "user_race_clear", |_, _, store| {
+        race_eviction_with_first_sync(&pool, "user_race_clear", |clerk, _, channel| {
             let pool = pool.clone();
             async move {
                 sqlx::query("UPDATE users SET tier = 'team' WHERE id = 'user_race_clear'")
                     .execute(&pool)
                     .await
                     .unwrap();
-                let invalidator = store.invalidator.lock().unwrap().clone().unwrap();
-                invalidator.clear();
+                // The listener lost its channel and is back: the cache is cleared.
+                channel.send(ChannelEvent::Lost(StoreError::Other("cut".into())));
+                channel.send(ChannelEvent::Listening);
+                wait_for(&clerk, "the reconnect", |s| s.listener_connects >= 2).await;
             }
         })
         .await;

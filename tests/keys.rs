@@ -157,8 +157,7 @@ async fn pem_key_verifies_without_any_network(pool: PgPool) {
         .issuer(issuer.issuer())
         .build()
         .unwrap();
-    let clerk = ClerkSync::builder(config)
-        .store(PgUserStore::new(pool.clone()))
+    let clerk = ClerkSync::builder(config, PgUserStore::new(pool.clone()))
         .build()
         .unwrap();
     let router = app(&clerk, pool.clone());

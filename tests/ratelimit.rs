@@ -14,10 +14,11 @@ use axum::routing::get;
 use clerk_sync::ratelimit::{
     AnonymousPolicy, Decision, RateLimitKey, RateLimitStore, StoreFailurePolicy,
 };
+use clerk_sync::store::StoreFuture;
 use clerk_sync::testing::DevIssuer;
 use clerk_sync::{
     ClerkSync, ClerkUser, ClientAddress, Limit, PgRateLimitStore, PgUserStore, RateLimitLayer,
-    StoreFuture, TierLimits,
+    TierLimit, TierLimits,
 };
 use common::{Capture, CountingStore, Reply, clerk, error_code, get_with_token, send};
 use http::{Request, StatusCode, header};
@@ -27,9 +28,9 @@ use tokio::task::JoinSet;
 use tower::ServiceBuilder;
 
 fn limits(free: Limit) -> TierLimits {
-    TierLimits::new(Some(free))
-        .tier("pro", Limit::per_minute(600))
-        .tier("staff", None)
+    TierLimits::new(free)
+        .tier("pro", Limit::per_minute(600).unwrap())
+        .tier("staff", TierLimit::Unlimited)
 }
 
 /// `/me` behind sync (outermost) then the limiter; `/anon` behind the optional sync layer.

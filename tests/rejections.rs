@@ -337,8 +337,7 @@ async fn required_azp_policy_without_parties_is_a_config_error(pool: PgPool) {
         .jwks_url(issuer.jwks_url())
         .build()
         .unwrap();
-    let error = ClerkSync::builder(config)
-        .store(PgUserStore::new(pool))
+    let error = ClerkSync::builder(config, PgUserStore::new(pool))
         .authorized_party_policy(AuthorizedPartyPolicy::Required)
         .build()
         .unwrap_err();
@@ -616,8 +615,7 @@ async fn suffixed_cookies_are_read_when_their_client_uat_is_present(pool: PgPool
         .publishable_key(publishable_key)
         .build()
         .unwrap();
-    let clerk = ClerkSync::builder(config)
-        .store(PgUserStore::new(pool.clone()))
+    let clerk = ClerkSync::builder(config, PgUserStore::new(pool.clone()))
         .build()
         .unwrap();
     let router = app(&clerk, pool.clone());

@@ -5,9 +5,8 @@
 
 use std::sync::Arc;
 
-use clerk_sync::{
-    PgUserStore, SqliteUserStore, UpsertOutcome, UserChange, UserProfile, UserStore, WebhookOutcome,
-};
+use clerk_sync::store::{UpsertOutcome, UserChange, UserProfile, UserStore, WebhookOutcome};
+use clerk_sync::{PgUserStore, SqliteUserStore};
 use sqlx::{PgPool, SqlitePool};
 use tempfile::TempDir;
 use tokio::task::JoinSet;

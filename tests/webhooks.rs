@@ -423,11 +423,10 @@ fn non_base64_secret_is_a_config_error_naming_the_variable() {
 async fn webhook_router_without_a_secret_names_the_variable(pool: PgPool) {
     clerk_sync::migrate(&pool).await.unwrap();
     let issuer = DevIssuer::start().await.unwrap();
-    let clerk = ClerkSync::builder(issuer.config().build().unwrap())
-        .store(PgUserStore::new(pool))
+    let clerk = ClerkSync::builder(issuer.config().build().unwrap(), PgUserStore::new(pool))
         .build()
         .unwrap();
-    let error = clerk.webhook_router(PATH).unwrap_err();
+    let error = clerk.webhook_router::<()>(PATH).unwrap_err();
     assert_eq!(error.setting(), "CLERK_WEBHOOK_SIGNING_SECRET");
 }
 

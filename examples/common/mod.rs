@@ -121,12 +121,16 @@ pub async fn demo(dev_webhook_secret: Option<&str>) -> Result<Demo, Box<dyn Erro
         }
         (config.build()?, Some(dev))
     };
-    let builder = ClerkSync::builder(config);
-    let builder = match &database {
-        Database::Postgres(pool) => builder.store(PgUserStore::new(pool.clone())),
-        Database::Sqlite(pool) => builder.store(SqliteUserStore::new(pool.clone())),
+    let clerk = match &database {
+        Database::Postgres(pool) => {
+            ClerkSync::builder(config, PgUserStore::new(pool.clone())).build()?
+        }
+        Database::Sqlite(pool) => {
+            ClerkSync::builder(config, SqliteUserStore::new(pool.clone())).build()?
+        }
     };
-    let clerk = builder.build()?;
+    // The invalidation listener and webhook-id pruning: explicit, never hidden in `build`.
+    tokio::spawn(clerk.background());
     Ok(Demo {
         database,
         clerk,

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use clerk_sync::clerk_api::RetryPolicy;
-use clerk_sync::{
-    BackfillOptions, BackfillReport, ClerkApi, ClerkConfig, PgUserStore, UserStore, Verifier,
-};
+use clerk_sync::{BackfillOptions, BackfillReport, ClerkApi, ClerkConfig, PgUserStore, Verifier};
 use sqlx::postgres::PgPoolOptions;
 
 const FAILED: u8 = 1;
@@ -163,12 +161,12 @@ async fn migrate(database: &Database) -> Outcome {
 async fn backfill(args: BackfillArgs) -> Outcome {
     let api = ClerkApi::from_env()
         .map_err(|e| (USAGE, e.to_string()))?
-        .with_retry(RetryPolicy {
-            max_retries: args.retries,
-            ..RetryPolicy::default()
+        .with_retry({
+            let default = RetryPolicy::default();
+            RetryPolicy::new(args.retries, default.initial_backoff, default.max_wait)
         });
     let mut concurrency = usize::try_from(args.concurrency).unwrap_or(1);
-    let store: Box<dyn UserStore> = match (
+    let store: Box<dyn clerk_sync::store::UserStore> = match (
         connect(&args.database, args.concurrency).await?,
         &args.table,
     ) {

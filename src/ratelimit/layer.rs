@@ -2,14 +2,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::Json;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -17,10 +15,11 @@ use tower_service::Service;
 use super::limits::{Limit, TierLimits};
 use super::memory::MemoryRateLimitStore;
 use super::store::{Decision, RateLimitKey, RateLimitStore};
-use crate::error::ErrorBody;
+use crate::error::{complete_headers, error_response};
+use crate::extract::AnonymousRequest;
 use crate::extract::ClerkUser;
-use crate::layer::AnonymousRequest;
-use crate::response::LayerState;
+use crate::log_throttle::Throttle;
+use crate::response_state::LayerState;
 
 /// What happens to requests that passed [`crate::ClerkSync::optional_layer`] without a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,7 +60,8 @@ pub enum StoreFailurePolicy {
 /// use clerk_sync::{Limit, RateLimitLayer, TierLimits};
 /// use tower::ServiceBuilder;
 ///
-/// let limits = TierLimits::new(Limit::per_minute(60)).tier("pro", Limit::per_minute(600));
+/// let limits = TierLimits::new(Limit::per_minute(60).unwrap())
+///     .tier("pro", Limit::per_minute(600).unwrap());
 /// let app: Router = Router::new()
 ///     .route("/me", get(|| async { "hi" }))
 ///     .layer(
@@ -102,35 +102,27 @@ pub struct RateLimitStats {
 const FAILURE_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Counts store failures and logs them at most once per [`FAILURE_REPORT_INTERVAL`].
-#[derive(Debug, Default)]
-struct FailureReport {
-    total: AtomicU64,
-    unreported: AtomicU64,
-    last_report: Mutex<Option<Instant>>,
+#[derive(Debug)]
+struct FailureReport(Throttle);
+
+impl Default for FailureReport {
+    fn default() -> Self {
+        Self(Throttle::new(FAILURE_REPORT_INTERVAL))
+    }
 }
 
 impl FailureReport {
     fn record(&self, error: &dyn std::fmt::Display, policy: StoreFailurePolicy) {
-        let total = self.total.fetch_add(1, Ordering::Relaxed) + 1;
-        self.unreported.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
-        let mut last = match self.last_report.lock() {
-            Ok(last) => last,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if last.is_some_and(|at| now.duration_since(at) < FAILURE_REPORT_INTERVAL) {
+        let Some(failures) = self.0.hit() else {
             return;
-        }
-        *last = Some(now);
-        drop(last);
-        let failures = self.unreported.swap(0, Ordering::Relaxed);
+        };
         let effect = match policy {
             StoreFailurePolicy::Allow => "requests pass UNLIMITED",
             StoreFailurePolicy::Deny => "requests are refused with 503",
         };
         tracing::error!(
             failures,
-            total,
+            total = self.0.total(),
             %error,
             "rate-limit store failing ({failures} failure(s) since the last report; {effect}); \
              reported at most once a minute"
@@ -171,7 +163,7 @@ impl RateLimitLayer {
     /// Counters since this layer was made.
     pub fn stats(&self) -> RateLimitStats {
         RateLimitStats {
-            store_failures: self.settings.failures.total.load(Ordering::Relaxed),
+            store_failures: self.settings.failures.0.total(),
         }
     }
 
@@ -228,17 +220,6 @@ impl Subject {
     }
 }
 
-fn problem(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(ErrorBody {
-            error: code,
-            message,
-        }),
-    )
-        .into_response()
-}
-
 fn secs_ceil(duration: Duration) -> u64 {
     let secs = duration.as_secs();
     if duration.subsec_nanos() > 0 {
@@ -268,20 +249,15 @@ fn too_many_requests(subject: &Subject, limit: Limit, decision: &Decision) -> Re
         tracing::debug!(user.id = user.user_id(), tier = user.tier(), %limit, "rate limited");
     }
     let message = format!("rate limit of {limit} exceeded; retry in {retry_after} s");
-    let mut response = problem(StatusCode::TOO_MANY_REQUESTS, "rate_limited", &message);
-    let headers = response.headers_mut();
-    add_headers(headers, limit, decision);
-    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    let mut response = error_response("rate_limited", &message);
+    add_headers(response.headers_mut(), limit, decision);
+    complete_headers(&mut response, None, Some(retry_after));
     response
 }
 
 fn misconfigured(message: &str) -> Response {
     tracing::error!("{message}");
-    problem(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "rate_limit_misconfigured",
-        message,
-    )
+    error_response("rate_limit_misconfigured", message)
 }
 
 impl<S> RateLimit<S> {
@@ -290,7 +266,7 @@ impl<S> RateLimit<S> {
     fn subject<B>(&self, request: &Request<B>) -> Result<Option<(Subject, Limit)>, &'static str> {
         let extensions = request.extensions();
         if let Some(user) = extensions.get::<ClerkUser>() {
-            let limit = self.settings.limits.for_tier(user.tier());
+            let limit = self.settings.limits.for_tier(user.tier()).limit();
             return Ok(limit.map(|limit| (Subject::User(user.clone()), limit)));
         }
         let Some(anonymous) = extensions.get::<AnonymousRequest>() else {
@@ -358,14 +334,11 @@ where
                             inner.call(request).await.map(IntoResponse::into_response)
                         }
                         StoreFailurePolicy::Deny => {
-                            let mut response = problem(
-                                StatusCode::SERVICE_UNAVAILABLE,
+                            let mut response = error_response(
                                 "rate_limit_unavailable",
                                 "the rate limiter is unavailable; try again later",
                             );
-                            response
-                                .headers_mut()
-                                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                            complete_headers(&mut response, None, Some(1));
                             Ok(response)
                         }
                     };

@@ -1,4 +1,4 @@
-//! [`Limit`] and [`TierLimits`]: how many requests each tier may make.
+//! [`Limit`], [`TierLimit`] and [`TierLimits`]: how many requests each tier may make.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,24 +14,33 @@ pub struct Limit {
     period: Duration,
 }
 
+/// A [`Limit`] with a zero count or a zero period: an error, never "unlimited" (say
+/// [`TierLimit::Unlimited`] for that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a rate limit needs a count and a period above zero (use TierLimit::Unlimited for none)")]
+pub struct InvalidLimit;
+
 impl Limit {
-    /// `count` requests per `period`; `None` when either is zero.
-    pub fn new(count: u32, period: Duration) -> Option<Self> {
-        (count > 0 && !period.is_zero()).then_some(Self { count, period })
+    /// `count` requests per `period`; both must be above zero.
+    pub fn new(count: u32, period: Duration) -> Result<Self, InvalidLimit> {
+        if count == 0 || period.is_zero() {
+            return Err(InvalidLimit);
+        }
+        Ok(Self { count, period })
     }
 
     /// `count` requests per second.
-    pub fn per_second(count: u32) -> Option<Self> {
+    pub fn per_second(count: u32) -> Result<Self, InvalidLimit> {
         Self::new(count, Duration::from_secs(1))
     }
 
     /// `count` requests per minute.
-    pub fn per_minute(count: u32) -> Option<Self> {
+    pub fn per_minute(count: u32) -> Result<Self, InvalidLimit> {
         Self::new(count, Duration::from_secs(60))
     }
 
     /// `count` requests per hour.
-    pub fn per_hour(count: u32) -> Option<Self> {
+    pub fn per_hour(count: u32) -> Result<Self, InvalidLimit> {
         Self::new(count, Duration::from_secs(3600))
     }
 
@@ -89,37 +98,63 @@ impl FromStr for Limit {
             }
         };
         Self::new(count, Duration::from_secs(secs))
-            .ok_or_else(|| format!("`{value}`: the count must be at least 1"))
+            .map_err(|_| format!("`{value}`: the count must be at least 1"))
+    }
+}
+
+/// The limit of one tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierLimit {
+    /// At most this many requests per period.
+    Limited(Limit),
+    /// No limit (no store call either).
+    Unlimited,
+}
+
+impl From<Limit> for TierLimit {
+    fn from(limit: Limit) -> Self {
+        Self::Limited(limit)
+    }
+}
+
+impl TierLimit {
+    /// The limit, `None` when unlimited.
+    pub fn limit(self) -> Option<Limit> {
+        match self {
+            Self::Limited(limit) => Some(limit),
+            Self::Unlimited => None,
+        }
     }
 }
 
 /// The limit of each tier, a default for tiers not listed, and unlimited tiers.
 ///
-/// Built in code (`TierLimits::new(default).tier("pro", Limit::per_minute(600))`) or parsed
-/// from a string such as `RATE_LIMITS` (see [`TierLimits::from_str`]).
+/// Built in code (`TierLimits::new(Limit::per_minute(60)?).tier("pro", Limit::per_minute(600)?)
+/// .tier("staff", TierLimit::Unlimited)`) or parsed from a string such as `RATE_LIMITS` (see
+/// [`TierLimits::from_str`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TierLimits {
-    tiers: HashMap<String, Option<Limit>>,
-    default: Option<Limit>,
+    tiers: HashMap<String, TierLimit>,
+    default: TierLimit,
 }
 
 impl TierLimits {
-    /// Tiers not listed get `default`; `None` makes them unlimited.
-    pub fn new(default: Option<Limit>) -> Self {
+    /// Tiers not listed get `default` (a [`Limit`] or [`TierLimit::Unlimited`]).
+    pub fn new(default: impl Into<TierLimit>) -> Self {
         Self {
             tiers: HashMap::new(),
-            default,
+            default: default.into(),
         }
     }
 
-    /// Sets the limit of `tier`; `None` makes it unlimited.
-    pub fn tier(mut self, tier: impl Into<String>, limit: Option<Limit>) -> Self {
-        self.tiers.insert(tier.into(), limit);
+    /// Sets the limit of `tier` (a [`Limit`] or [`TierLimit::Unlimited`]).
+    pub fn tier(mut self, tier: impl Into<String>, limit: impl Into<TierLimit>) -> Self {
+        self.tiers.insert(tier.into(), limit.into());
         self
     }
 
-    /// The limit for `tier`, `None` when unlimited.
-    pub fn for_tier(&self, tier: &str) -> Option<Limit> {
+    /// The limit for `tier`.
+    pub fn for_tier(&self, tier: &str) -> TierLimit {
         self.tiers.get(tier).copied().unwrap_or(self.default)
     }
 }
@@ -132,14 +167,14 @@ impl FromStr for TierLimits {
     /// `RATE_LIMITS`.
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         let error = |reason: String| ConfigError::new("RATE_LIMITS", reason);
-        let mut limits = Self::new(None);
+        let mut limits = Self::new(TierLimit::Unlimited);
         for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (tier, limit) = pair
                 .split_once('=')
                 .ok_or_else(|| error(format!("`{pair}`: expected tier=limit, e.g. free=60/m")))?;
             let limit = match limit.trim() {
-                "unlimited" => None,
-                limit => Some(limit.parse::<Limit>().map_err(error)?),
+                "unlimited" => TierLimit::Unlimited,
+                limit => TierLimit::Limited(limit.parse::<Limit>().map_err(error)?),
             };
             match tier.trim() {
                 "" => return Err(error(format!("`{pair}`: the tier name is empty"))),
@@ -160,12 +195,12 @@ mod tests {
         let limits: TierLimits = "free=60/m, pro=600/m,enterprise=unlimited,*=30/h"
             .parse()
             .unwrap();
-        assert_eq!(limits.for_tier("free"), Limit::per_minute(60));
-        assert_eq!(limits.for_tier("pro"), Limit::per_minute(600));
-        assert_eq!(limits.for_tier("enterprise"), None);
-        assert_eq!(limits.for_tier("trial"), Limit::per_hour(30));
+        assert_eq!(limits.for_tier("free").limit(), Limit::per_minute(60).ok());
+        assert_eq!(limits.for_tier("pro").limit(), Limit::per_minute(600).ok());
+        assert_eq!(limits.for_tier("enterprise"), TierLimit::Unlimited);
+        assert_eq!(limits.for_tier("trial").limit(), Limit::per_hour(30).ok());
         let no_default: TierLimits = "free=1/s".parse().unwrap();
-        assert_eq!(no_default.for_tier("other"), None);
+        assert_eq!(no_default.for_tier("other"), TierLimit::Unlimited);
     }
 
     #[test]
@@ -181,6 +216,13 @@ mod tests {
             let error = bad.parse::<TierLimits>().unwrap_err();
             assert_eq!(error.setting(), "RATE_LIMITS", "{bad}");
         }
+    }
+
+    #[test]
+    fn a_zero_count_or_period_is_an_error_not_unlimited() {
+        assert_eq!(Limit::per_minute(0), Err(InvalidLimit));
+        assert_eq!(Limit::new(5, Duration::ZERO), Err(InvalidLimit));
+        assert!(Limit::per_second(1).is_ok());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::limits::Limit;
 use super::store::{Decision, RateLimitKey, RateLimitStore};
-use crate::sync::StoreFuture;
+use crate::error::StoreFuture;
 
 const SHARDS: usize = 64;
 

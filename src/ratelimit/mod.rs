@@ -11,7 +11,7 @@ mod store;
 pub use layer::{
     AnonymousPolicy, RateLimit, RateLimitLayer, RateLimitStats, ResponseFuture, StoreFailurePolicy,
 };
-pub use limits::{Limit, TierLimits};
+pub use limits::{InvalidLimit, Limit, TierLimit, TierLimits};
 pub use memory::MemoryRateLimitStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PgRateLimitStore;

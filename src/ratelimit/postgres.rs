@@ -7,7 +7,7 @@ use sqlx::{PgPool, Row};
 
 use super::limits::Limit;
 use super::store::{Decision, RateLimitKey, RateLimitStore};
-use crate::sync::StoreFuture;
+use crate::error::{StoreError, StoreFuture};
 
 // GCRA in one statement. Every SET expression reads the old row, so `allowed` is decided and
 // `tat` moved (or not) atomically under the row lock; concurrent requests for one key
@@ -29,9 +29,8 @@ const GCRA_SQL: &str = "INSERT INTO clerk_rate_limits AS r (key, tat, allowed) \
 /// [`crate::MemoryRateLimitStore`]), so concurrent requests from many processes never admit
 /// more than the limit. Rows are keyed by [`RateLimitKey::storage_key`] (`user:<id>`,
 /// `ip:<network>`), with no foreign key to the users table, so the store works with any
-/// table given to [`crate::PgUserStore::with_table`]. Expired rows are deleted every 10 minutes
-/// (through an index on `tat`) by a background task that ends with the last clone of the
-/// store.
+/// table given to [`crate::PgUserStore::with_table`]. Expired rows are deleted (through an
+/// index on `tat`) by the [`cleanup`](Self::cleanup) task, which the app spawns.
 #[derive(Clone)]
 pub struct PgRateLimitStore {
     inner: Arc<PgPool>,
@@ -46,13 +45,28 @@ impl std::fmt::Debug for PgRateLimitStore {
 const CLEANUP_EVERY: Duration = Duration::from_secs(600);
 
 impl PgRateLimitStore {
-    /// A store on `pool`; call inside a Tokio runtime to get the cleanup task.
+    /// A store on `pool`. Nothing is spawned: see [`cleanup`](Self::cleanup).
     pub fn new(pool: PgPool) -> Self {
-        let inner = Arc::new(pool);
-        if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(cleanup(Arc::downgrade(&inner)));
+        Self {
+            inner: Arc::new(pool),
         }
-        Self { inner }
+    }
+
+    /// Deletes expired rows every 10 minutes, as a future for the app to spawn once:
+    /// `tokio::spawn(store.cleanup())`. It ends by itself when the last clone of the store is
+    /// gone. Without it the table keeps one row per key ever seen (stale rows never change a
+    /// decision; they only take space).
+    pub fn cleanup(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        cleanup(Arc::downgrade(&self.inner))
+    }
+
+    /// Deletes the rows whose budget is full again; the number deleted.
+    pub async fn delete_expired(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM clerk_rate_limits WHERE tat < now()")
+            .persistent(false)
+            .execute(&*self.inner)
+            .await?;
+        Ok(done.rows_affected())
     }
 }
 

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::limits::Limit;
-use crate::sync::StoreFuture;
+use crate::error::StoreFuture;
 
 /// Whose budget a request spends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,8 +30,10 @@ impl RateLimitKey<'_> {
     }
 }
 
-/// The answer for one request.
+/// The answer for one request. A custom store builds it with [`Decision::new`] or, from GCRA
+/// state, [`Decision::from_gcra`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Decision {
     /// Whether the request may go on.
     pub allowed: bool,
@@ -44,12 +46,28 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// A decision: `allowed` or not, `remaining` requests now, the whole budget back after
+    /// `reset`, and for a refusal the wait before the next request would pass.
+    pub fn new(
+        allowed: bool,
+        remaining: u32,
+        reset: Duration,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        Self {
+            allowed,
+            remaining,
+            reset,
+            retry_after,
+        }
+    }
+
     /// Derives the decision from GCRA state: whether the request was allowed and how far the
     /// theoretical arrival time (TAT) now lies ahead of the clock.
     ///
     /// With emission interval `T = period / count` and burst tolerance `τ = period − T`, a
     /// request is allowed while `TAT − now ≤ τ`; an allowed request pushes TAT by `T`.
-    pub(crate) fn from_gcra(allowed: bool, ahead: Duration, limit: Limit) -> Self {
+    pub fn from_gcra(allowed: bool, ahead: Duration, limit: Limit) -> Self {
         let interval = limit.emission_interval();
         let tolerance = limit.period().saturating_sub(interval);
         if allowed {

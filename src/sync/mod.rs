@@ -1,17 +1,17 @@
-//! Syncing verified users into the database: profiles, the store trait and its backends, and
-//! the synced-user cache.
+//! Syncing verified users into the store: the synced-user cache, the [`Syncer`] that upserts
+//! on a miss (and enriches from the Backend API), its options, and the invalidation listener.
 
 pub(crate) mod budget;
-pub(crate) mod cache;
-pub(crate) mod profile;
-pub(crate) mod store;
+pub(crate) mod listener;
+mod options;
+mod profile;
+mod syncer;
+mod users;
 
-pub use cache::{FailurePolicy, ProfileSource};
-pub use profile::{ProfileClaims, UserProfile};
-#[cfg(feature = "postgres")]
-pub use store::postgres::{PgUserStore, migrate};
-#[cfg(feature = "sqlite")]
-pub use store::sqlite::{SqliteUserStore, migrate_sqlite};
-pub use store::{
-    ImportCounts, StoreError, StoreFuture, UpsertOutcome, UserChange, UserStore, WebhookOutcome,
-};
+pub(crate) use options::SyncOptions;
+pub use options::{FailurePolicy, ProfileSource};
+pub use profile::ProfileClaims;
+pub(crate) use syncer::Syncer;
+pub(crate) use users::SyncedUser;
+#[cfg(test)]
+pub(crate) use users::test_user;

@@ -4,16 +4,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use aws_lc_rs::signature::{ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
-use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::config::{KeySource, Secret};
+use crate::config::KeySource;
 use crate::error::AuthError;
+use crate::rsa::{VerifyingKey, key_from_components};
+use crate::secret::Secret;
 use crate::stats::Counters;
 
 /// Tuning of the JWKS cache.
@@ -25,66 +24,6 @@ pub(crate) struct KeyOptions {
     pub(crate) max_age: Duration,
     /// Timeout of one JWKS request.
     pub(crate) http_timeout: Duration,
-}
-
-/// An RSA public key parsed once, for RS256 (PKCS#1 v1.5 with SHA-256, 2048–8192 bits).
-pub(crate) type VerifyingKey = ParsedPublicKey;
-
-/// The key of a PEM document: `BEGIN PUBLIC KEY` (SPKI, what Clerk's dashboard shows) or
-/// `BEGIN RSA PUBLIC KEY` (PKCS#1).
-pub(crate) fn rsa_key_from_pem(pem: &str) -> Option<VerifyingKey> {
-    let body: String = pem
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with("-----"))
-        .collect();
-    let is_public = pem.contains("-----BEGIN PUBLIC KEY-----")
-        || pem.contains("-----BEGIN RSA PUBLIC KEY-----");
-    if !is_public {
-        return None;
-    }
-    let der = STANDARD.decode(body).ok()?;
-    ParsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, der).ok()
-}
-
-/// The key of a JWK's `n` and `e` (base64url), as a DER `RSAPublicKey`.
-fn rsa_key_from_components(n: &str, e: &str) -> Option<VerifyingKey> {
-    let n = URL_SAFE_NO_PAD.decode(n.trim_end_matches('=')).ok()?;
-    let e = URL_SAFE_NO_PAD.decode(e.trim_end_matches('=')).ok()?;
-    let mut body = der_integer(&n);
-    body.extend(der_integer(&e));
-    let mut der = vec![0x30];
-    der.extend(der_length(body.len()));
-    der.extend(body);
-    ParsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, der).ok()
-}
-
-fn der_length(len: usize) -> Vec<u8> {
-    if len < 0x80 {
-        return vec![u8::try_from(len).unwrap_or(0)];
-    }
-    let bytes: Vec<u8> = len
-        .to_be_bytes()
-        .into_iter()
-        .skip_while(|byte| *byte == 0)
-        .collect();
-    let mut out = vec![0x80 | u8::try_from(bytes.len()).unwrap_or(0)];
-    out.extend(bytes);
-    out
-}
-
-/// A positive DER INTEGER: leading zeros dropped, one zero added when the high bit is set.
-fn der_integer(magnitude: &[u8]) -> Vec<u8> {
-    let trimmed: Vec<u8> = magnitude.iter().copied().skip_while(|b| *b == 0).collect();
-    let mut value = Vec::with_capacity(trimmed.len() + 1);
-    if trimmed.first().is_none_or(|b| b & 0x80 != 0) {
-        value.push(0);
-    }
-    value.extend(trimmed);
-    let mut out = vec![0x02];
-    out.extend(der_length(value.len()));
-    out.extend(value);
-    out
 }
 
 pub(crate) enum KeyStore {
@@ -105,7 +44,7 @@ impl KeyStore {
         let (url, bearer) = match source {
             KeySource::Pem(pem) => {
                 // Checked when the config was built; checked again because the enum is public.
-                let key = rsa_key_from_pem(pem).ok_or_else(|| {
+                let key = crate::rsa::key_from_pem(pem).ok_or_else(|| {
                     crate::ConfigError::new("CLERK_JWT_KEY", "not a PEM-encoded RSA public key")
                 })?;
                 return Ok(Self::Pem(Arc::new(key)));
@@ -314,7 +253,7 @@ fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<VerifyingKey>>, String>
         let AlgorithmParameters::RSA(rsa) = &jwk.algorithm else {
             continue;
         };
-        if let Some(key) = rsa_key_from_components(&rsa.n, &rsa.e) {
+        if let Some(key) = key_from_components(&rsa.n, &rsa.e) {
             keys.insert(kid, Arc::new(key));
         }
     }

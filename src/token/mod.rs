@@ -1,8 +1,8 @@
 //! Session tokens: finding them in a request, their claims, signing keys and verification.
 
 mod claims;
-pub(crate) mod extract;
 pub(crate) mod keys;
+pub(crate) mod locate;
 pub(crate) mod verify;
 
 pub use claims::SessionClaims;

@@ -1,7 +1,7 @@
 //! [`Verifier`]: RS256 signature, Clerk's header and claim rules, and the verified-token cache.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -10,10 +10,11 @@ use moka::future::Cache;
 use serde::Deserialize;
 
 use super::claims::SessionClaims;
-use super::extract::MAX_TOKEN_LEN;
 use super::keys::KeyStore;
+use super::locate::MAX_TOKEN_LEN;
 use crate::error::AuthError;
 use crate::stats::Counters;
+use crate::time::unix_now;
 
 /// What to do with the `azp` (authorized party) claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,12 +113,6 @@ struct RawHeader {
     kid: Option<String>,
     cat: Option<String>,
     typ: Option<String>,
-}
-
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl Verifier {

@@ -10,11 +10,13 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use clerk_sync::testing::DevIssuer;
-use clerk_sync::{
-    ClerkSync, ClerkSyncBuilder, ClerkUser, ImportCounts, Invalidator, PgUserStore, StoreFuture,
-    UpsertOutcome, UserChange, UserProfile, UserStore, WebhookOutcome,
+use clerk_sync::store::{
+    ChannelEvent, ChannelStream, ImportCounts, InvalidationChannel, StoreFuture, UpsertOutcome,
+    UserChange, UserProfile, UserStore, WebhookOutcome,
 };
+use clerk_sync::testing::DevIssuer;
+use clerk_sync::{ClerkSync, ClerkSyncBuilder, ClerkUser, PgUserStore};
+use futures_util::StreamExt as _;
 use http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -63,12 +65,57 @@ impl UserStore for CountingStore {
         self.inner.import(profiles)
     }
 
-    fn publish_invalidation<'a>(&'a self, user_id: &'a str) -> StoreFuture<'a, ()> {
-        self.inner.publish_invalidation(user_id)
+    fn invalidation_channel(&self) -> Option<Arc<dyn InvalidationChannel>> {
+        self.inner.invalidation_channel()
+    }
+}
+
+/// An invalidation channel the test plays: [`send`](Self::send) feeds the listener's stream,
+/// and every publish is recorded (and delivered to the listener, as a real channel would).
+#[derive(Clone, Default)]
+pub struct ScriptedChannel {
+    sender: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<ChannelEvent>>>>,
+    receiver: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ChannelEvent>>>>,
+    pub published: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ScriptedChannel {
+    fn ensure(&self) {
+        let mut sender = self.sender.lock().unwrap();
+        if sender.is_none() {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            *sender = Some(tx);
+            *self.receiver.lock().unwrap() = Some(rx);
+        }
     }
 
-    fn start_listener(&self, invalidator: Invalidator) -> bool {
-        self.inner.start_listener(invalidator)
+    pub fn send(&self, event: ChannelEvent) {
+        self.ensure();
+        let _ = self.sender.lock().unwrap().as_ref().unwrap().send(event);
+    }
+
+    pub fn published(&self) -> Vec<String> {
+        self.published.lock().unwrap().clone()
+    }
+}
+
+impl InvalidationChannel for ScriptedChannel {
+    fn publish<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+        self.published.lock().unwrap().push(id.to_owned());
+        self.send(ChannelEvent::Message(id.to_owned()));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn listen(&self) -> ChannelStream {
+        self.ensure();
+        let receiver = self.receiver.lock().unwrap().take();
+        match receiver {
+            Some(receiver) => futures_util::stream::unfold(receiver, |mut receiver| async move {
+                receiver.recv().await.map(|event| (event, receiver))
+            })
+            .boxed(),
+            None => futures_util::stream::pending().boxed(),
+        }
     }
 }
 
@@ -89,9 +136,7 @@ pub fn clerk(
         .webhook_signing_secret(WEBHOOK_SECRET)
         .build()
         .unwrap();
-    tweak(ClerkSync::builder(config).store(store))
-        .build()
-        .unwrap()
+    tweak(ClerkSync::builder(config, store)).build().unwrap()
 }
 
 /// `/me` behind the layer: the handler reads the user's row from the database, so a 200

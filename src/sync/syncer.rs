@@ -1,69 +1,18 @@
 //! [`Syncer`]: the synced-user cache in front of the store.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use moka::future::Cache;
-use tracing::Instrument as _;
-
-use super::budget::Budget;
-use super::profile::{ProfileClaims, UserProfile};
-use super::store::{UpsertOutcome, UserStore};
+use super::options::{FailurePolicy, ProfileSource, SyncOptions};
+use super::users::{SyncedUser, SyncedUsers};
 use crate::clerk_api::{ApiError, ClerkApi};
 use crate::error::AuthError;
-use crate::invalidate::Invalidator;
+use crate::invalidate::InvalidationChannel;
+use crate::log_throttle::Throttle;
 use crate::stats::Counters;
+use crate::store::{StoreError, UpsertOutcome, UserChange, UserProfile, UserStore, WebhookOutcome};
 use crate::token::SessionClaims;
-
-/// What the layer does when the store fails on a cache miss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum FailurePolicy {
-    /// Answer 503 `sync_unavailable` with `Retry-After` (the default): no handler runs without
-    /// its user row.
-    #[default]
-    Closed,
-    /// Let the request through with [`crate::ClerkUser::synced`] `== false` and the default
-    /// tier; the failure is logged and counted, and the next request tries again.
-    Open,
-}
-
-/// Where a newly seen user's profile comes from.
-///
-/// Clerk's session tokens carry no email or name unless the instance adds them as custom
-/// claims, so a row synced from claims alone often holds just the id. With a secret key, the
-/// Backend API fills the gap: after the upsert, a row that has no email costs one
-/// `GET /v1/users/{id}` (at most once per user-cache lifetime, under a per-process budget),
-/// and the snapshot is versioned by Clerk's `updated_at`. A row that has the email never costs
-/// a call, and a failed call never fails the request: the row the upsert wrote stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum ProfileSource {
-    /// Token claims only; the Backend API is never called.
-    Claims,
-    /// Token claims, and the Backend API when the row still has no email and a secret key is
-    /// configured (the default).
-    #[default]
-    ClaimsThenApi,
-    /// The Backend API only (needs a secret key); profile claims are ignored, the upsert
-    /// writes the id alone and the API fills a row that has no email.
-    Api,
-}
-
-pub(crate) struct SyncOptions {
-    pub(crate) capacity: u64,
-    pub(crate) ttl: Duration,
-    pub(crate) timeout: Duration,
-    pub(crate) failure_policy: FailurePolicy,
-    pub(crate) profile_claims: ProfileClaims,
-    pub(crate) profile_source: ProfileSource,
-    /// Present when a secret key is configured and the source may use it.
-    pub(crate) api: Option<ClerkApi>,
-    /// Bounds the Backend API calls of profile enrichment in this process.
-    pub(crate) api_budget: Budget,
-    pub(crate) default_tier: Arc<str>,
-}
 
 #[derive(Debug, Clone)]
 enum SyncFailure {
@@ -79,98 +28,16 @@ enum SyncFailure {
     Superseded(Arc<SyncedUser>),
 }
 
-/// "This process has synced the user; their tier is T", shared by the synced-user cache and
-/// every cached session of that user. It stops being current when the user is evicted or
-/// invalidated (`valid`), or when the whole cache is cleared (`generation`), so a session
-/// found in the session cache is only trusted while its user is.
-#[derive(Debug)]
-pub(crate) struct SyncedUser {
-    pub(crate) tier: Arc<str>,
-    valid: AtomicBool,
-    generation: u64,
-}
-
-/// A current synced user, for unit tests elsewhere in the crate.
-#[cfg(test)]
-pub(crate) fn test_user(tier: &str, generation: &AtomicU64) -> Arc<SyncedUser> {
-    Arc::new(SyncedUser {
-        tier: tier.into(),
-        valid: AtomicBool::new(true),
-        generation: generation.load(Ordering::Acquire),
-    })
-}
-
-/// The synced-user cache: user id → [`SyncedUser`]. Any removal (invalidation, TTL expiry,
-/// capacity eviction) marks the user as no longer current.
-type UserCache = Cache<Arc<str>, Arc<SyncedUser>>;
-
-/// The synced-user cache with the two counters that make evictions reach everything derived
-/// from it; cheap to clone (shared by the [`Syncer`] and the store's [`Invalidator`]).
-///
-/// `generation` moves on [`clear`](Self::clear) and makes every [`SyncedUser`] made before it
-/// stale at once. `epoch` moves on every eviction and clear: a load reads it before its store
-/// call and keeps its result out of the cache when it moved meanwhile, because moka inserts
-/// the result of a pending load unconditionally and an eviction cannot see a pending entry.
-/// The epoch is process-wide, not per user: an eviction makes every load then in flight
-/// answer its own request only, and the next request of those users loads again.
-#[derive(Clone)]
-pub(crate) struct SyncedUsers {
-    cache: UserCache,
-    generation: Arc<AtomicU64>,
-    epoch: Arc<AtomicU64>,
-}
-
-impl SyncedUsers {
-    fn new(capacity: u64, ttl: Duration) -> Self {
-        let cache = Cache::builder()
-            .max_capacity(capacity)
-            .time_to_live(ttl)
-            .eviction_listener(|_id, user: Arc<SyncedUser>, _cause| {
-                user.valid.store(false, Ordering::Release);
-            })
-            .build();
-        Self {
-            cache,
-            generation: Arc::new(AtomicU64::new(0)),
-            epoch: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    /// Marks `user_id` as no longer current and removes it; loads in flight stay uncached.
-    pub(crate) async fn evict(&self, user_id: &str) {
-        // First the epoch, so that a load finishing from now on sees it before caching.
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.remove(user_id).await;
-    }
-
-    /// Marks `user_id` as no longer current and removes it, leaving the epoch alone.
-    async fn remove(&self, user_id: &str) {
-        if let Some(user) = self.cache.get(user_id).await {
-            user.valid.store(false, Ordering::Release);
-        }
-        self.cache.invalidate(user_id).await;
-    }
-
-    /// Makes every synced user stale at once (cheaper than visiting them) and empties the
-    /// cache; loads in flight stay uncached.
-    pub(crate) fn clear(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.cache.invalidate_all();
-    }
-
-    fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
-    }
-}
-
 /// Keeps "this process has synced user X, whose tier is T" and runs the upsert on a miss.
 pub(crate) struct Syncer {
     store: Arc<dyn UserStore>,
+    /// Where evictions are published for the other processes; `None` for one process.
+    channel: Option<Arc<dyn InvalidationChannel>>,
+    /// Set by the handle's background task; a channel nobody listens on is warned about once.
+    listening: AtomicBool,
+    not_listening_warned: AtomicBool,
+    /// An outage logs its first failed upsert at `error`, then one line a minute.
+    upsert_failures: Throttle,
     users: SyncedUsers,
     options: SyncOptions,
     counters: Arc<Counters>,
@@ -191,9 +58,7 @@ struct UntilTokenExpiry;
 
 impl moka::Expiry<Arc<str>, i64> for UntilTokenExpiry {
     fn expire_after_create(&self, _id: &Arc<str>, until: &i64, _now: Instant) -> Option<Duration> {
-        let left = until
-            .saturating_sub(crate::token::verify::unix_now())
-            .max(0);
+        let left = until.saturating_sub(crate::time::unix_now()).max(0);
         Some(Duration::from_secs(left.unsigned_abs()))
     }
 }
@@ -201,11 +66,16 @@ impl moka::Expiry<Arc<str>, i64> for UntilTokenExpiry {
 impl Syncer {
     pub(crate) fn new(
         store: Arc<dyn UserStore>,
+        channel: Option<Arc<dyn InvalidationChannel>>,
         options: SyncOptions,
         counters: Arc<Counters>,
     ) -> Self {
         Self {
             store,
+            channel,
+            listening: AtomicBool::new(false),
+            not_listening_warned: AtomicBool::new(false),
+            upsert_failures: Throttle::new(Duration::from_secs(60)),
             users: SyncedUsers::new(options.capacity, options.ttl),
             gone: moka::sync::Cache::builder()
                 .max_capacity(options.capacity)
@@ -220,8 +90,7 @@ impl Syncer {
 
     /// `true` while `user` is still the cached, current state of that user.
     pub(crate) fn is_current(&self, user: &SyncedUser) -> bool {
-        user.valid.load(Ordering::Acquire)
-            && user.generation == self.users.generation.load(Ordering::Acquire)
+        self.users.is_current(user)
     }
 
     /// The synced user (its tier), and whether the row is known to exist. `token` is the
@@ -237,6 +106,7 @@ impl Syncer {
             return Ok((user, true));
         }
         Counters::bump(&self.counters.user_cache_misses);
+        self.warn_if_not_listening();
         if self.gone.get(claims.sub.as_str()).is_some() {
             return Err(AuthError::UserDeleted);
         }
@@ -269,7 +139,7 @@ impl Syncer {
                 SyncFailure::Unavailable => match self.options.failure_policy {
                     FailurePolicy::Closed => Err(AuthError::SyncUnavailable),
                     FailurePolicy::Open => {
-                        Ok((self.synced(self.options.default_tier.clone()), false))
+                        Ok((self.users.synced(self.options.default_tier.clone()), false))
                     }
                 },
             },
@@ -379,16 +249,9 @@ impl Syncer {
         same
     }
 
-    fn synced(&self, tier: Arc<str>) -> Arc<SyncedUser> {
-        Arc::new(SyncedUser {
-            tier,
-            valid: AtomicBool::new(true),
-            generation: self.users.generation.load(Ordering::Acquire),
-        })
-    }
-
     /// The load behind one cache miss: the upsert, kept out of the cache when an eviction
-    /// landed while it ran.
+    /// landed while it ran. Its span carries the user id for everything below it.
+    #[tracing::instrument(name = "clerk_sync.sync", skip_all, fields(user.id = %claims.sub))]
     async fn load(
         &self,
         claims: &SessionClaims,
@@ -415,14 +278,11 @@ impl Syncer {
         let profile = match self.options.profile_source {
             ProfileSource::Api => UserProfile::new(claims.sub.clone()),
             ProfileSource::Claims | ProfileSource::ClaimsThenApi => {
-                UserProfile::from_claims(claims, &self.options.profile_claims)
+                self.options.profile_claims.read(claims)
             }
         };
-        let span = tracing::debug_span!("clerk_sync.upsert", user.id = %claims.sub);
         let started = Instant::now();
-        let outcome = tokio::time::timeout_at(deadline, self.store.upsert(&profile))
-            .instrument(span)
-            .await;
+        let outcome = tokio::time::timeout_at(deadline, self.store.upsert(&profile)).await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         match outcome {
             Ok(Ok(UpsertOutcome::Active {
@@ -437,7 +297,7 @@ impl Syncer {
                 {
                     self.enrich(api, claims, token, deadline).await?;
                 }
-                Ok(self.synced(tier.into()))
+                Ok(self.users.synced(tier.into()))
             }
             Ok(Ok(UpsertOutcome::Deleted)) => {
                 Counters::bump(&self.counters.upserts_ok);
@@ -446,32 +306,100 @@ impl Syncer {
             }
             Ok(Err(error)) => {
                 Counters::bump(&self.counters.upserts_failed);
-                tracing::error!(user.id = %claims.sub, %error, elapsed_ms, "user upsert failed");
+                if let Some(failures) = self.upsert_failures.hit() {
+                    tracing::error!(%error, elapsed_ms, failures, "user upsert failed (one line a minute while it fails)");
+                }
                 Err(SyncFailure::Unavailable)
             }
             Err(_) => {
                 Counters::bump(&self.counters.upserts_failed);
-                tracing::error!(user.id = %claims.sub, elapsed_ms, "user upsert timed out");
+                if let Some(failures) = self.upsert_failures.hit() {
+                    tracing::error!(
+                        elapsed_ms,
+                        failures,
+                        "user upsert timed out (one line a minute while it fails)"
+                    );
+                }
                 Err(SyncFailure::Unavailable)
             }
         }
     }
 
-    pub(crate) async fn invalidate(&self, user_id: &str) {
+    /// Evicts the user here, then publishes the id for the other processes (when there is
+    /// a channel). The local eviction always happens; the error says the others could not be
+    /// told.
+    pub(crate) async fn invalidate(&self, user_id: &str) -> Result<(), StoreError> {
         self.users.evict(user_id).await;
+        self.publish(user_id).await
     }
 
-    pub(crate) fn store(&self) -> &dyn UserStore {
-        &*self.store
+    async fn publish(&self, id: &str) -> Result<(), StoreError> {
+        let Some(channel) = &self.channel else {
+            return Ok(());
+        };
+        self.warn_if_not_listening();
+        match tokio::time::timeout(self.options.timeout, channel.publish(id)).await {
+            Ok(published) => published,
+            Err(_) => Err(StoreError::Other(
+                "publishing the invalidation timed out".into(),
+            )),
+        }
     }
 
-    pub(crate) fn timeout(&self) -> Duration {
-        self.options.timeout
+    /// Applies a verified webhook change through the store, within `sync_timeout`, then evicts
+    /// the user here and publishes the eviction. A duplicate delivery evicts and publishes
+    /// too: the first attempt may have committed while its caller timed out, before it got
+    /// this far. A failed publish is an error, so Svix retries and the retry publishes again.
+    #[tracing::instrument(skip_all, fields(user.id = change.user_id(), delivery.id = delivery_id))]
+    pub(crate) async fn apply_webhook(
+        &self,
+        delivery_id: &str,
+        change: &UserChange,
+    ) -> Result<WebhookOutcome, StoreError> {
+        let applied = tokio::time::timeout(
+            self.options.timeout,
+            self.store.apply_webhook(delivery_id, change),
+        )
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Other("the webhook write timed out".into())));
+        let outcome =
+            applied.inspect_err(|error| tracing::error!(%error, "webhook write failed"))?;
+        self.invalidate(change.user_id())
+            .await
+            .inspect_err(|error| tracing::error!(%error, "webhook applied, but the invalidation could not be published"))?;
+        Ok(outcome)
     }
 
-    /// A handle on the cache for a store's invalidation listener.
-    pub(crate) fn invalidator(&self, closed: tokio::sync::watch::Receiver<()>) -> Invalidator {
-        Invalidator::new(self.users.clone(), self.counters.clone(), closed)
+    /// The handle's background task is listening on the channel.
+    pub(crate) fn mark_listening(&self) {
+        self.listening.store(true, Ordering::Relaxed);
+    }
+
+    /// The channel, for the background task.
+    pub(crate) fn channel(&self) -> Option<&Arc<dyn InvalidationChannel>> {
+        self.channel.as_ref()
+    }
+
+    /// The store, for the background task.
+    pub(crate) fn store(&self) -> &Arc<dyn UserStore> {
+        &self.store
+    }
+
+    fn warn_if_not_listening(&self) {
+        if self.channel.is_some()
+            && !self.listening.load(Ordering::Relaxed)
+            && !self.not_listening_warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "an invalidation channel is configured but nobody listens on it: spawn \
+                 `clerk.background()` so that other processes' evictions reach this one"
+            );
+        }
+    }
+
+    /// The cache, for the invalidation listener.
+    pub(crate) fn users(&self) -> &SyncedUsers {
+        &self.users
     }
 
     pub(crate) fn cached_users(&self) -> u64 {

@@ -8,8 +8,11 @@ use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{SqliteConnection, SqlitePool};
 
-use super::{StoreFuture, UpsertOutcome, UserChange, UserStore, WebhookOutcome};
-use crate::sync::profile::UserProfile;
+use super::sql;
+use super::{
+    ImportCounts, InvalidationChannel, StoreFuture, UpsertOutcome, UserChange, UserProfile,
+    UserStore, WebhookOutcome,
+};
 
 /// Records which of this crate's SQLite migrations ran (kept apart from `_sqlx_migrations`).
 const MIGRATIONS_TABLE: &str = "_clerk_sync_migrations";
@@ -72,10 +75,10 @@ impl std::fmt::Debug for SqliteUserStore {
 impl SqliteUserStore {
     /// A store on an existing pool; run [`migrate_sqlite`] on it first.
     pub fn new(pool: SqlitePool) -> Self {
-        let fields = super::versioned_field_updates();
-        let any_applies = super::any_field_applies();
-        let version_columns = super::version_columns();
-        let version_values = super::version_values(|at| format!("?{}", at + 2), "?7");
+        let fields = sql::versioned_field_updates();
+        let any_applies = sql::any_field_applies();
+        let version_columns = sql::version_columns();
+        let version_values = sql::version_values(|at| format!("?{}", at + 2), "?7");
         // ?8: is this a visit (the layer) or not (a webhook); ?9: now, in milliseconds.
         let upsert_sql = format!(
             "INSERT INTO users AS u \
@@ -92,7 +95,7 @@ impl SqliteUserStore {
              RETURNING tier, created_at = ?9 AND updated_at = ?9 AS inserted, \
                  email IS NOT NULL AS has_email"
         );
-        let cleared = super::cleared_fields();
+        let cleared = sql::cleared_fields();
         let delete_sql = format!(
             "INSERT INTO users AS u (id, clerk_updated_at, deleted_at, created_at, updated_at) \
              VALUES (?1, ?2, ?3, ?3, ?3) \
@@ -101,7 +104,7 @@ impl SqliteUserStore {
                  deleted_at = COALESCE(u.deleted_at, ?3), \
                  clerk_updated_at = {GREATEST_VERSION}"
         );
-        let changes = super::import_update_condition("IS NOT");
+        let changes = sql::import_update_condition("IS NOT");
         // ?8: now, in milliseconds. A row comes back only when it was inserted or changed.
         let import_sql = format!(
             "INSERT INTO users AS u \
@@ -156,7 +159,7 @@ impl SqliteUserStore {
         seen: bool,
     ) -> Result<Option<SqliteRow>, sqlx::Error> {
         let query = sqlx::query(sqlx::AssertSqlSafe(self.upsert_sql.as_str()));
-        super::bind_profile(query, profile)
+        sql::bind_profile(query, profile)
             .bind(seen)
             .bind(unique_now_ms())
             .fetch_optional(conn)
@@ -185,10 +188,6 @@ impl SqliteUserStore {
             tx.rollback().await?;
             return Ok(WebhookOutcome::Duplicate);
         }
-        sqlx::query("DELETE FROM clerk_webhook_events WHERE received_at < ?1")
-            .bind(now - 30 * 24 * 3600 * 1000)
-            .execute(&mut *tx)
-            .await?;
         let outcome = match change {
             UserChange::Upsert(profile) => match self.upsert_on(&mut tx, profile, false).await? {
                 Some(_) => WebhookOutcome::Applied,
@@ -217,7 +216,7 @@ impl UserStore for SqliteUserStore {
         Box::pin(async move {
             let mut conn = self.pool.acquire().await?;
             let row = self.upsert_on(&mut conn, profile, true).await?;
-            Ok(super::upsert_outcome(row)?)
+            Ok(sql::upsert_outcome(row)?)
         })
     }
 
@@ -229,10 +228,10 @@ impl UserStore for SqliteUserStore {
         Box::pin(async move { Ok(self.apply_in_transaction(delivery_id, change).await?) })
     }
 
-    fn import<'a>(&'a self, profiles: &'a [UserProfile]) -> StoreFuture<'a, super::ImportCounts> {
+    fn import<'a>(&'a self, profiles: &'a [UserProfile]) -> StoreFuture<'a, ImportCounts> {
         Box::pin(async move {
             let now = now_ms();
-            let mut counts = super::ImportCounts::default();
+            let mut counts = ImportCounts::default();
             // IMMEDIATE: take the write lock up front, since the first statement only reads.
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
             for profile in super::newest_per_user(profiles) {
@@ -248,7 +247,7 @@ impl UserStore for SqliteUserStore {
                     continue;
                 }
                 let query = sqlx::query(sqlx::AssertSqlSafe(self.import_sql.as_str()));
-                let written = super::bind_profile(query, profile)
+                let written = sql::bind_profile(query, profile)
                     .bind(now)
                     .fetch_optional(&mut *tx)
                     .await?
@@ -262,5 +261,22 @@ impl UserStore for SqliteUserStore {
             tx.commit().await?;
             Ok(counts)
         })
+    }
+
+    fn prune_webhook_deliveries(&self, older_than: Duration) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let cutoff =
+                now_ms().saturating_sub(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX));
+            let done = sqlx::query("DELETE FROM clerk_webhook_events WHERE received_at < ?1")
+                .bind(cutoff)
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    /// None: a SQLite database belongs to one machine, usually one process.
+    fn invalidation_channel(&self) -> Option<std::sync::Arc<dyn InvalidationChannel>> {
+        None
     }
 }

@@ -1,4 +1,5 @@
-//! The layer's hit path: one lookup from a token to everything a request needs.
+//! [`TokenCache`], the verified-token cache: the layer's hit path, one lookup from a token
+//! to everything a request needs.
 //!
 //! A session pairs a verified token with its [`SyncedUser`] and the [`ClerkUser`] handed to
 //! requests. A repeat request costs one hash of the token's last bytes, one read lock on one
@@ -15,12 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::extract::ClerkUser;
-use crate::sync::cache::SyncedUser;
+use crate::sync::SyncedUser;
 use crate::token::SessionClaims;
 use crate::token::keys::KeyEpoch;
 
 const SHARDS: usize = 64;
-/// Where the shard index starts in a key's hash (see [`SessionCache::shard`]).
+/// Where the shard index starts in a key's hash (see [`TokenCache::shard`]).
 const SHARD_SHIFT: u32 = 40;
 /// Bytes of the token's end that are hashed: part of its RSA signature, so as good as random.
 const HASHED_TAIL: usize = 32;
@@ -36,7 +37,7 @@ struct Session {
     answer: ClerkUser,
 }
 
-/// What [`SessionCache::get`] found for a token.
+/// What [`TokenCache::get`] found for a token.
 pub(crate) enum Lookup {
     /// Cached, not expired, its user current: the user to hand to the request (counted as a
     /// hit).
@@ -92,7 +93,7 @@ struct Shard {
 }
 
 /// Token → [`Session`], bounded, sharded.
-pub(crate) struct SessionCache {
+pub(crate) struct TokenCache {
     shards: Box<[Shard]>,
     shard_capacity: usize,
     seed: RandomState,
@@ -102,7 +103,7 @@ pub(crate) struct SessionCache {
     key_epoch: KeyEpoch,
 }
 
-impl SessionCache {
+impl TokenCache {
     /// `capacity` sessions at most (split evenly over the shards).
     pub(crate) fn new(capacity: u64, leeway: i64, key_epoch: KeyEpoch) -> Self {
         let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
@@ -236,10 +237,10 @@ mod tests {
     }
 
     fn user() -> Arc<SyncedUser> {
-        crate::sync::cache::test_user("free", &AtomicU64::new(0))
+        crate::sync::test_user("free", &AtomicU64::new(0))
     }
 
-    fn found(cache: &SessionCache, token: &str) -> Option<String> {
+    fn found(cache: &TokenCache, token: &str) -> Option<String> {
         match cache.get(token, 100, |_| true) {
             Lookup::Hit(user) => Some(user.user_id().to_owned()),
             _ => None,
@@ -248,7 +249,7 @@ mod tests {
 
     #[test]
     fn exact_token_only() {
-        let cache = SessionCache::new(1000, 5, KeyEpoch::default());
+        let cache = TokenCache::new(1000, 5, KeyEpoch::default());
         let token = format!("{}.sig-{}", "a".repeat(100), "x".repeat(40));
         cache.insert(&token, answer("user_1", 200), user(), 100, 0);
         assert_eq!(found(&cache, &token).as_deref(), Some("user_1"));
@@ -262,7 +263,7 @@ mod tests {
 
     #[test]
     fn expired_and_stale_sessions_are_not_hits() {
-        let cache = SessionCache::new(1000, 5, KeyEpoch::default());
+        let cache = TokenCache::new(1000, 5, KeyEpoch::default());
         cache.insert("token-1", answer("user_1", 200), user(), 100, 0);
         // Within the leeway, then past it.
         assert!(matches!(
@@ -282,7 +283,7 @@ mod tests {
 
     #[test]
     fn shards_and_buckets_take_different_bits() {
-        let cache = SessionCache::new(64_000, 5, KeyEpoch::default());
+        let cache = TokenCache::new(64_000, 5, KeyEpoch::default());
         // Keys of one shard must still spread over the low bits hashbrown buckets by.
         let mut low_bits = std::collections::HashSet::new();
         let mut in_shard_0 = 0;
@@ -303,7 +304,7 @@ mod tests {
 
     #[test]
     fn full_shards_drop_expired_sessions_first_and_stay_bounded() {
-        let cache = SessionCache::new(640, 5, KeyEpoch::default()); // 10 per shard
+        let cache = TokenCache::new(640, 5, KeyEpoch::default()); // 10 per shard
         for i in 0..5_000 {
             cache.insert(&format!("old-{i:08}"), answer("u", 50), user(), 100, 0);
         }

@@ -5,13 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::postgres::{PgListener, PgRow};
+use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
-use super::{StoreFuture, UpsertOutcome, UserChange, UserStore, WebhookOutcome};
+use super::sql;
+use super::{
+    ImportCounts, InvalidationChannel, StoreFuture, UpsertOutcome, UserChange, UserProfile,
+    UserStore, WebhookOutcome,
+};
 use crate::error::ConfigError;
-use crate::invalidate::Invalidator;
-use crate::sync::profile::UserProfile;
+use crate::invalidate::PgChannel;
 
 /// Most parameter bytes in one import statement. sqlx 0.9.0 leaves Nagle's algorithm on
 /// (sqlx issue #4335), so a message larger than the socket's initial 16 KiB send buffer is
@@ -34,9 +37,6 @@ fn encoded_len(profile: &UserProfile) -> usize {
         + 12
 }
 
-/// The `NOTIFY` channel; the payload is a user id.
-const CHANNEL: &str = "clerk_sync_users";
-
 /// The table that records which of this crate's migrations ran. It is not `_sqlx_migrations`,
 /// so the app's own sqlx migrations and ours never see each other as "missing".
 const MIGRATIONS_TABLE: &str = "_clerk_sync_migrations";
@@ -57,10 +57,11 @@ pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
 /// prepared statement and uses no session state, so it works behind PgBouncer in transaction
 /// mode (Neon's `-pooler` endpoints) whatever its version.
 ///
-/// Across processes, webhook writes and [`crate::ClerkSync::invalidate`] send `NOTIFY` on the
-/// channel `clerk_sync_users`; each `ClerkSync` on this store listens on one connection taken
-/// from the pool for its lifetime. `LISTEN` needs a session, so give the store a pool on a
-/// direct connection string, not a PgBouncer transaction-mode (`-pooler`) one.
+/// Its default invalidation channel is [`PgChannel`] on the same pool (`LISTEN` holds one
+/// connection while the handle's background task runs, and needs a session: behind a
+/// PgBouncer transaction-mode pool, such as Neon's `-pooler` endpoints, give the builder a
+/// `PgChannel` on a direct connection, or a Redis channel). Webhook delivery ids older than 30
+/// days are deleted by the handle's background task.
 #[derive(Clone)]
 pub struct PgUserStore {
     pool: PgPool,
@@ -131,7 +132,7 @@ impl PgUserStore {
                 format!("`{table}` does not exist (or has no columns visible to this role)"),
             ));
         }
-        let missing: Vec<&str> = super::REQUIRED_COLUMNS
+        let missing: Vec<&str> = sql::REQUIRED_COLUMNS
             .iter()
             .copied()
             .filter(|needed| !columns.iter().any(|column| column == needed))
@@ -155,11 +156,11 @@ impl PgUserStore {
     }
 
     fn build(pool: PgPool, table: &str) -> Self {
-        let fields = super::versioned_field_updates();
-        let any_applies = super::any_field_applies();
-        let version_columns = super::version_columns();
+        let fields = sql::versioned_field_updates();
+        let any_applies = sql::any_field_applies();
+        let version_columns = sql::version_columns();
         let version = "to_timestamp($7::bigint / 1000.0)";
-        let version_values = super::version_values(|at| format!("${}::text", at + 2), version);
+        let version_values = sql::version_values(|at| format!("${}::text", at + 2), version);
         // `$8` says whether this is a visit (the layer) or not (a webhook).
         let upsert_sql = format!(
             "INSERT INTO {table} AS u \
@@ -177,7 +178,7 @@ impl PgUserStore {
         );
         // A delete of an unknown user leaves a tombstone, so a late `user.created` cannot
         // create it; an existing row keeps its id and tier and loses its personal fields.
-        let cleared = super::cleared_fields();
+        let cleared = sql::cleared_fields();
         let delete_sql = format!(
             "INSERT INTO {table} AS u (id, clerk_updated_at, deleted_at) \
              VALUES ($1, to_timestamp($2::bigint / 1000.0), now()) \
@@ -189,10 +190,10 @@ impl PgUserStore {
         // A page in one statement: the arrays become rows, the conflict update only fires
         // when the snapshot changes the row, and the deleted rows among the ids are counted
         // from the statement's snapshot (a live row is never deleted by this statement).
-        let changes = super::import_update_condition("IS DISTINCT FROM");
+        let changes = sql::import_update_condition("IS DISTINCT FROM");
         let import_version = "to_timestamp(version_ms / 1000.0)";
         let import_version_values =
-            super::version_values(|at| super::PROFILE_COLUMNS[at].to_owned(), import_version);
+            sql::version_values(|at| sql::PROFILE_COLUMNS[at].to_owned(), import_version);
         let import_sql = format!(
             "WITH input AS ( \
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
@@ -235,7 +236,7 @@ impl PgUserStore {
     ) -> Result<Option<PgRow>, sqlx::Error> {
         // Built from a validated, quoted identifier and fixed text only.
         let query = sqlx::query(AssertSqlSafe(self.upsert_sql.clone())).persistent(false);
-        super::bind_profile(query, profile)
+        sql::bind_profile(query, profile)
             .bind(seen)
             .fetch_optional(conn)
             .await
@@ -260,12 +261,6 @@ impl PgUserStore {
             tx.rollback().await?;
             return Ok(WebhookOutcome::Duplicate);
         }
-        sqlx::query(
-            "DELETE FROM clerk_webhook_events WHERE received_at < now() - interval '30 days'",
-        )
-        .persistent(false)
-        .execute(&mut *tx)
-        .await?;
         let outcome = match change {
             UserChange::Upsert(profile) => match self.upsert_on(&mut tx, profile, false).await? {
                 Some(_) => WebhookOutcome::Applied,
@@ -284,8 +279,6 @@ impl PgUserStore {
                 WebhookOutcome::Applied
             }
         };
-        // Delivered at commit, so listeners never evict before the change is visible.
-        notify(&mut tx, change.user_id()).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -294,7 +287,7 @@ impl PgUserStore {
         &self,
         conn: &mut PgConnection,
         profiles: &[&UserProfile],
-    ) -> Result<super::ImportCounts, sqlx::Error> {
+    ) -> Result<ImportCounts, sqlx::Error> {
         let column = |field: fn(&UserProfile) -> &Option<String>| -> Vec<Option<&str>> {
             profiles.iter().map(|p| field(p).as_deref()).collect()
         };
@@ -317,7 +310,7 @@ impl PgUserStore {
         };
         let (inserted, updated, deleted) =
             (count("inserted")?, count("updated")?, count("deleted")?);
-        Ok(super::ImportCounts {
+        Ok(ImportCounts {
             inserted,
             updated,
             deleted,
@@ -331,44 +324,12 @@ impl PgUserStore {
     }
 }
 
-async fn notify(conn: &mut PgConnection, user_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .persistent(false)
-        .bind(CHANNEL)
-        .bind(user_id)
-        .execute(conn)
-        .await
-        .map(|_| ())
-}
-
-/// Listens until the connection is lost or fails; evicts every notified user.
-async fn listen(
-    pool: &PgPool,
-    invalidator: &Invalidator,
-    reconnect: bool,
-) -> Result<(), sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(CHANNEL).await?;
-    // Whatever was notified while nobody listened is unknown: start from an empty cache. Not
-    // on the first connect, which races with the first requests and can only have missed the
-    // few milliseconds after start-up.
-    if reconnect {
-        invalidator.clear();
-    }
-    invalidator.connected();
-    tracing::debug!(channel = CHANNEL, "listening for user invalidations");
-    while let Some(notification) = listener.try_recv().await? {
-        invalidator.evict(notification.payload()).await;
-    }
-    Ok(())
-}
-
 impl UserStore for PgUserStore {
     fn upsert<'a>(&'a self, profile: &'a UserProfile) -> StoreFuture<'a, UpsertOutcome> {
         Box::pin(async move {
             let mut conn = self.pool.acquire().await?;
             let row = self.upsert_on(&mut conn, profile, true).await?;
-            Ok(super::upsert_outcome(row)?)
+            Ok(sql::upsert_outcome(row)?)
         })
     }
 
@@ -380,10 +341,10 @@ impl UserStore for PgUserStore {
         Box::pin(async move { Ok(self.apply_in_transaction(delivery_id, change).await?) })
     }
 
-    fn import<'a>(&'a self, profiles: &'a [UserProfile]) -> StoreFuture<'a, super::ImportCounts> {
+    fn import<'a>(&'a self, profiles: &'a [UserProfile]) -> StoreFuture<'a, ImportCounts> {
         Box::pin(async move {
             let profiles = super::newest_per_user(profiles);
-            let mut counts = super::ImportCounts::default();
+            let mut counts = ImportCounts::default();
             if profiles.is_empty() {
                 return Ok(counts);
             }
@@ -410,54 +371,21 @@ impl UserStore for PgUserStore {
         })
     }
 
-    fn publish_invalidation<'a>(&'a self, user_id: &'a str) -> StoreFuture<'a, ()> {
+    fn prune_webhook_deliveries(&self, older_than: Duration) -> StoreFuture<'_, u64> {
         Box::pin(async move {
-            let mut conn = self.pool.acquire().await?;
-            Ok(notify(&mut conn, user_id).await?)
+            let done = sqlx::query(
+                "DELETE FROM clerk_webhook_events \
+                 WHERE received_at < now() - make_interval(secs => $1)",
+            )
+            .persistent(false)
+            .bind(older_than.as_secs_f64())
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
         })
     }
 
-    fn start_listener(&self, invalidator: Invalidator) -> bool {
-        let pool = self.pool.clone();
-        if pool.options().get_max_connections() < 2 {
-            tracing::warn!(
-                "the invalidation listener holds one connection of a pool of {}: \
-                 user upserts will wait for a free connection; raise max_connections",
-                pool.options().get_max_connections()
-            );
-        }
-        let mut shutdown = invalidator.clone();
-        tokio::spawn(async move {
-            let mut backoff = MIN_BACKOFF;
-            let mut reconnect = false;
-            loop {
-                tokio::select! {
-                    () = shutdown.closed() => return,
-                    result = listen(&pool, &invalidator, reconnect) => {
-                        reconnect = true;
-                        // The cache is cleared when `listen` is back, not now: during a
-                        // database outage the users synced so far keep being served.
-                        match result {
-                            Ok(()) => {
-                                tracing::warn!("invalidation listener lost its connection; reconnecting");
-                                backoff = MIN_BACKOFF;
-                            }
-                            Err(error) => {
-                                tracing::warn!(%error, ?backoff, "invalidation listener failed; retrying");
-                            }
-                        }
-                    }
-                }
-                tokio::select! {
-                    () = shutdown.closed() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        });
-        true
+    fn invalidation_channel(&self) -> Option<Arc<dyn InvalidationChannel>> {
+        Some(Arc::new(PgChannel::new(self.pool.clone())))
     }
 }
-
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);

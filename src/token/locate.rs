@@ -1,9 +1,6 @@
 //! Finding the session token in a request: `Authorization` first, then the session cookie
 //! under Clerk's cookie rules.
 
-use aws_lc_rs::digest;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, header};
 
 use crate::error::AuthError;
@@ -24,6 +21,28 @@ pub(crate) enum Located<'a> {
     Cookie { token: &'a str, client_uat: i64 },
 }
 
+/// [`Located`] without the token: what the slow path keeps of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// `Authorization`.
+    Header,
+    /// The session cookie, with its `__client_uat`.
+    Cookie { client_uat: i64 },
+}
+
+impl Source {
+    /// Clerk's rule for cookie tokens: `__client_uat` is set to 0 at sign-out and to the time
+    /// of the last session change otherwise, so a cookie token counts only when that value is
+    /// positive and not later than the token's `iat`. Header tokens always pass.
+    pub(crate) fn check_client_uat(self, iat: i64) -> Result<(), AuthError> {
+        match self {
+            Self::Header => Ok(()),
+            Self::Cookie { client_uat } if client_uat > 0 && client_uat <= iat => Ok(()),
+            Self::Cookie { .. } => Err(AuthError::SessionOutdated),
+        }
+    }
+}
+
 impl<'a> Located<'a> {
     /// The token itself.
     pub(crate) fn token(self) -> &'a str {
@@ -32,15 +51,17 @@ impl<'a> Located<'a> {
         }
     }
 
-    /// Clerk's rule for cookie tokens: `__client_uat` is set to 0 at sign-out and to the time
-    /// of the last session change otherwise, so a cookie token counts only when that value is
-    /// positive and not later than the token's `iat`. Header tokens always pass.
-    pub(crate) fn check_client_uat(self, iat: i64) -> Result<(), AuthError> {
+    /// Where the token came from, without borrowing it.
+    pub(crate) fn source(self) -> Source {
         match self {
-            Self::Header(_) => Ok(()),
-            Self::Cookie { client_uat, .. } if client_uat > 0 && client_uat <= iat => Ok(()),
-            Self::Cookie { .. } => Err(AuthError::SessionOutdated),
+            Self::Header(_) => Source::Header,
+            Self::Cookie { client_uat, .. } => Source::Cookie { client_uat },
         }
+    }
+
+    /// See [`Source::check_client_uat`].
+    pub(crate) fn check_client_uat(self, iat: i64) -> Result<(), AuthError> {
+        self.source().check_client_uat(iat)
     }
 
     /// The part of [`check_client_uat`](Self::check_client_uat) that needs no claims: a cookie
@@ -53,18 +74,6 @@ impl<'a> Located<'a> {
     }
 }
 
-/// The cookie-name suffix Clerk uses when several apps share a domain: the first 8
-/// characters of the URL-safe base64 of SHA-1 of the publishable key.
-pub(crate) fn cookie_suffix(publishable_key: &str) -> String {
-    let sha1 = digest::digest(
-        &digest::SHA1_FOR_LEGACY_USE_ONLY,
-        publishable_key.as_bytes(),
-    );
-    let mut encoded = URL_SAFE_NO_PAD.encode(sha1.as_ref());
-    encoded.truncate(8);
-    encoded
-}
-
 /// The token of a request, `Ok(None)` when there is none.
 ///
 /// `Authorization: Bearer <jwt>` (scheme case-insensitive) or a bare JWT in `Authorization`, as
@@ -72,7 +81,7 @@ pub(crate) fn cookie_suffix(publishable_key: &str) -> String {
 /// malformed token rather than "no token", so a misconfigured client gets a precise error.
 ///
 /// Cookies: when `__client_uat_<suffix>` is present (and a suffix is known, see
-/// [`cookie_suffix`]), `__session_<suffix>` and `__client_uat_<suffix>` are read, else
+/// [`crate::config::cookie_suffix`]), `__session_<suffix>` and `__client_uat_<suffix>` are read, else
 /// `__session` and `__client_uat`. An empty session cookie counts as none; two session cookies
 /// of the name read with different values are a malformed token (never first-wins).
 pub(crate) fn locate<'h>(
@@ -272,7 +281,7 @@ mod tests {
 
     #[test]
     fn suffixed_cookies_win_when_their_client_uat_is_present() {
-        let suffix = cookie_suffix("pk_test_Y2xlcmsuZXhhbXBsZS5jb20k");
+        let suffix = crate::config::cookie_suffix("pk_test_Y2xlcmsuZXhhbXBsZS5jb20k");
         assert_eq!(suffix.len(), 8);
         let both = format!(
             "__session=plain.t.k; __client_uat=5; __session_{suffix}=suffixed.t.k; \
@@ -302,17 +311,6 @@ mod tests {
 
     fn token_of_suffixed<'h>(map: &'h HeaderMap, suffix: &str) -> Option<&'h str> {
         locate(map, Some(suffix)).unwrap().map(Located::token)
-    }
-
-    #[test]
-    fn cookie_suffix_matches_clerks_derivation() {
-        // base64url(SHA-1(key))[..8], computed independently with
-        // `printf %s KEY | openssl sha1 -binary | base64 | tr '+/' '-_' | cut -c1-8`, and the
-        // same as Clerk's JS SDK (`getCookieSuffix`) gives.
-        assert_eq!(
-            cookie_suffix("pk_test_Y2xlcmsuZXhhbXBsZS5jb20k"),
-            "l2OS3d9k"
-        );
     }
 
     #[test]

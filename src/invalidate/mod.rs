@@ -1,0 +1,50 @@
+//! Cache invalidation across processes: the [`InvalidationChannel`] trait and its PostgreSQL
+//! (`LISTEN`/`NOTIFY`) implementation.
+//!
+//! A message is a bare Clerk id: `user_…` evicts that user from every process's synced-user
+//! cache (and so every cached session of theirs), `org_…` an organization (membership changes
+//! publish the user id). Writes that change a user (webhooks, [`crate::ClerkSync::invalidate`])
+//! publish after they commit. A listener that lost its connection may have missed messages, so
+//! once it is listening again the whole synced-user cache is cleared; it is not cleared on the
+//! disconnect itself, so during an outage the users already synced keep being served (at most
+//! as stale as the user-cache TTL).
+
+#[cfg(feature = "postgres")]
+mod postgres;
+
+#[cfg(feature = "postgres")]
+pub use postgres::PgChannel;
+
+use crate::error::{StoreError, StoreFuture};
+
+/// What a channel's [`listen`](InvalidationChannel::listen) stream yields.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ChannelEvent {
+    /// Subscribed (again): messages published from now on arrive. After the first one, each
+    /// `Listening` makes the handle clear its whole cache, since messages may have been missed.
+    Listening,
+    /// One message: a bare Clerk id (`user_…`, `org_…`).
+    Message(String),
+    /// The subscription failed or was lost; the stream tries again by itself, with a backoff.
+    Lost(StoreError),
+}
+
+/// The stream of [`ChannelEvent`]s returned by [`InvalidationChannel::listen`]. It never ends
+/// on its own; dropping it unsubscribes.
+pub type ChannelStream = futures_util::stream::BoxStream<'static, ChannelEvent>;
+
+/// Tells every process sharing a store to evict a cached user or organization.
+///
+/// Chosen on the builder with [`ClerkSyncBuilder::invalidation`](crate::ClerkSyncBuilder::invalidation);
+/// by default the store's own ([`UserStore::invalidation_channel`](crate::store::UserStore::invalidation_channel)).
+/// The handle publishes after every write that changes a user and listens in its
+/// [`background`](crate::ClerkSync::background) task.
+pub trait InvalidationChannel: Send + Sync + 'static {
+    /// Sends `id` (a bare Clerk id) to every process listening, this one included.
+    fn publish<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()>;
+
+    /// Subscribes: a stream that starts with [`ChannelEvent::Listening`] once subscribed,
+    /// then yields messages, and reconnects by itself after a [`ChannelEvent::Lost`].
+    fn listen(&self) -> ChannelStream;
+}

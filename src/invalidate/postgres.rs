@@ -1,0 +1,128 @@
+//! [`PgChannel`]: invalidation over PostgreSQL's `LISTEN`/`NOTIFY`.
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+
+use super::{ChannelEvent, ChannelStream, InvalidationChannel};
+use crate::error::{StoreError, StoreFuture};
+
+/// The default channel name; the payload is a bare Clerk id.
+const CHANNEL: &str = "clerk_sync_users";
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Invalidation over `NOTIFY`/`LISTEN` on the channel `clerk_sync_users`: the default of
+/// [`crate::PgUserStore`], on the store's pool.
+///
+/// The listener holds one connection of `pool` for as long as the handle's background task
+/// runs, and `LISTEN` needs a session: give it a pool on a direct connection string, not a
+/// PgBouncer transaction-mode one (Neon's `-pooler` endpoints). With the users table behind
+/// the pooler, build `PgChannel::new(direct_pool)` and pass it to
+/// [`ClerkSyncBuilder::invalidation`](crate::ClerkSyncBuilder::invalidation).
+#[derive(Clone)]
+pub struct PgChannel {
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for PgChannel {
+    // The pool's options hold the database password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgChannel")
+            .field("channel", &CHANNEL)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgChannel {
+    /// A channel on `pool` (one of its connections is held while listening).
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+struct Listening {
+    pool: PgPool,
+    listener: Option<PgListener>,
+    /// Wait this long before the next connection attempt; `None` right after a success.
+    backoff: Option<Duration>,
+}
+
+impl Listening {
+    async fn next_event(&mut self) -> ChannelEvent {
+        let Some(listener) = &mut self.listener else {
+            if let Some(backoff) = self.backoff {
+                tokio::time::sleep(backoff).await;
+            }
+            return match connect(&self.pool).await {
+                Ok(listener) => {
+                    self.listener = Some(listener);
+                    self.backoff = None;
+                    ChannelEvent::Listening
+                }
+                Err(error) => {
+                    self.backoff = Some(
+                        self.backoff
+                            .map_or(MIN_BACKOFF, |b| (b * 2).min(MAX_BACKOFF)),
+                    );
+                    ChannelEvent::Lost(error.into())
+                }
+            };
+        };
+        let lost = match listener.try_recv().await {
+            Ok(Some(notification)) => {
+                return ChannelEvent::Message(notification.payload().to_owned());
+            }
+            Ok(None) => StoreError::Other("the LISTEN connection was closed".into()),
+            Err(error) => error.into(),
+        };
+        // A new listener (and a `Listening` event) rather than sqlx's silent reconnect, so
+        // the handle knows to clear its cache.
+        self.listener = None;
+        self.backoff = Some(MIN_BACKOFF);
+        ChannelEvent::Lost(lost)
+    }
+}
+
+async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+impl InvalidationChannel for PgChannel {
+    fn publish<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .persistent(false)
+                .bind(CHANNEL)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn listen(&self) -> ChannelStream {
+        let max = self.pool.options().get_max_connections();
+        if max < 2 {
+            tracing::warn!(
+                max_connections = max,
+                "the invalidation listener holds one connection of the pool: user upserts \
+                 will wait for a free connection; raise max_connections"
+            );
+        }
+        let state = Listening {
+            pool: self.pool.clone(),
+            listener: None,
+            backoff: None,
+        };
+        futures_util::stream::unfold(state, |mut state| async move {
+            let event = state.next_event().await;
+            Some((event, state))
+        })
+        .boxed()
+    }
+}

@@ -1,0 +1,64 @@
+//! The invalidation listener: feeds a channel's messages to the synced-user cache.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+
+use super::users::SyncedUsers;
+use crate::invalidate::{ChannelEvent, InvalidationChannel};
+use crate::log_throttle::Throttle;
+use crate::stats::Counters;
+
+/// Listens on `channel` for as long as the future is polled: evicts every user named by a
+/// message, and clears the whole cache each time the channel is listening again after a loss
+/// (messages may have been missed meanwhile; not on the first subscription, which races with
+/// the first requests and can only have missed the moment after start-up).
+pub(crate) async fn listen(
+    channel: Arc<dyn InvalidationChannel>,
+    users: SyncedUsers,
+    counters: Arc<Counters>,
+) {
+    let mut events = channel.listen();
+    let mut subscribed_before = false;
+    // An outage logs its first failure, then one line a minute with the count.
+    let lost = Throttle::new(Duration::from_secs(60));
+    while let Some(event) = events.next().await {
+        match event {
+            ChannelEvent::Listening => {
+                if subscribed_before {
+                    users.clear();
+                    tracing::info!(
+                        "invalidation listener is back; the synced-user cache was cleared"
+                    );
+                } else {
+                    tracing::debug!("invalidation listener subscribed");
+                }
+                subscribed_before = true;
+                Counters::bump(&counters.listener_connects);
+            }
+            ChannelEvent::Message(id) => evict(&users, &counters, &id).await,
+            ChannelEvent::Lost(error) => {
+                if let Some(count) = lost.hit() {
+                    tracing::warn!(%error, failures = count, "invalidation listener lost its channel; retrying");
+                }
+            }
+        }
+    }
+}
+
+/// One message: a bare Clerk id.
+async fn evict(users: &SyncedUsers, counters: &Counters, id: &str) {
+    if id.starts_with("user_") {
+        Counters::bump(&counters.invalidations_received);
+        users.evict(id).await;
+    } else if id.starts_with("org_") {
+        // Organizations are not cached yet: nothing to evict.
+        tracing::debug!(organization.id = id, "organization invalidation ignored");
+    } else {
+        tracing::debug!(
+            message = id,
+            "invalidation message that is not a Clerk id; ignored"
+        );
+    }
+}
