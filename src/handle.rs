@@ -27,10 +27,6 @@ use crate::token::verify::VerifierOptions;
 use crate::token::{AuthorizedPartyPolicy, Verifier};
 use crate::token_cache::TokenCache;
 
-/// How often the background task forgets old webhook delivery ids, and how old they must be.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-const DELIVERY_IDS_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
-
 /// Verifies Clerk session tokens and keeps users synced; cheap to clone (an `Arc` inside).
 ///
 /// Build one per process with [`ClerkSync::builder`], spawn its [`background`](Self::background)
@@ -83,38 +79,11 @@ impl ClerkSync {
     /// evictions never reach this one (cached users then live out their TTL), and a
     /// configuration with a channel logs a warning once, at the first sync.
     pub fn background(&self) -> impl Future<Output = ()> + Send + 'static {
-        let syncer = &self.core.syncer;
-        syncer.mark_listening();
-        let channel = syncer.channel().cloned();
-        let users = syncer.users().clone();
-        let store = syncer.store().clone();
-        let counters = self.core.counters.clone();
-        let mut alive = self.core.alive.subscribe();
-        async move {
-            let listening = async move {
-                match channel {
-                    Some(channel) => listener::listen(channel, users, counters).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let pruning = async move {
-                let mut every = tokio::time::interval(PRUNE_EVERY);
-                loop {
-                    every.tick().await;
-                    match store.prune_webhook_deliveries(DELIVERY_IDS_KEPT).await {
-                        Ok(pruned) => tracing::debug!(pruned, "old webhook delivery ids pruned"),
-                        Err(error) => tracing::warn!(%error, "pruning webhook delivery ids failed"),
-                    }
-                }
-            };
-            // `changed` fails once the core (the sender) is gone; nothing is ever sent.
-            let closed = async move { while alive.changed().await.is_ok() {} };
-            tokio::select! {
-                () = closed => {}
-                () = listening => {}
-                () = pruning => {}
-            }
-        }
+        listener::background(
+            &self.core.syncer,
+            self.core.counters.clone(),
+            self.core.alive.subscribe(),
+        )
     }
 
     /// Forgets the synced user in this process and publishes the id on the invalidation

@@ -6,20 +6,20 @@ mod common;
 use std::time::Duration;
 
 use clerk_sync::testing::DevIssuer;
-use clerk_sync::{ClerkConfig, ClerkSync, PgUserStore};
-use common::{Harness, app, clerk, error_code, get_with_token, user_rows};
+use clerk_sync::{ClerkConfig, ClerkSync, MemoryUserStore};
+use common::{Harness, TestDb, app, clerk, error_code, get_with_token, user_rows};
 use http::{StatusCode, header};
-use sqlx::PgPool;
 use tokio::task::JoinSet;
 
-#[sqlx::test(migrations = false)]
-async fn rotated_key_is_accepted_after_one_refetch(pool: PgPool) {
+#[tokio::test]
+async fn rotated_key_is_accepted_after_one_refetch() {
+    let db = MemoryUserStore::new();
     let Harness {
         issuer,
         clerk,
         router,
         ..
-    } = Harness::start(&pool, |b| {
+    } = Harness::start(&db, |b| {
         b.jwks_min_refresh_interval(Duration::from_millis(300))
     })
     .await;
@@ -47,15 +47,15 @@ async fn rotated_key_is_accepted_after_one_refetch(pool: PgPool) {
     assert_eq!(clerk.stats().jwks_fetches, 2);
 }
 
-#[sqlx::test(migrations = false)]
-async fn random_kids_cause_at_most_one_fetch_per_interval(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
+#[tokio::test]
+async fn random_kids_cause_at_most_one_fetch_per_interval() {
+    let db = MemoryUserStore::new();
     let issuer = DevIssuer::start().await.unwrap();
     let interval = Duration::from_secs(2);
-    let clerk = clerk(&issuer, PgUserStore::new(pool.clone()), |b| {
+    let clerk = clerk(&issuer, db.store(), |b| {
         b.jwks_min_refresh_interval(interval)
     });
-    let router = app(&clerk, pool.clone());
+    let router = app(&clerk, db.clone());
     assert_eq!(
         get_with_token(&router, "/me", Some(&issuer.token("user_ok")))
             .await
@@ -94,20 +94,20 @@ async fn random_kids_cause_at_most_one_fetch_per_interval(pool: PgPool) {
     }
     assert_eq!(issuer.jwks_fetches(), 2);
     assert_eq!(clerk.stats().rejected("unknown_key"), 200);
-    assert_eq!(user_rows(&pool).await, 1, "only the legitimate user");
+    assert_eq!(user_rows(&db).await, 1, "only the legitimate user");
 }
 
-#[sqlx::test(migrations = false)]
-async fn known_keys_keep_working_when_the_jwks_goes_down(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
+#[tokio::test]
+async fn known_keys_keep_working_when_the_jwks_goes_down() {
+    let db = MemoryUserStore::new();
     let issuer = DevIssuer::start().await.unwrap();
     // Every lookup finds the key set stale and tries to refresh it.
-    let clerk = clerk(&issuer, PgUserStore::new(pool.clone()), |b| {
+    let clerk = clerk(&issuer, db.store(), |b| {
         b.jwks_min_refresh_interval(Duration::ZERO)
             .jwks_max_age(Duration::ZERO)
             .jwks_timeout(Duration::from_millis(500))
     });
-    let router = app(&clerk, pool.clone());
+    let router = app(&clerk, db.clone());
     assert_eq!(
         get_with_token(&router, "/me", Some(&issuer.token("user_before")))
             .await
@@ -126,41 +126,39 @@ async fn known_keys_keep_working_when_the_jwks_goes_down(pool: PgPool) {
         stats.jwks_fetch_failures >= 3,
         "refreshes were tried: {stats:?}"
     );
-    assert_eq!(user_rows(&pool).await, 4);
+    assert_eq!(user_rows(&db).await, 4);
 }
 
-#[sqlx::test(migrations = false)]
-async fn unreachable_jwks_with_no_cached_keys_is_503(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
+#[tokio::test]
+async fn unreachable_jwks_with_no_cached_keys_is_503() {
+    let db = MemoryUserStore::new();
     let issuer = DevIssuer::start().await.unwrap();
     issuer.stop_jwks();
-    let clerk = clerk(&issuer, PgUserStore::new(pool.clone()), |b| {
+    let clerk = clerk(&issuer, db.store(), |b| {
         b.jwks_timeout(Duration::from_millis(500))
     });
-    let router = app(&clerk, pool.clone());
+    let router = app(&clerk, db.clone());
 
     let reply = get_with_token(&router, "/me", Some(&issuer.token("user_x"))).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(error_code(&reply), "keys_unavailable");
     assert_eq!(reply.headers[header::RETRY_AFTER], "10");
     assert!(!reply.headers.contains_key(header::WWW_AUTHENTICATE));
-    assert_eq!(user_rows(&pool).await, 0);
+    assert_eq!(user_rows(&db).await, 0);
     assert_eq!(clerk.stats().jwks_fetch_failures, 1);
 }
 
-#[sqlx::test(migrations = false)]
-async fn pem_key_verifies_without_any_network(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
+#[tokio::test]
+async fn pem_key_verifies_without_any_network() {
+    let db = MemoryUserStore::new();
     let issuer = DevIssuer::start().await.unwrap();
     let config = ClerkConfig::builder()
         .jwt_key_pem(issuer.public_key_pem())
         .issuer(issuer.issuer())
         .build()
         .unwrap();
-    let clerk = ClerkSync::builder(config, PgUserStore::new(pool.clone()))
-        .build()
-        .unwrap();
-    let router = app(&clerk, pool.clone());
+    let clerk = ClerkSync::builder(config, db.store()).build().unwrap();
+    let router = app(&clerk, db.clone());
 
     let reply = get_with_token(&router, "/me", Some(&issuer.token("user_pem"))).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
@@ -168,17 +166,18 @@ async fn pem_key_verifies_without_any_network(pool: PgPool) {
     let reply = get_with_token(&router, "/me", Some(&forged)).await;
     assert_eq!(error_code(&reply), "invalid_signature");
     assert_eq!(issuer.jwks_fetches(), 0);
-    assert_eq!(user_rows(&pool).await, 1);
+    assert_eq!(user_rows(&db).await, 1);
 }
 
-#[sqlx::test(migrations = false)]
-async fn a_cached_session_stops_being_a_hit_when_its_key_leaves_the_jwks(pool: PgPool) {
+#[tokio::test]
+async fn a_cached_session_stops_being_a_hit_when_its_key_leaves_the_jwks() {
+    let db = MemoryUserStore::new();
     let Harness {
         issuer,
         clerk,
         router,
         ..
-    } = Harness::start(&pool, |b| {
+    } = Harness::start(&db, |b| {
         b.jwks_min_refresh_interval(Duration::from_millis(200))
     })
     .await;

@@ -3,15 +3,16 @@
 
 mod common;
 
+use clerk_sync::MemoryUserStore;
 use common::{Capture, Harness, get_with_token};
-use sqlx::PgPool;
 
-#[sqlx::test(migrations = false)]
-async fn logs_name_users_and_codes_but_never_tokens(pool: PgPool) {
+#[tokio::test]
+async fn logs_name_users_and_codes_but_never_tokens() {
+    let db = MemoryUserStore::new();
     let capture = Capture::default();
     let _guard = tracing::subscriber::set_default(capture.subscriber());
 
-    let Harness { issuer, router, .. } = Harness::start(&pool, |b| b).await;
+    let Harness { issuer, router, .. } = Harness::start(&db, |b| b).await;
     let good = issuer
         .token_for("user_logged")
         .claim("email", "l@example.com")

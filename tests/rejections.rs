@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use axum::body::Body;
 use clerk_sync::testing::DevIssuer;
-use clerk_sync::{AuthorizedPartyPolicy, ClerkConfig, ClerkSync, PgUserStore};
-use common::{CountingStore, Harness, app, clerk, error_code, get_with_token, send, user_rows};
+use clerk_sync::{AuthorizedPartyPolicy, ClerkConfig, ClerkSync, MemoryUserStore};
+use common::{
+    CountingStore, Harness, TestDb, app, clerk, error_code, get_with_token, send, user_rows,
+};
 use http::{Request, StatusCode, header};
-use sqlx::PgPool;
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -22,8 +23,8 @@ fn now() -> i64 {
 /// Sends `token` to `/me` and checks status, code, headers and that nothing was written.
 async fn assert_rejected(
     router: &axum::Router,
-    pool: &PgPool,
-    store: &CountingStore,
+    db: &impl TestDb,
+    store: &CountingStore<MemoryUserStore>,
     case: &str,
     token: Option<&str>,
     status: StatusCode,
@@ -36,18 +37,19 @@ async fn assert_rejected(
         let challenge = reply.headers[header::WWW_AUTHENTICATE].to_str().unwrap();
         assert!(challenge.starts_with("Bearer"), "{case}: {challenge}");
     }
-    assert_eq!(user_rows(pool).await, 0, "{case}: no row written");
+    assert_eq!(user_rows(db).await, 0, "{case}: no row written");
     assert_eq!(store.calls(), 0, "{case}: the store was not called");
 }
 
-#[sqlx::test(migrations = false)]
-async fn bad_tokens_are_rejected_without_touching_the_database(pool: PgPool) {
+#[tokio::test]
+async fn bad_tokens_are_rejected_without_touching_the_database() {
+    let db = MemoryUserStore::new();
     let Harness {
         issuer,
         store,
         clerk,
         router,
-    } = Harness::start(&pool, |b| b).await;
+    } = Harness::start(&db, |b| b).await;
     let pem = issuer.public_key_pem();
     let valid = issuer.token("user_victim");
     let truncated = &valid[..valid.len() / 2];
@@ -224,7 +226,7 @@ async fn bad_tokens_are_rejected_without_touching_the_database(pool: PgPool) {
     for (case, token, code) in &cases {
         assert_rejected(
             &router,
-            &pool,
+            &db,
             &store,
             case,
             token.as_deref(),
@@ -239,9 +241,10 @@ async fn bad_tokens_are_rejected_without_touching_the_database(pool: PgPool) {
     assert_eq!(stats.tokens_verified, 1, "only the warm-up token verified");
 }
 
-#[sqlx::test(migrations = false)]
-async fn leeway_is_five_seconds_not_sixty(pool: PgPool) {
-    let Harness { issuer, router, .. } = Harness::start(&pool, |b| b).await;
+#[tokio::test]
+async fn leeway_is_five_seconds_not_sixty() {
+    let db = MemoryUserStore::new();
+    let Harness { issuer, router, .. } = Harness::start(&db, |b| b).await;
 
     let four_past = issuer.token_for("user_edge").expired_for(4).build();
     let reply = get_with_token(&router, "/me", Some(&four_past)).await;
@@ -256,15 +259,16 @@ async fn leeway_is_five_seconds_not_sixty(pool: PgPool) {
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     assert_eq!(error_code(&reply), "token_expired");
     assert_eq!(
-        user_rows(&pool).await,
+        user_rows(&db).await,
         1,
         "only the in-leeway user was written"
     );
 }
 
-#[sqlx::test(migrations = false)]
-async fn cached_token_is_rejected_once_it_expires(pool: PgPool) {
-    let Harness { issuer, router, .. } = Harness::start(&pool, |b| b.leeway(Duration::ZERO)).await;
+#[tokio::test]
+async fn cached_token_is_rejected_once_it_expires() {
+    let db = MemoryUserStore::new();
+    let Harness { issuer, router, .. } = Harness::start(&db, |b| b.leeway(Duration::ZERO)).await;
 
     // Valid for one more second.
     let token = issuer
@@ -281,9 +285,10 @@ async fn cached_token_is_rejected_once_it_expires(pool: PgPool) {
     assert_eq!(error_code(&reply), "token_expired");
 }
 
-#[sqlx::test(migrations = false)]
-async fn other_authorization_schemes_are_malformed(pool: PgPool) {
-    let Harness { router, .. } = Harness::start(&pool, |b| b).await;
+#[tokio::test]
+async fn other_authorization_schemes_are_malformed() {
+    let db = MemoryUserStore::new();
+    let Harness { router, .. } = Harness::start(&db, |b| b).await;
     let oversized = format!("Bearer {}", "a".repeat(16 * 1024 + 1));
     for value in ["Basic dXNlcjpwYXNz", "Bearer ", oversized.as_str()] {
         let request = Request::get("/me")
@@ -294,26 +299,24 @@ async fn other_authorization_schemes_are_malformed(pool: PgPool) {
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
         assert_eq!(error_code(&reply), "malformed_token");
     }
-    assert_eq!(user_rows(&pool).await, 0);
+    assert_eq!(user_rows(&db).await, 0);
 }
 
-#[sqlx::test(migrations = false)]
-async fn policies_can_require_azp_or_allow_pending_sessions(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
+#[tokio::test]
+async fn policies_can_require_azp_or_allow_pending_sessions() {
+    let db = MemoryUserStore::new();
     let issuer = DevIssuer::start().await.unwrap();
-    let strict = clerk(&issuer, PgUserStore::new(pool.clone()), |b| {
+    let strict = clerk(&issuer, db.store(), |b| {
         b.authorized_party_policy(AuthorizedPartyPolicy::Required)
     });
-    let router = app(&strict, pool.clone());
+    let router = app(&strict, db.clone());
     let no_azp = issuer.token_for("user_noazp").without_claim("azp").build();
     let reply = get_with_token(&router, "/me", Some(&no_azp)).await;
     assert_eq!(error_code(&reply), "invalid_authorized_party");
-    assert_eq!(user_rows(&pool).await, 0);
+    assert_eq!(user_rows(&db).await, 0);
 
-    let lenient = clerk(&issuer, PgUserStore::new(pool.clone()), |b| {
-        b.allow_pending_sessions(true)
-    });
-    let router = app(&lenient, pool.clone());
+    let lenient = clerk(&issuer, db.store(), |b| b.allow_pending_sessions(true));
+    let router = app(&lenient, db.clone());
     let pending = issuer
         .token_for("user_pending")
         .claim("sts", "pending")
@@ -326,27 +329,29 @@ async fn policies_can_require_azp_or_allow_pending_sessions(pool: PgPool) {
         get_with_token(&router, "/me", Some(&pending)).await.status,
         StatusCode::OK
     );
-    assert_eq!(user_rows(&pool).await, 2);
+    assert_eq!(user_rows(&db).await, 2);
 }
 
-#[sqlx::test(migrations = false)]
-async fn required_azp_policy_without_parties_is_a_config_error(pool: PgPool) {
+#[tokio::test]
+async fn required_azp_policy_without_parties_is_a_config_error() {
+    let db = MemoryUserStore::new();
     let issuer = DevIssuer::start().await.unwrap();
     let config = ClerkConfig::builder()
         .issuer(issuer.issuer())
         .jwks_url(issuer.jwks_url())
         .build()
         .unwrap();
-    let error = ClerkSync::builder(config, PgUserStore::new(pool))
+    let error = ClerkSync::builder(config, db.store())
         .authorized_party_policy(AuthorizedPartyPolicy::Required)
         .build()
         .unwrap_err();
     assert_eq!(error.setting(), "CLERK_AUTHORIZED_PARTIES");
 }
 
-#[sqlx::test(migrations = false)]
-async fn session_and_ignore_categories_pass(pool: PgPool) {
-    let Harness { issuer, router, .. } = Harness::start(&pool, |b| b).await;
+#[tokio::test]
+async fn session_and_ignore_categories_pass() {
+    let db = MemoryUserStore::new();
+    let Harness { issuer, router, .. } = Harness::start(&db, |b| b).await;
     let tokens = [
         issuer.token("user_session_cat"),
         issuer
@@ -362,22 +367,22 @@ async fn session_and_ignore_categories_pass(pool: PgPool) {
         let reply = get_with_token(&router, "/me", Some(token)).await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     }
-    assert_eq!(user_rows(&pool).await, 3);
+    assert_eq!(user_rows(&db).await, 3);
 }
 
-#[sqlx::test(migrations = false)]
-async fn jwt_templates_are_accepted_only_after_opting_in(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
+#[tokio::test]
+async fn jwt_templates_are_accepted_only_after_opting_in() {
+    let db = MemoryUserStore::new();
     let issuer = DevIssuer::start().await.unwrap();
     let template = issuer.template_for("user_template").build();
 
     // Refused by default: it would authenticate as the user for its whole (long) lifetime.
-    let store = CountingStore::new(pool.clone());
+    let store = CountingStore::on(db.store());
     let strict = clerk(&issuer, store.clone(), |b| b);
-    let router = app(&strict, pool.clone());
+    let router = app(&strict, db.clone());
     assert_rejected(
         &router,
-        &pool,
+        &db,
         &store,
         "template by default",
         Some(&template),
@@ -386,9 +391,9 @@ async fn jwt_templates_are_accepted_only_after_opting_in(pool: PgPool) {
     )
     .await;
 
-    let store = CountingStore::new(pool.clone());
+    let store = CountingStore::on(db.store());
     let opted_in = clerk(&issuer, store.clone(), |b| b.accept_jwt_templates());
-    let router = app(&opted_in, pool.clone());
+    let router = app(&opted_in, db.clone());
     // Every other check still applies to templates.
     let cases = [
         (
@@ -421,7 +426,7 @@ async fn jwt_templates_are_accepted_only_after_opting_in(pool: PgPool) {
     for (case, token, code) in &cases {
         assert_rejected(
             &router,
-            &pool,
+            &db,
             &store,
             case,
             Some(token),
@@ -434,7 +439,7 @@ async fn jwt_templates_are_accepted_only_after_opting_in(pool: PgPool) {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(reply.body["user_id"], "user_template");
     assert_eq!(reply.body["session_id"], serde_json::Value::Null);
-    assert_eq!(user_rows(&pool).await, 1);
+    assert_eq!(user_rows(&db).await, 1);
 }
 
 /// `GET path` with only a `Cookie` header.
@@ -462,14 +467,15 @@ async fn assert_cookie_refused(router: &axum::Router, path: &str, cookie: &str, 
     );
 }
 
-#[sqlx::test(migrations = false)]
-async fn session_cookies_follow_clerks_client_uat_rules(pool: PgPool) {
+#[tokio::test]
+async fn session_cookies_follow_clerks_client_uat_rules() {
+    let db = MemoryUserStore::new();
     let Harness {
         issuer,
         store,
         router,
         ..
-    } = Harness::start(&pool, |b| b).await;
+    } = Harness::start(&db, |b| b).await;
     let iat = now() - 5;
     let token = issuer.token_for("user_cookie").issued_at(iat).build();
 
@@ -507,7 +513,7 @@ async fn session_cookies_follow_clerks_client_uat_rules(pool: PgPool) {
         assert_eq!(reply.body["user_id"], serde_json::Value::Null, "{case}");
     }
     assert_eq!(
-        user_rows(&pool).await,
+        user_rows(&db).await,
         0,
         "nothing written for outdated cookies"
     );
@@ -523,7 +529,7 @@ async fn session_cookies_follow_clerks_client_uat_rules(pool: PgPool) {
         .await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     }
-    assert_eq!(user_rows(&pool).await, 1);
+    assert_eq!(user_rows(&db).await, 1);
 
     // The session is cached now; signing out in the browser still signs out here.
     assert_cookie_refused(
@@ -557,14 +563,15 @@ async fn session_cookies_follow_clerks_client_uat_rules(pool: PgPool) {
     assert_eq!(send(&router, request).await.status, StatusCode::OK);
 }
 
-#[sqlx::test(migrations = false)]
-async fn duplicate_and_empty_session_cookies(pool: PgPool) {
+#[tokio::test]
+async fn duplicate_and_empty_session_cookies() {
+    let db = MemoryUserStore::new();
     let Harness {
         issuer,
         store,
         router,
         ..
-    } = Harness::start(&pool, |b| b).await;
+    } = Harness::start(&db, |b| b).await;
     let a = issuer.token("user_dup_a");
     let b = issuer.token("user_dup_b");
     let uat = now() - 30;
@@ -583,7 +590,7 @@ async fn duplicate_and_empty_session_cookies(pool: PgPool) {
         "malformed_token",
     )
     .await;
-    assert_eq!(user_rows(&pool).await, 0);
+    assert_eq!(user_rows(&db).await, 0);
     assert_eq!(store.calls(), 0);
 
     // An empty value is no cookie: anonymous, or missing_token on the required layer.
@@ -603,9 +610,9 @@ async fn duplicate_and_empty_session_cookies(pool: PgPool) {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
 }
 
-#[sqlx::test(migrations = false)]
-async fn suffixed_cookies_are_read_when_their_client_uat_is_present(pool: PgPool) {
-    clerk_sync::migrate(&pool).await.unwrap();
+#[tokio::test]
+async fn suffixed_cookies_are_read_when_their_client_uat_is_present() {
+    let db = MemoryUserStore::new();
     let issuer = DevIssuer::start().await.unwrap();
     // The issuer and JWKS URL set explicitly win over the ones decoded from the key.
     let publishable_key = "pk_test_Y2xlcmsuZXhhbXBsZS5jb20k";
@@ -615,10 +622,8 @@ async fn suffixed_cookies_are_read_when_their_client_uat_is_present(pool: PgPool
         .publishable_key(publishable_key)
         .build()
         .unwrap();
-    let clerk = ClerkSync::builder(config, PgUserStore::new(pool.clone()))
-        .build()
-        .unwrap();
-    let router = app(&clerk, pool.clone());
+    let clerk = ClerkSync::builder(config, db.store()).build().unwrap();
+    let router = app(&clerk, db.clone());
     let uat = now() - 30;
     let mine = issuer.token("user_suffixed");
     let other_app = issuer.token("user_plain");
@@ -650,9 +655,6 @@ async fn suffixed_cookies_are_read_when_their_client_uat_is_present(pool: PgPool
     let cookie = format!("__session={other_app}; __client_uat={uat}; __session_{suffix}={mine}");
     let reply = get_with_cookie(&router, "/me", &cookie).await;
     assert_eq!(reply.body["user_id"], "user_plain");
-    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM users ORDER BY id")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let ids: Vec<String> = db.ids().await;
     assert_eq!(ids, ["user_plain", "user_suffixed"]);
 }

@@ -1,4 +1,5 @@
-//! The `UserStore` behaviour suite, written once and run against PostgreSQL and SQLite:
+//! The `UserStore` behaviour suite, written once and run against PostgreSQL, SQLite and the
+//! memory store:
 //! idempotent, versioned, no NULL overwrites, tier on insert only, deleted users never
 //! resurrected, one row per user under concurrency, webhook deliveries applied once.
 #![allow(clippy::unwrap_used)]
@@ -6,7 +7,7 @@
 use std::sync::Arc;
 
 use clerk_sync::store::{UpsertOutcome, UserChange, UserProfile, UserStore, WebhookOutcome};
-use clerk_sync::{PgUserStore, SqliteUserStore};
+use clerk_sync::{MemoryUserStore, PgUserStore, SqliteUserStore};
 use sqlx::{PgPool, SqlitePool};
 use tempfile::TempDir;
 use tokio::task::JoinSet;
@@ -16,6 +17,7 @@ enum Db {
     Postgres(PgPool),
     // The directory is held, not read: the database file lives as long as the test.
     Sqlite(SqlitePool, #[allow(dead_code)] TempDir),
+    Memory(MemoryUserStore),
 }
 
 /// A user row as both backends can report it.
@@ -57,11 +59,23 @@ impl Db {
         match self {
             Self::Postgres(pool) => Arc::new(PgUserStore::new(pool.clone())),
             Self::Sqlite(pool, _) => Arc::new(SqliteUserStore::new(pool.clone())),
+            Self::Memory(store) => Arc::new(store.clone()),
         }
     }
 
     async fn row(&self, id: &str) -> Option<Row> {
         let row: Option<RowTuple> = match self {
+            Self::Memory(store) => store.user(id).map(|user| {
+                (
+                    user.email,
+                    user.first_name,
+                    user.last_name,
+                    user.tier,
+                    user.deleted,
+                    user.clerk_updated_at_ms,
+                    user.last_seen_at.is_some(),
+                )
+            }),
             Self::Postgres(pool) => sqlx::query_as(
                 "SELECT email, first_name, last_name, tier, deleted_at IS NOT NULL, \
                  (extract(epoch FROM clerk_updated_at) * 1000)::bigint, last_seen_at IS NOT NULL \
@@ -91,17 +105,42 @@ impl Db {
         })
     }
 
-    /// Runs SQL that both dialects understand.
-    async fn execute(&self, sql: &'static str) {
+    /// What an app's billing code does: sets a tier directly.
+    async fn set_tier(&self, id: &str, tier: &str) {
         match self {
-            Self::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(|_| ()),
-            Self::Sqlite(pool, _) => sqlx::query(sql).execute(pool).await.map(|_| ()),
+            Self::Postgres(pool) => sqlx::query("UPDATE users SET tier = $1 WHERE id = $2")
+                .bind(tier)
+                .bind(id)
+                .execute(pool)
+                .await
+                .map(|_| ()),
+            Self::Sqlite(pool, _) => sqlx::query("UPDATE users SET tier = ?1 WHERE id = ?2")
+                .bind(tier)
+                .bind(id)
+                .execute(pool)
+                .await
+                .map(|_| ()),
+            Self::Memory(store) => {
+                assert!(store.set_tier(id, tier));
+                Ok(())
+            }
         }
         .unwrap();
     }
 
     async fn mark_deleted(&self, id: &str) {
         match self {
+            Self::Memory(store) => {
+                let delete = UserChange::Delete {
+                    user_id: id.to_owned(),
+                    version_ms: None,
+                };
+                store
+                    .apply_webhook("msg_mark_deleted", &delete)
+                    .await
+                    .map(|_| ())
+                    .map_err(|error| sqlx::Error::Protocol(error.to_string()))
+            }
             Self::Postgres(pool) => {
                 sqlx::query("UPDATE users SET deleted_at = now(), email = NULL WHERE id = $1")
                     .bind(id)
@@ -123,6 +162,7 @@ impl Db {
     async fn users(&self) -> i64 {
         let sql = "SELECT count(*) FROM users";
         match self {
+            Self::Memory(store) => Ok(i64::try_from(store.len()).unwrap()),
             Self::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
             Self::Sqlite(pool, _) => sqlx::query_scalar(sql).fetch_one(pool).await,
         }
@@ -252,6 +292,18 @@ async fn columns(
 ) -> (Option<String>, Option<String>) {
     let sql = format!("SELECT {a}, {b} FROM users WHERE id = '{id}'");
     match db {
+        Db::Memory(store) => {
+            let user = store.user(id).unwrap();
+            let field = |name: &str| match name {
+                "email" => user.email.clone(),
+                "first_name" => user.first_name.clone(),
+                "last_name" => user.last_name.clone(),
+                "username" => user.username.clone(),
+                "image_url" => user.image_url.clone(),
+                other => panic!("no column {other}"),
+            };
+            Ok((field(a), field(b)))
+        }
         Db::Postgres(pool) => {
             sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .fetch_one(pool)
@@ -353,7 +405,7 @@ async fn partial_snapshots_only_shadow_the_fields_they_carry(db: &Db) {
 async fn tier_is_set_on_insert_only(db: &Db) {
     let store = db.store();
     store.upsert(&UserProfile::new("user_1")).await.unwrap();
-    db.execute("UPDATE users SET tier = 'pro'").await;
+    db.set_tier("user_1", "pro").await;
     let outcome = store
         .upsert(&profile("user_1", Some("a@example.com"), Some(9_000)))
         .await
@@ -439,8 +491,38 @@ async fn webhook_delete_leaves_a_tombstone_no_event_undoes(db: &Db) {
     assert_eq!(row.email, None);
 }
 
+async fn old_webhook_delivery_ids_are_pruned(db: &Db) {
+    let store = db.store();
+    let change = UserChange::Upsert(profile("user_1", Some("a@example.com"), Some(1_000)));
+    store.apply_webhook("msg_old", &change).await.unwrap();
+    // Kept for 30 days: nothing that recent is pruned.
+    let month = std::time::Duration::from_secs(30 * 24 * 3600);
+    assert_eq!(store.prune_webhook_deliveries(month).await.unwrap(), 0);
+    assert_eq!(
+        store.apply_webhook("msg_old", &change).await.unwrap(),
+        WebhookOutcome::Duplicate
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(
+        store
+            .prune_webhook_deliveries(std::time::Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+    // Forgotten: a redelivery now is applied again (as a no-op under the versioned rules).
+    assert_eq!(
+        store.apply_webhook("msg_old", &change).await.unwrap(),
+        WebhookOutcome::Applied
+    );
+    assert_eq!(
+        db.row("user_1").await.unwrap().email.as_deref(),
+        Some("a@example.com")
+    );
+}
+
 /// Instantiates every behaviour test once per backend.
-macro_rules! on_both_backends {
+macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
         mod postgres {
             use super::*;
@@ -460,10 +542,19 @@ macro_rules! on_both_backends {
                 }
             )*
         }
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(&Db::Memory(MemoryUserStore::new())).await;
+                }
+            )*
+        }
     };
 }
 
-on_both_backends!(
+on_every_backend!(
     insert_then_update_is_idempotent,
     older_snapshot_never_overwrites_a_newer_one,
     null_never_erases_a_known_field,
@@ -474,6 +565,7 @@ on_both_backends!(
     concurrent_upserts_leave_one_row_per_user,
     webhook_delivery_is_applied_once,
     webhook_delete_leaves_a_tombstone_no_event_undoes,
+    old_webhook_delivery_ids_are_pruned,
 );
 
 mod postgres_only {

@@ -81,6 +81,13 @@ impl MemoryUserStore {
         self.state().users.get(id).cloned()
     }
 
+    /// Every user held, tombstones included, sorted by id.
+    pub fn users(&self) -> Vec<MemoryUser> {
+        let mut users: Vec<MemoryUser> = self.state().users.values().cloned().collect();
+        users.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        users
+    }
+
     /// Users held, tombstones included.
     pub fn len(&self) -> usize {
         self.state().users.len()

@@ -1,20 +1,64 @@
-//! The invalidation listener: feeds a channel's messages to the synced-user cache.
+//! The handle's background task: the invalidation listener, which feeds a channel's messages
+//! to the synced-user cache, and the pruning of old webhook delivery ids.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 
+use super::Syncer;
 use super::users::SyncedUsers;
 use crate::invalidate::{ChannelEvent, InvalidationChannel};
 use crate::log_throttle::Throttle;
 use crate::stats::Counters;
 
+/// How often old webhook delivery ids are forgotten, and how old they must be.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+const DELIVERY_IDS_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The future of [`crate::ClerkSync::background`]: listening (when there is a channel) and
+/// pruning, until `alive`'s sender (held by the core) is dropped.
+pub(crate) fn background(
+    syncer: &Syncer,
+    counters: Arc<Counters>,
+    mut alive: tokio::sync::watch::Receiver<()>,
+) -> impl Future<Output = ()> + Send + 'static {
+    syncer.mark_listening();
+    let channel = syncer.channel().cloned();
+    let users = syncer.users().clone();
+    let store = syncer.store().clone();
+    async move {
+        let listening = async move {
+            match channel {
+                Some(channel) => listen(channel, users, counters).await,
+                None => std::future::pending().await,
+            }
+        };
+        let pruning = async move {
+            let mut every = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                every.tick().await;
+                match store.prune_webhook_deliveries(DELIVERY_IDS_KEPT).await {
+                    Ok(pruned) => tracing::debug!(pruned, "old webhook delivery ids pruned"),
+                    Err(error) => tracing::warn!(%error, "pruning webhook delivery ids failed"),
+                }
+            }
+        };
+        // `changed` fails once the sender is gone; nothing is ever sent.
+        let closed = async move { while alive.changed().await.is_ok() {} };
+        tokio::select! {
+            () = closed => {}
+            () = listening => {}
+            () = pruning => {}
+        }
+    }
+}
+
 /// Listens on `channel` for as long as the future is polled: evicts every user named by a
 /// message, and clears the whole cache each time the channel is listening again after a loss
 /// (messages may have been missed meanwhile; not on the first subscription, which races with
 /// the first requests and can only have missed the moment after start-up).
-pub(crate) async fn listen(
+async fn listen(
     channel: Arc<dyn InvalidationChannel>,
     users: SyncedUsers,
     counters: Arc<Counters>,

@@ -65,3 +65,52 @@ impl IntoResponse for WebhookError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_in_the_crate_table_with_its_status() {
+        let expected = [
+            (
+                WebhookError::MissingHeader("svix-id"),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                WebhookError::MalformedHeader("svix-id"),
+                StatusCode::BAD_REQUEST,
+            ),
+            (WebhookError::TimestampOutOfRange, StatusCode::UNAUTHORIZED),
+            (WebhookError::InvalidSignature, StatusCode::UNAUTHORIZED),
+            (WebhookError::PayloadTooLarge, StatusCode::PAYLOAD_TOO_LARGE),
+            (
+                WebhookError::MalformedPayload("x".into()),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                WebhookError::StoreUnavailable,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+        ];
+        for (error, status) in expected {
+            assert!(
+                crate::ERROR_CODES
+                    .iter()
+                    .any(|(code, _)| *code == error.code()),
+                "{} is in ERROR_CODES",
+                error.code()
+            );
+            assert_eq!(error.status(), status, "{}", error.code());
+            assert_eq!(error.clone().into_response().status(), status);
+        }
+        let unauthorized = WebhookError::InvalidSignature.into_response();
+        assert!(
+            unauthorized
+                .headers()
+                .contains_key(http::header::WWW_AUTHENTICATE)
+        );
+        let unavailable = WebhookError::StoreUnavailable.into_response();
+        assert_eq!(unavailable.headers()[http::header::RETRY_AFTER], "5");
+    }
+}

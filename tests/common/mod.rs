@@ -15,7 +15,7 @@ use clerk_sync::store::{
     UserChange, UserProfile, UserStore, WebhookOutcome,
 };
 use clerk_sync::testing::DevIssuer;
-use clerk_sync::{ClerkSync, ClerkSyncBuilder, ClerkUser, PgUserStore};
+use clerk_sync::{ClerkSync, ClerkSyncBuilder, ClerkUser, MemoryUserStore, PgUserStore};
 use futures_util::StreamExt as _;
 use http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
@@ -26,18 +26,85 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-/// Wraps the real Postgres store and counts the layer's upserts that reach it; everything else
-/// is delegated unchanged.
+/// Where a test's users live: the real PostgreSQL (a `#[sqlx::test]` pool) or, for tests of
+/// the layer that do not test SQL, the memory store (no database needed).
+pub trait TestDb: Clone + Send + Sync + 'static {
+    /// The store on this database.
+    type Store: UserStore + Clone;
+    fn store(&self) -> Self::Store;
+    fn migrate(&self) -> impl std::future::Future<Output = ()> + Send;
+    /// Users written so far, ids sorted.
+    fn ids(&self) -> impl std::future::Future<Output = Vec<String>> + Send;
+    /// `(tier, email)` of one user.
+    fn row(
+        &self,
+        id: &str,
+    ) -> impl std::future::Future<Output = Option<(String, Option<String>)>> + Send;
+}
+
+impl TestDb for PgPool {
+    type Store = PgUserStore;
+
+    fn store(&self) -> PgUserStore {
+        PgUserStore::new(self.clone())
+    }
+
+    async fn migrate(&self) {
+        clerk_sync::migrate(self).await.unwrap();
+    }
+
+    async fn ids(&self) -> Vec<String> {
+        sqlx::query_scalar("SELECT id FROM users ORDER BY id")
+            .fetch_all(self)
+            .await
+            .unwrap()
+    }
+
+    async fn row(&self, id: &str) -> Option<(String, Option<String>)> {
+        sqlx::query_as("SELECT tier, email FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self)
+            .await
+            .unwrap()
+    }
+}
+
+impl TestDb for MemoryUserStore {
+    type Store = MemoryUserStore;
+
+    fn store(&self) -> MemoryUserStore {
+        self.clone()
+    }
+
+    async fn migrate(&self) {}
+
+    async fn ids(&self) -> Vec<String> {
+        self.users().into_iter().map(|user| user.id).collect()
+    }
+
+    async fn row(&self, id: &str) -> Option<(String, Option<String>)> {
+        self.user(id).map(|user| (user.tier, user.email))
+    }
+}
+
+/// Wraps a store and counts the layer's upserts that reach it; everything else is delegated
+/// unchanged.
 #[derive(Clone)]
-pub struct CountingStore {
-    inner: PgUserStore,
+pub struct CountingStore<S = PgUserStore> {
+    inner: S,
     calls: Arc<AtomicU64>,
 }
 
-impl CountingStore {
+impl CountingStore<PgUserStore> {
     pub fn new(pool: PgPool) -> Self {
+        Self::on(PgUserStore::new(pool))
+    }
+}
+
+impl<S> CountingStore<S> {
+    pub fn on(inner: S) -> Self {
         Self {
-            inner: PgUserStore::new(pool),
+            inner,
             calls: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -47,7 +114,7 @@ impl CountingStore {
     }
 }
 
-impl UserStore for CountingStore {
+impl<S: UserStore> UserStore for CountingStore<S> {
     fn upsert<'a>(&'a self, profile: &'a UserProfile) -> StoreFuture<'a, UpsertOutcome> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.upsert(profile)
@@ -142,12 +209,14 @@ pub fn clerk(
 /// `/me` behind the layer: the handler reads the user's row from the database, so a 200
 /// proves the row existed before the handler ran. `/anon` is behind the optional layer, and
 /// the webhook endpoint is at [`WEBHOOK_PATH`] when `clerk` has a signing secret.
-pub fn app(clerk: &ClerkSync, pool: PgPool) -> Router {
-    let required = Router::new().route("/me", get(me)).layer(clerk.layer());
+pub fn app<D: TestDb>(clerk: &ClerkSync, db: D) -> Router {
+    let required = Router::new()
+        .route("/me", get(me::<D>))
+        .layer(clerk.layer());
     let optional = Router::new()
         .route("/anon", get(anon))
         .layer(clerk.optional_layer());
-    let router = required.merge(optional).with_state(pool);
+    let router = required.merge(optional).with_state(db);
     match clerk.webhook_router(WEBHOOK_PATH) {
         Ok(webhooks) => router.merge(webhooks),
         // Built without a webhook secret by the test itself.
@@ -155,13 +224,8 @@ pub fn app(clerk: &ClerkSync, pool: PgPool) -> Router {
     }
 }
 
-async fn me(State(pool): State<PgPool>, user: ClerkUser) -> Json<Value> {
-    let row: Option<(String, Option<String>)> =
-        sqlx::query_as("SELECT tier, email FROM users WHERE id = $1")
-            .bind(user.user_id())
-            .fetch_optional(&pool)
-            .await
-            .unwrap();
+async fn me<D: TestDb>(State(db): State<D>, user: ClerkUser) -> Json<Value> {
+    let row = db.row(user.user_id()).await;
     Json(json!({
         "user_id": user.user_id(),
         "session_id": user.session_id(),
@@ -204,11 +268,8 @@ pub async fn send(router: &Router, request: Request<Body>) -> Reply {
     }
 }
 
-pub async fn user_rows(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(pool)
-        .await
-        .unwrap()
+pub async fn user_rows(db: &impl TestDb) -> i64 {
+    i64::try_from(db.ids().await.len()).unwrap()
 }
 
 /// Asserts the JSON error shape and returns the code.
@@ -289,23 +350,23 @@ impl Drop for TcpProxy {
 
 /// A migrated database, a dev issuer, a counting store over the real Postgres store, a
 /// `ClerkSync` with `tweak` applied, and the `/me` app.
-pub struct Harness {
+pub struct Harness<S = PgUserStore> {
     pub issuer: DevIssuer,
-    pub store: CountingStore,
+    pub store: CountingStore<S>,
     pub clerk: ClerkSync,
     pub router: Router,
 }
 
-impl Harness {
-    pub async fn start(
-        pool: &PgPool,
+impl<S: UserStore + Clone> Harness<S> {
+    pub async fn start<D: TestDb<Store = S>>(
+        db: &D,
         tweak: impl FnOnce(ClerkSyncBuilder) -> ClerkSyncBuilder,
     ) -> Self {
-        clerk_sync::migrate(pool).await.unwrap();
+        db.migrate().await;
         let issuer = DevIssuer::start().await.unwrap();
-        let store = CountingStore::new(pool.clone());
+        let store = CountingStore::on(db.store());
         let clerk = clerk(&issuer, store.clone(), tweak);
-        let router = app(&clerk, pool.clone());
+        let router = app(&clerk, db.clone());
         Self {
             issuer,
             store,
