@@ -212,12 +212,7 @@ impl ClerkApi {
             ));
         }
         let base = api_url.trim_end_matches('/');
-        if !(base.starts_with("https://") || base.starts_with("http://")) {
-            return Err(ConfigError::new(
-                "CLERK_API_URL",
-                "expected an http(s) URL such as https://api.clerk.com",
-            ));
-        }
+        crate::config::check_url("CLERK_API_URL", base)?;
         Ok(Self {
             client: Self::http_client(Duration::from_secs(10))?,
             base: base.to_owned(),

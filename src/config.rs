@@ -321,12 +321,20 @@ pub(crate) fn cookie_suffix(publishable_key: &str) -> String {
     encoded
 }
 
-fn check_url(setting: &'static str, url: &str) -> Result<(), ConfigError> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"));
-    match rest {
-        Some(rest) if !rest.is_empty() && !rest.starts_with('/') => Ok(()),
+/// An absolute `http://` or `https://` URL with a host, as `url::Url` parses it. The WHATWG
+/// parser reads `https:///x` as the host `x`; a URL written that way is refused all the same.
+pub(crate) fn check_url(setting: &'static str, url: &str) -> Result<(), ConfigError> {
+    let written_with_host = url
+        .split_once("://")
+        .is_some_and(|(_, rest)| !rest.is_empty() && !rest.starts_with('/'));
+    match url::Url::parse(url) {
+        Ok(parsed)
+            if written_with_host
+                && matches!(parsed.scheme(), "http" | "https")
+                && parsed.host_str().is_some_and(|host| !host.is_empty()) =>
+        {
+            Ok(())
+        }
         _ => Err(ConfigError::new(
             setting,
             "expected an absolute http:// or https:// URL",
@@ -569,6 +577,28 @@ lwIDAQAB
             Some(b"secret-webhook-key".to_vec())
         );
         assert!(debug.contains("[redacted]"));
+    }
+
+    #[test]
+    fn urls_are_checked_by_a_url_parser() {
+        for good in [
+            "https://api.clerk.com",
+            "http://127.0.0.1:8080",
+            "https://x.example/.well-known/jwks.json",
+        ] {
+            assert_eq!(check_url("CLERK_JWKS_URL", good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "https://",
+            "https:///path",
+            "ftp://example.com",
+            "example.com",
+            "http://exa mple.com",
+        ] {
+            let error = check_url("CLERK_JWKS_URL", bad).unwrap_err();
+            assert_eq!(error.setting(), "CLERK_JWKS_URL", "{bad}");
+        }
     }
 
     #[test]

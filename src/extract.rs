@@ -81,7 +81,7 @@ pub struct MissingClerkLayer;
 
 impl IntoResponse for MissingClerkLayer {
     fn into_response(self) -> Response {
-        tracing::error!("{self}");
+        tracing::error!(code = "clerk_layer_missing", error = %self, "ClerkUser extracted without the layer");
         crate::error::error_response("clerk_layer_missing", &self.to_string())
     }
 }

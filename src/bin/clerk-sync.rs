@@ -165,6 +165,8 @@ async fn backfill(args: BackfillArgs) -> Outcome {
             let default = RetryPolicy::default();
             RetryPolicy::new(args.retries, default.initial_backoff, default.max_wait)
         });
+    // Lowered to 1 for SQLite, when that feature is on.
+    #[cfg_attr(not(feature = "sqlite"), allow(unused_mut))]
     let mut concurrency = usize::try_from(args.concurrency).unwrap_or(1);
     let store: Box<dyn clerk_sync::store::UserStore> = match (
         connect(&args.database, args.concurrency).await?,

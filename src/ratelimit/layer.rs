@@ -256,7 +256,11 @@ fn too_many_requests(subject: &Subject, limit: Limit, decision: &Decision) -> Re
 }
 
 fn misconfigured(message: &str) -> Response {
-    tracing::error!("{message}");
+    tracing::error!(
+        code = "rate_limit_misconfigured",
+        reason = message,
+        "rate limiter misconfigured"
+    );
     error_response("rate_limit_misconfigured", message)
 }
 

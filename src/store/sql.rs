@@ -50,6 +50,7 @@ pub(super) const PROFILE_COLUMNS: [&str; 5] =
     ["email", "first_name", "last_name", "username", "image_url"];
 
 /// Every column a user store writes or reads, for checking a custom table.
+#[cfg(feature = "postgres")]
 pub(super) const REQUIRED_COLUMNS: [&str; 17] = [
     "id",
     "email",

@@ -211,6 +211,7 @@ impl JwksKeys {
         }
     }
 
+    #[tracing::instrument(name = "clerk_sync.jwks_fetch", skip_all, fields(url = %self.url))]
     async fn fetch(&self) -> Result<HashMap<String, Arc<VerifyingKey>>, String> {
         let mut request = self.client.get(&self.url);
         if let Some(secret) = &self.bearer {

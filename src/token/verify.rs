@@ -203,6 +203,7 @@ impl Verifier {
         self.verify_uncached(token).await
     }
 
+    #[tracing::instrument(name = "clerk_sync.verify", skip_all, fields(user.id = tracing::field::Empty))]
     async fn verify_uncached(&self, token: &str) -> Result<Arc<SessionClaims>, AuthError> {
         let inner = &self.inner;
         let header = parse_header(token)?;
@@ -245,6 +246,7 @@ impl Verifier {
             AuthError::malformed("the claims are not JSON, or a claim is missing or mistyped")
         })?;
 
+        tracing::Span::current().record("user.id", claims.sub.as_str());
         let now = unix_now();
         if claims.exp.saturating_add(inner.leeway) < now {
             return Err(AuthError::TokenExpired);
