@@ -10,9 +10,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use clerk_sync::ratelimit::{
-    AnonymousPolicy, Decision, RateLimitKey, RateLimitStore, StoreFailurePolicy,
+    AnonymousPolicy, Decision, RateLimitKey, RateLimitRejection, RateLimitStore, StoreFailurePolicy,
 };
 use clerk_sync::store::StoreFuture;
 use clerk_sync::testing::DevIssuer;
@@ -22,10 +23,11 @@ use clerk_sync::{
 };
 use common::{Capture, CountingStore, Reply, clerk, error_code, get_with_token, send};
 use http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::task::JoinSet;
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, ServiceExt};
 
 fn limits(free: Limit) -> TierLimits {
     TierLimits::new(free)
@@ -490,4 +492,45 @@ async fn store_failures_pass_by_default_or_answer_503(pool: PgPool) {
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(error_code(&reply), "rate_limit_unavailable");
     assert_eq!(reply.headers[header::RETRY_AFTER], "1");
+}
+
+#[tokio::test]
+async fn on_rejection_shapes_the_limiters_answers_and_the_crate_keeps_its_headers() {
+    let issuer = DevIssuer::start().await.unwrap();
+    let clerk = clerk(&issuer, clerk_sync::MemoryUserStore::new(), |b| b);
+    let limiter = RateLimitLayer::per_tier(limits(Limit::per_minute(1).unwrap())).on_rejection(
+        |rejection: &RateLimitRejection| {
+            let body = format!("slow down: {} ({})", rejection.code(), rejection.message());
+            (rejection.status(), body).into_response()
+        },
+    );
+    let router = limited_app(&clerk, limiter);
+    let token = issuer.token("user_hook");
+    assert_eq!(
+        get_with_token(&router, "/me", Some(&token)).await.status,
+        StatusCode::OK
+    );
+    let response = router
+        .clone()
+        .oneshot(
+            Request::get("/me")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let headers = response.headers().clone();
+    assert_eq!(headers["ratelimit-limit"], "1");
+    assert_eq!(headers["ratelimit-remaining"], "0");
+    assert!(
+        headers.contains_key(header::RETRY_AFTER),
+        "added by the crate"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).starts_with("slow down: rate_limited (rate limit of 1/m"),
+        "{body:?}"
+    );
 }

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -87,6 +87,85 @@ struct Settings {
     anonymous: AnonymousPolicy,
     on_store_failure: StoreFailurePolicy,
     failures: Arc<FailureReport>,
+    on_rejection: Option<Arc<dyn Fn(&RateLimitRejection) -> Response + Send + Sync>>,
+}
+
+/// A rejection of the rate limiter, as [`RateLimitLayer::on_rejection`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimitRejection {
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl RateLimitRejection {
+    fn new(code: &'static str, message: impl Into<String>, retry_after: Option<u64>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retry_after,
+        }
+    }
+
+    /// `rate_limited` (429), `rate_limit_unavailable` (503) or `rate_limit_misconfigured`
+    /// (500).
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The status of the default response (from [`crate::ERROR_CODES`]).
+    pub fn status(&self) -> StatusCode {
+        crate::error::status_of(self.code)
+    }
+
+    /// The default message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Seconds until a retry may pass (`Retry-After`), for 429 and 503.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.retry_after
+    }
+}
+
+impl Settings {
+    /// The hook's response or the JSON default; `Retry-After` added where it applies and is
+    /// missing.
+    fn reject(&self, rejection: &RateLimitRejection) -> Response {
+        let mut response = match &self.on_rejection {
+            Some(hook) => hook(rejection),
+            None => error_response(rejection.code, &rejection.message),
+        };
+        complete_headers(&mut response, None, rejection.retry_after);
+        response
+    }
+
+    fn too_many_requests(&self, subject: &Subject, limit: Limit, decision: &Decision) -> Response {
+        let retry_after = secs_ceil(decision.retry_after.unwrap_or(decision.reset)).max(1);
+        if let Subject::User(user) = subject {
+            tracing::debug!(user.id = user.user_id(), tier = user.tier(), %limit, "rate limited");
+        }
+        let message = format!("rate limit of {limit} exceeded; retry in {retry_after} s");
+        let rejection = RateLimitRejection::new("rate_limited", message, Some(retry_after));
+        let mut response = self.reject(&rejection);
+        add_headers(response.headers_mut(), limit, decision);
+        response
+    }
+
+    fn misconfigured(&self, message: &'static str) -> Response {
+        tracing::error!(
+            code = "rate_limit_misconfigured",
+            reason = message,
+            "rate limiter misconfigured"
+        );
+        self.reject(&RateLimitRejection::new(
+            "rate_limit_misconfigured",
+            message,
+            None,
+        ))
+    }
 }
 
 /// Counters of one [`RateLimitLayer`] (shared by every service it made).
@@ -156,6 +235,7 @@ impl RateLimitLayer {
                 anonymous: AnonymousPolicy::default(),
                 on_store_failure: StoreFailurePolicy::default(),
                 failures: Arc::default(),
+                on_rejection: None,
             },
         }
     }
@@ -176,6 +256,18 @@ impl RateLimitLayer {
     /// What happens when the store fails. Default: [`StoreFailurePolicy::Allow`].
     pub fn on_store_failure(mut self, policy: StoreFailurePolicy) -> Self {
         self.settings.on_store_failure = policy;
+        self
+    }
+
+    /// Shapes the limiter's rejections (429, 503, 500) instead of the default JSON body, as
+    /// [`crate::ClerkSyncBuilder::on_rejection`] does for the auth layer's. The crate still
+    /// adds `Retry-After` when the hook's response lacks it, and the `RateLimit-*` headers to
+    /// a 429. Default: the JSON body.
+    pub fn on_rejection(
+        mut self,
+        hook: impl Fn(&RateLimitRejection) -> Response + Send + Sync + 'static,
+    ) -> Self {
+        self.settings.on_rejection = Some(Arc::new(hook));
         self
     }
 }
@@ -243,27 +335,6 @@ fn add_headers(headers: &mut HeaderMap, limit: Limit, decision: &Decision) {
     );
 }
 
-fn too_many_requests(subject: &Subject, limit: Limit, decision: &Decision) -> Response {
-    let retry_after = secs_ceil(decision.retry_after.unwrap_or(decision.reset)).max(1);
-    if let Subject::User(user) = subject {
-        tracing::debug!(user.id = user.user_id(), tier = user.tier(), %limit, "rate limited");
-    }
-    let message = format!("rate limit of {limit} exceeded; retry in {retry_after} s");
-    let mut response = error_response("rate_limited", &message);
-    add_headers(response.headers_mut(), limit, decision);
-    complete_headers(&mut response, None, Some(retry_after));
-    response
-}
-
-fn misconfigured(message: &str) -> Response {
-    tracing::error!(
-        code = "rate_limit_misconfigured",
-        reason = message,
-        "rate limiter misconfigured"
-    );
-    error_response("rate_limit_misconfigured", message)
-}
-
 impl<S> RateLimit<S> {
     /// Who pays for this request and under which limit; `Ok(None)` when nobody does, `Err`
     /// with the fix when the layers are set up wrong.
@@ -313,7 +384,7 @@ where
         let (subject, limit) = match self.subject(&request) {
             Ok(Some(found)) => found,
             Ok(None) => return ResponseFuture::inner(self.inner.call(request), None),
-            Err(fix) => return ResponseFuture::ready(misconfigured(fix)),
+            Err(fix) => return ResponseFuture::ready(self.settings.misconfigured(fix)),
         };
         // A store that answers without I/O is decided here, and the service that was polled
         // ready is called directly: no clone of it, no boxed future.
@@ -321,7 +392,7 @@ where
             return if decision.allowed {
                 ResponseFuture::inner(self.inner.call(request), Some((limit, decision)))
             } else {
-                ResponseFuture::ready(too_many_requests(&subject, limit, &decision))
+                ResponseFuture::ready(self.settings.too_many_requests(&subject, limit, &decision))
             };
         }
         // See ClerkSyncService::call: call the service that was polled ready.
@@ -337,19 +408,16 @@ where
                         StoreFailurePolicy::Allow => {
                             inner.call(request).await.map(IntoResponse::into_response)
                         }
-                        StoreFailurePolicy::Deny => {
-                            let mut response = error_response(
-                                "rate_limit_unavailable",
-                                "the rate limiter is unavailable; try again later",
-                            );
-                            complete_headers(&mut response, None, Some(1));
-                            Ok(response)
-                        }
+                        StoreFailurePolicy::Deny => Ok(settings.reject(&RateLimitRejection::new(
+                            "rate_limit_unavailable",
+                            "the rate limiter is unavailable; try again later",
+                            Some(1),
+                        ))),
                     };
                 }
             };
             if !decision.allowed {
-                return Ok(too_many_requests(&subject, limit, &decision));
+                return Ok(settings.too_many_requests(&subject, limit, &decision));
             }
             let mut response = inner.call(request).await?.into_response();
             add_headers(response.headers_mut(), limit, &decision);

@@ -9,7 +9,8 @@ mod postgres;
 mod store;
 
 pub use layer::{
-    AnonymousPolicy, RateLimit, RateLimitLayer, RateLimitStats, ResponseFuture, StoreFailurePolicy,
+    AnonymousPolicy, RateLimit, RateLimitLayer, RateLimitRejection, RateLimitStats, ResponseFuture,
+    StoreFailurePolicy,
 };
 pub use limits::{InvalidLimit, Limit, TierLimit, TierLimits};
 pub use memory::MemoryRateLimitStore;
