@@ -87,8 +87,11 @@ struct Settings {
     anonymous: AnonymousPolicy,
     on_store_failure: StoreFailurePolicy,
     failures: Arc<FailureReport>,
-    on_rejection: Option<Arc<dyn Fn(&RateLimitRejection) -> Response + Send + Sync>>,
+    on_rejection: Option<RejectionHook>,
 }
+
+/// See [`RateLimitLayer::on_rejection`].
+type RejectionHook = Arc<dyn Fn(&RateLimitRejection) -> Response + Send + Sync>;
 
 /// A rejection of the rate limiter, as [`RateLimitLayer::on_rejection`] sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
