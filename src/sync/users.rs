@@ -9,7 +9,7 @@ use moka::future::Cache;
 /// "This process has synced the user; their tier is T", shared by the synced-user cache and
 /// every cached session of that user. It stops being current when the user is evicted or
 /// invalidated (`valid`), or when the whole cache is cleared (`generation`), so a session
-/// found in the session cache is only trusted while its user is.
+/// found in the verified-token cache is only trusted while its user is.
 #[derive(Debug)]
 pub(crate) struct SyncedUser {
     pub(crate) tier: Arc<str>,
