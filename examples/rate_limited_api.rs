@@ -23,7 +23,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .parse()?;
     let limiter = match (std::env::var("RATE_LIMIT_STORE").as_deref(), &demo.database) {
         (Ok("postgres"), common::Database::Postgres(pool)) => {
-            RateLimitLayer::with_store(limits, PgRateLimitStore::new(pool.clone()))
+            let store = PgRateLimitStore::new(pool.clone());
+            // Expired rows are deleted by a task the app runs, not by one spawned for it.
+            tokio::spawn(store.cleanup());
+            RateLimitLayer::with_store(limits, store)
         }
         (Ok("postgres"), common::Database::Sqlite(_)) => {
             return Err("RATE_LIMIT_STORE=postgres needs a postgres:// DATABASE_URL".into());

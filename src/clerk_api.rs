@@ -402,7 +402,8 @@ impl ClerkApi {
             tracing::warn!(
                 attempt,
                 wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                "Clerk Backend API call failed, retrying: {failure}"
+                failure = %failure,
+                "Clerk Backend API call failed, retrying"
             );
             tokio::time::sleep(wait).await;
         }

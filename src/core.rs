@@ -106,8 +106,6 @@ impl Core {
         let Some(tokens) = &self.tokens else {
             return Decision::Pending(pending(located, None, 0));
         };
-        // Read before the lookup: a key removed from now on keeps this session out of the cache.
-        let key_epoch = tokens.key_epoch();
         match tokens.get(located.token(), unix_now(), |user| {
             self.syncer.is_current(user)
         }) {
@@ -120,8 +118,13 @@ impl Core {
                 Err(error) => self.rejected(error),
             },
             Lookup::Expired => self.rejected(AuthError::TokenExpired),
-            Lookup::Stale(claims) => Decision::Pending(pending(located, Some(claims), key_epoch)),
-            Lookup::Absent => Decision::Pending(pending(located, None, key_epoch)),
+            // Claims verified under `epoch` are cached again under it.
+            Lookup::Stale(claims, epoch) => {
+                Decision::Pending(pending(located, Some(claims), epoch))
+            }
+            // Read before verification (in `finish`): a key removed from now on keeps this
+            // session out of the cache. Not read on the hit path.
+            Lookup::Absent => Decision::Pending(pending(located, None, tokens.key_epoch())),
         }
     }
 

@@ -45,8 +45,9 @@ pub(crate) enum Lookup {
     /// Cached but past `exp` (with leeway).
     Expired,
     /// Cached, but its user is no longer current: the verified claims, to sync again without
-    /// verifying again.
-    Stale(Arc<SessionClaims>),
+    /// verifying again, and the key epoch they were verified under (the session is cached
+    /// again under that epoch, so a key removed meanwhile still evicts it).
+    Stale(Arc<SessionClaims>, u64),
     /// Not cached.
     Absent,
 }
@@ -161,7 +162,7 @@ impl TokenCache {
             return Lookup::Expired;
         }
         if !is_current(&session.user) {
-            return Lookup::Stale(session.answer.shared_claims().clone());
+            return Lookup::Stale(session.answer.shared_claims().clone(), session.key_epoch);
         }
         // On the shard's own counter: no cache line shared by all requests.
         shard.hits.fetch_add(1, Ordering::Relaxed);
@@ -275,7 +276,10 @@ mod tests {
             Lookup::Expired
         ));
         match cache.get("token-1", 100, |_| false) {
-            Lookup::Stale(claims) => assert_eq!(claims.sub, "user_1"),
+            Lookup::Stale(claims, epoch) => {
+                assert_eq!(claims.sub, "user_1");
+                assert_eq!(epoch, 0);
+            }
             _ => panic!("a session whose user is not current is stale"),
         }
         assert_eq!(cache.hits(), 1);

@@ -534,3 +534,31 @@ async fn on_rejection_shapes_the_limiters_answers_and_the_crate_keeps_its_header
         "{body:?}"
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn the_cleanup_deletes_only_rows_whose_budget_is_back(pool: PgPool) {
+    clerk_sync::migrate(&pool).await.unwrap();
+    let store = PgRateLimitStore::new(pool.clone());
+    let short = Limit::new(1, Duration::from_millis(300)).unwrap();
+    let long = Limit::per_hour(1).unwrap();
+    store
+        .check(RateLimitKey::User("user_short"), short)
+        .await
+        .unwrap();
+    store
+        .check(RateLimitKey::User("user_long"), long)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.delete_expired().await.unwrap(),
+        0,
+        "both budgets are spent"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.delete_expired().await.unwrap(), 1);
+    let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM clerk_rate_limits")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, ["user:user_long"]);
+}
