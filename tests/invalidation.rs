@@ -8,15 +8,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use clerk_sync::ClerkSync;
 use clerk_sync::store::{
     ChannelEvent, InvalidationChannel, StoreError, StoreFuture, UpsertOutcome, UserChange,
     UserProfile, UserStore, WebhookOutcome,
 };
 use clerk_sync::testing::{DevIssuer, signed_webhook_request};
-use clerk_sync::{ClerkSync, Stats};
 use common::{
     CountingStore, ScriptedChannel, WEBHOOK_PATH, WEBHOOK_SECRET, app, clerk, error_code,
-    get_with_token, send,
+    get_with_token, send, wait_for,
 };
 use http::StatusCode;
 use serde_json::json;
@@ -46,20 +46,6 @@ async fn process(issuer: &DevIssuer, options: &PgConnectOptions) -> Process {
         store,
         router,
     }
-}
-
-/// Polls `clerk.stats()` until `ready` holds; returns how long it took.
-async fn wait_for(clerk: &ClerkSync, what: &str, ready: impl Fn(&Stats) -> bool) -> Duration {
-    let started = Instant::now();
-    while !ready(&clerk.stats()) {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}: {:?}",
-            clerk.stats()
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    started.elapsed()
 }
 
 fn deleted_event(id: &str) -> String {

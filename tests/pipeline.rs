@@ -5,31 +5,18 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::response::IntoResponse;
 use clerk_sync::store::{ChannelEvent, StoreFuture, UpsertOutcome, UserProfile, UserStore};
 use clerk_sync::testing::{DevIssuer, signed_webhook_request};
-use clerk_sync::{AuthError, ClerkSync, MemoryUserStore, Stats};
+use clerk_sync::{AuthError, MemoryUserStore};
 use common::{
     Capture, CountingStore, ScriptedChannel, WEBHOOK_PATH, WEBHOOK_SECRET, app, clerk,
-    get_with_token, send,
+    get_with_token, send, wait_for,
 };
 use http::{HeaderValue, StatusCode, header};
 use serde_json::json;
-
-/// Polls `clerk.stats()` until `ready` holds.
-async fn wait_for(clerk: &ClerkSync, what: &str, ready: impl Fn(&Stats) -> bool) {
-    let started = Instant::now();
-    while !ready(&clerk.stats()) {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}: {:?}",
-            clerk.stats()
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
 
 fn deleted_event(id: &str) -> String {
     json!({"data": {"deleted": true, "id": id, "object": "user"}, "object": "event",

@@ -186,6 +186,24 @@ impl InvalidationChannel for ScriptedChannel {
     }
 }
 
+/// Polls `clerk.stats()` until `ready` holds (10 s at most); returns how long it took.
+pub async fn wait_for(
+    clerk: &ClerkSync,
+    what: &str,
+    ready: impl Fn(&clerk_sync::Stats) -> bool,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    while !ready(&clerk.stats()) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "timed out waiting for {what}: {:?}",
+            clerk.stats()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    started.elapsed()
+}
+
 /// The webhook signing secret of every test app (Svix's documented example secret).
 pub const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 /// Where [`app`] mounts the webhook endpoint.
