@@ -4,7 +4,9 @@
 //! headers ─ locate (Authorization, else the session cookie under Clerk's rules)
 //!         ─ verified-token cache ─ hit, user current ─────────────────────▶ Hit
 //!                                ─ expired ───────────────────────────────▶ Rejected
-//!                                ─ absent, or its user no longer current ─▶ Pending
+//!                                ─ its user no longer current ────────────▶ Pending
+//!                                ─ absent: the token's type ─ not taken ──▶ Rejected
+//!                                                           ─ session ────▶ Pending
 //! Pending ─ verify (RS256, claims; skipped when the cache had the claims)
 //!         ─ cookie rule on the verified `iat`
 //!         ─ synced-user cache, else one upsert per user (Syncer)
@@ -30,6 +32,7 @@ use crate::stats::{Counters, Stats};
 use crate::sync::Syncer;
 use crate::time::unix_now;
 use crate::token::Verifier;
+use crate::token::kind::{self, TokenType};
 use crate::token::locate::{Located, Source, locate};
 use crate::token_cache::{Lookup, TokenCache};
 
@@ -104,7 +107,7 @@ impl Core {
             Err(error) => return self.rejected(error),
         };
         let Some(tokens) = &self.tokens else {
-            return Decision::Pending(pending(located, None, 0));
+            return self.new_token(located, 0);
         };
         match tokens.get(located.token(), unix_now(), |user| {
             self.syncer.is_current(user)
@@ -122,9 +125,18 @@ impl Core {
             Lookup::Stale(claims, epoch) => {
                 Decision::Pending(pending(located, Some(claims), epoch))
             }
-            // Read before verification (in `finish`): a key removed from now on keeps this
-            // session out of the cache. Not read on the hit path.
-            Lookup::Absent => Decision::Pending(pending(located, None, tokens.key_epoch())),
+            // The epoch is read before verification (in `finish`): a key removed from now on
+            // keeps this session out of the cache. Not read on the hit path.
+            Lookup::Absent => self.new_token(located, tokens.key_epoch()),
+        }
+    }
+
+    /// A token not cached: its type decides, before any I/O, whether this route takes it (only
+    /// session tokens are cached, so a hit needs no detection).
+    fn new_token(&self, located: Located<'_>, key_epoch: u64) -> Decision {
+        match kind::detect(located.token()) {
+            TokenType::SessionToken => Decision::Pending(pending(located, None, key_epoch)),
+            other => self.rejected(AuthError::TokenTypeNotAccepted(other)),
         }
     }
 

@@ -49,6 +49,11 @@ pub enum AuthError {
     /// since the token was minted). As Clerk's SDK decides (401 `session_outdated`).
     #[error("the session cookie is outdated: the browser signed out or changed session")]
     SessionOutdated,
+    /// A Clerk token of a type this route does not accept, such as an API key, an M2M token or
+    /// an OAuth access token on a session route; refused before any network call (401
+    /// `token_type_not_accepted`). Machine tokens never count from a cookie.
+    #[error("a token of type `{0}` is not accepted here")]
+    TokenTypeNotAccepted(crate::token_type::TokenType),
     /// No key with the token's `kid`, even after refreshing the key set (401 `unknown_key`).
     #[error("the token was signed with an unknown key")]
     UnknownKey,
@@ -108,11 +113,12 @@ impl AuthError {
             Self::UserDeleted => 11,
             Self::SyncUnavailable => 12,
             Self::SessionOutdated => 13,
+            Self::TokenTypeNotAccepted(_) => 14,
         }
     }
 
     /// How many [`AuthError`] codes lead [`ERROR_CODES`].
-    pub(crate) const COUNT: usize = 14;
+    pub(crate) const COUNT: usize = 15;
 
     /// `Retry-After` seconds, for the rejections that are worth retrying.
     pub(crate) fn retry_after(&self) -> Option<u64> {
@@ -165,6 +171,7 @@ pub const ERROR_CODES: &[(&str, StatusCode)] = &[
     ("user_deleted", StatusCode::FORBIDDEN),
     ("sync_unavailable", StatusCode::SERVICE_UNAVAILABLE),
     ("session_outdated", StatusCode::UNAUTHORIZED),
+    ("token_type_not_accepted", StatusCode::UNAUTHORIZED),
     // WebhookError (its store failure is `sync_unavailable`, above, with the same status).
     ("missing_webhook_headers", StatusCode::BAD_REQUEST),
     ("malformed_webhook_headers", StatusCode::BAD_REQUEST),
@@ -310,6 +317,7 @@ mod tests {
             AuthError::UserDeleted,
             AuthError::SyncUnavailable,
             AuthError::SessionOutdated,
+            AuthError::TokenTypeNotAccepted(crate::token_type::TokenType::ApiKey),
         ];
         assert_eq!(all.len(), AuthError::COUNT);
         let mut indexes: Vec<usize> = all.iter().map(AuthError::index).collect();

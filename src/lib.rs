@@ -32,6 +32,7 @@ pub mod testing;
 mod time;
 mod token;
 mod token_cache;
+mod token_type;
 mod webhook;
 
 pub use backfill::{BackfillOptions, BackfillReport, backfill};
@@ -56,4 +57,5 @@ pub use store::postgres::{PgUserStore, migrate};
 pub use store::sqlite::{SqliteUserStore, migrate_sqlite};
 pub use sync::{FailurePolicy, ProfileClaims, ProfileSource};
 pub use token::{AuthorizedPartyPolicy, SessionClaims, Verifier};
+pub use token_type::TokenType;
 pub use webhook::WebhookError;

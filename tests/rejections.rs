@@ -169,17 +169,17 @@ async fn bad_tokens_are_rejected_without_touching_the_database() {
                     .m2m_jwt_for("mch_2xhFjEI5X2qWRvtV13BzSj8H6Dk")
                     .build(),
             ),
-            "invalid_token_category",
+            "token_type_not_accepted",
         ),
         (
             "machine subject under the session category",
             Some(issuer.token("mch_2xhFjEI5X2qWRvtV13BzSj8H6Dk")),
-            "invalid_token_category",
+            "token_type_not_accepted",
         ),
         (
             "OAuth access token (typ at+jwt, session category)",
             Some(issuer.oauth_jwt_for("user_a").build()),
-            "invalid_token_category",
+            "token_type_not_accepted",
         ),
         (
             "OAuth access token (typ application/at+jwt)",
@@ -189,7 +189,22 @@ async fn bad_tokens_are_rejected_without_touching_the_database() {
                     .header("typ", "application/at+jwt")
                     .build(),
             ),
-            "invalid_token_category",
+            "token_type_not_accepted",
+        ),
+        (
+            "API key on a session route",
+            Some("ak_3beecc9c60adb5f9b850e91a8ee1e992".into()),
+            "token_type_not_accepted",
+        ),
+        (
+            "opaque M2M token on a session route",
+            Some("mt_9b2f4c6e8a0d1f3b5c7e9a1d3f5b7c9e".into()),
+            "token_type_not_accepted",
+        ),
+        (
+            "opaque OAuth token on a session route",
+            Some("oat_4d6f8a0c2e4b6d8f0a2c4e6b8d0f2a4c".into()),
+            "token_type_not_accepted",
         ),
         (
             "unknown category",
@@ -412,7 +427,7 @@ async fn jwt_templates_are_accepted_only_after_opting_in() {
         (
             "template with a machine subject",
             issuer.template_for("mch_template").build(),
-            "invalid_token_category",
+            "token_type_not_accepted",
         ),
         (
             "template signed by another key",
@@ -590,6 +605,21 @@ async fn duplicate_and_empty_session_cookies() {
         "malformed_token",
     )
     .await;
+    assert_eq!(user_rows(&db).await, 0);
+    assert_eq!(store.calls(), 0);
+
+    // Machine tokens never count from a cookie, on either layer.
+    let m2m = issuer
+        .m2m_jwt_for("mch_2xhFjEI5X2qWRvtV13BzSj8H6Dk")
+        .build();
+    for cookie in [
+        format!("__client_uat={uat}; __session={m2m}"),
+        format!("__client_uat={uat}; __session=ak_3beecc9c60adb5f9b850e91a8ee1e992"),
+    ] {
+        for path in ["/me", "/anon"] {
+            assert_cookie_refused(&router, path, &cookie, "token_type_not_accepted").await;
+        }
+    }
     assert_eq!(user_rows(&db).await, 0);
     assert_eq!(store.calls(), 0);
 

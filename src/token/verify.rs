@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::claims::SessionClaims;
 use super::keys::KeyStore;
+use super::kind::TokenType;
 use super::locate::MAX_TOKEN_LEN;
 use crate::error::AuthError;
 use crate::stats::Counters;
@@ -213,16 +214,17 @@ impl Verifier {
         let kid = header
             .kid
             .ok_or_else(|| AuthError::malformed("the token header has no `kid`"))?;
+        // An OAuth access token (RFC 9068) is never a session, whatever its `cat` (media types
+        // compare case-insensitively here, stricter than the type detection).
+        if header.typ.as_deref().is_some_and(|typ| {
+            typ.eq_ignore_ascii_case("at+jwt") || typ.eq_ignore_ascii_case("application/at+jwt")
+        }) {
+            return Err(AuthError::TokenTypeNotAccepted(TokenType::OAuthToken));
+        }
         match header.cat.as_deref() {
             None | Some(CAT_SESSION | CAT_IGNORE) => {}
             Some(CAT_TEMPLATE) if inner.accept_jwt_templates => {}
             Some(_) => return Err(AuthError::InvalidTokenCategory),
-        }
-        // An OAuth access token (RFC 9068) is never a session, whatever its `cat`.
-        if header.typ.as_deref().is_some_and(|typ| {
-            typ.eq_ignore_ascii_case("at+jwt") || typ.eq_ignore_ascii_case("application/at+jwt")
-        }) {
-            return Err(AuthError::InvalidTokenCategory);
         }
         let key = inner.keys.key_for(&kid).await?;
         // The signature first: nothing in an unsigned payload is worth reporting.
@@ -268,7 +270,7 @@ impl Verifier {
         }
         // A machine's subject: an M2M token, never a session.
         if claims.sub.starts_with("mch_") {
-            return Err(AuthError::InvalidTokenCategory);
+            return Err(AuthError::TokenTypeNotAccepted(TokenType::M2mToken));
         }
         self.check_authorized_party(claims.azp.as_deref())?;
         if claims.sts.as_deref() == Some("pending") && !inner.allow_pending_sessions {

@@ -1,0 +1,149 @@
+//! Which kind of Clerk token a request carries ([`TokenType`]), detected by its shape.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+
+pub(crate) use crate::token_type::TokenType;
+
+#[derive(Deserialize)]
+struct Header<'a> {
+    #[serde(borrow)]
+    typ: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Payload<'a> {
+    #[serde(borrow)]
+    sub: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The type of `token`, decided as `@clerk/backend`'s `getMachineTokenType` decides it: M2M
+/// first (prefix `mt_`, or a JWT whose `sub` starts with `mch_`), then OAuth (prefix `oat_`,
+/// or a JWT whose header `typ` is `at+jwt` or `application/at+jwt`), then API keys (prefix
+/// `ak_`); anything else is a session token (and a malformed one fails verification as such).
+/// Nothing is verified here: the type only decides which verification applies.
+pub(crate) fn detect(token: &str) -> TokenType {
+    if token.starts_with("mt_") {
+        return TokenType::M2mToken;
+    }
+    if token.starts_with("oat_") {
+        return TokenType::OAuthToken;
+    }
+    if token.starts_with("ak_") {
+        return TokenType::ApiKey;
+    }
+    let Some((header, payload)) = jwt_parts(token) else {
+        return TokenType::SessionToken;
+    };
+    let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).ok();
+    let machine_subject = decode(payload).is_some_and(|bytes| {
+        serde_json::from_slice::<Payload<'_>>(&bytes)
+            .ok()
+            .and_then(|payload| payload.sub)
+            .is_some_and(|sub| sub.starts_with("mch_"))
+    });
+    if machine_subject {
+        return TokenType::M2mToken;
+    }
+    let access_token = decode(header).is_some_and(|bytes| {
+        serde_json::from_slice::<Header<'_>>(&bytes)
+            .ok()
+            .and_then(|header| header.typ)
+            .is_some_and(|typ| typ == "at+jwt" || typ == "application/at+jwt")
+    });
+    if access_token {
+        TokenType::OAuthToken
+    } else {
+        TokenType::SessionToken
+    }
+}
+
+/// Header and payload of a token in JWT form: three non-empty base64url parts, as Clerk's
+/// `isJwtFormat` requires.
+fn jwt_parts(token: &str) -> Option<(&str, &str)> {
+    let mut parts = token.split('.');
+    let (header, payload, signature) = (parts.next()?, parts.next()?, parts.next()?);
+    let base64url = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    (parts.next().is_none() && base64url(header) && base64url(payload) && base64url(signature))
+        .then_some((header, payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(header: &str, payload: &str) -> String {
+        format!(
+            "{}.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload)
+        )
+    }
+
+    #[test]
+    fn detection_follows_clerks_order() {
+        let session = jwt(r#"{"alg":"RS256","kid":"ins_1"}"#, r#"{"sub":"user_1"}"#);
+        let cases = [
+            ("mt_1234567890abcdef", TokenType::M2mToken),
+            ("oat_1234567890abcdef", TokenType::OAuthToken),
+            ("ak_3beecc9c60adb5f9b850e91a8ee1e992", TokenType::ApiKey),
+            (session.as_str(), TokenType::SessionToken),
+            ("not-a-jwt", TokenType::SessionToken),
+            ("", TokenType::SessionToken),
+            // Prefixes are case-sensitive, as in the JS SDK.
+            ("AK_123", TokenType::SessionToken),
+        ];
+        for (token, expected) in cases {
+            assert_eq!(detect(token), expected, "{token}");
+        }
+        let m2m = jwt(
+            r#"{"alg":"RS256"}"#,
+            r#"{"sub":"mch_2xhFjEI5X2qWRvtV13BzSj8H6Dk"}"#,
+        );
+        assert_eq!(detect(&m2m), TokenType::M2mToken);
+        for typ in ["at+jwt", "application/at+jwt"] {
+            let oauth = jwt(
+                &format!(r#"{{"alg":"RS256","typ":"{typ}"}}"#),
+                r#"{"sub":"user_1"}"#,
+            );
+            assert_eq!(detect(&oauth), TokenType::OAuthToken, "{typ}");
+        }
+        // Exact `typ` values only, as the JS SDK compares them.
+        let upper = jwt(r#"{"alg":"RS256","typ":"AT+JWT"}"#, r#"{"sub":"user_1"}"#);
+        assert_eq!(detect(&upper), TokenType::SessionToken);
+        // A machine subject wins over an OAuth `typ` (M2M is checked first).
+        let both = jwt(r#"{"typ":"at+jwt"}"#, r#"{"sub":"mch_1"}"#);
+        assert_eq!(detect(&both), TokenType::M2mToken);
+        // Not JWT-shaped (padding, four parts, an empty part): a session token to verify.
+        let padded = format!("{session}=");
+        assert_eq!(detect(&padded), TokenType::SessionToken);
+        assert_eq!(detect(&format!("{m2m}.x")), TokenType::SessionToken);
+        assert_eq!(detect("a..b"), TokenType::SessionToken);
+        // Unparsable parts never panic.
+        assert_eq!(detect("e30.!!!!.c2ln"), TokenType::SessionToken);
+        assert_eq!(detect("e30.bm90IGpzb24.c2ln"), TokenType::SessionToken);
+    }
+
+    #[test]
+    fn names_are_clerks() {
+        let names: Vec<&str> = [
+            TokenType::SessionToken,
+            TokenType::ApiKey,
+            TokenType::M2mToken,
+            TokenType::OAuthToken,
+        ]
+        .iter()
+        .map(|t| t.as_str())
+        .collect();
+        assert_eq!(
+            names,
+            ["session_token", "api_key", "m2m_token", "oauth_token"]
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! [`TokenType`]: the kinds of Clerk token (a leaf: errors and detection both name them).
+
+use std::fmt;
+
+/// The kinds of Clerk token, named as Clerk's SDKs name them (`tokenType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TokenType {
+    /// A browser session's JWT (`session_token`).
+    SessionToken,
+    /// An API key, opaque `ak_…` (`api_key`).
+    ApiKey,
+    /// A machine-to-machine token: opaque `mt_…`, or a JWT whose `sub` is a machine `mch_…`
+    /// (`m2m_token`).
+    M2mToken,
+    /// An OAuth access token: opaque `oat_…`, or a JWT with header `typ` `at+jwt` or
+    /// `application/at+jwt` (`oauth_token`).
+    OAuthToken,
+}
+
+impl TokenType {
+    /// Clerk's name of the type: `session_token`, `api_key`, `m2m_token`, `oauth_token`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SessionToken => "session_token",
+            Self::ApiKey => "api_key",
+            Self::M2mToken => "m2m_token",
+            Self::OAuthToken => "oauth_token",
+        }
+    }
+}
+
+impl fmt::Display for TokenType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
