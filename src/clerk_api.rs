@@ -351,17 +351,30 @@ impl ClerkApi {
 
     /// One GET with the retry rules; the body of the first `2xx`.
     async fn get(&self, url: &str, query: &[(&str, &str)]) -> Result<bytes::Bytes, ApiError> {
+        self.send(|| self.client.get(url).query(query)).await
+    }
+
+    /// One POST of a JSON body to `path` (after the base URL) with the retry rules.
+    pub(crate) async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<bytes::Bytes, ApiError> {
+        let url = format!("{}{path}", self.base);
+        self.send(|| self.client.post(&url).json(body)).await
+    }
+
+    /// Sends the request `build` makes, authenticated with the secret key, retrying as the
+    /// policy says; the body of the first `2xx`.
+    async fn send(
+        &self,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<bytes::Bytes, ApiError> {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
             let retries_left = attempt <= self.retry.max_retries;
-            let sent = self
-                .client
-                .get(url)
-                .query(query)
-                .bearer_auth(self.secret.expose())
-                .send()
-                .await;
+            let sent = build().bearer_auth(self.secret.expose()).send().await;
             let (failure, wait) = match sent {
                 Ok(response) => {
                     let status = response.status();

@@ -32,7 +32,7 @@ use crate::stats::{Counters, Stats};
 use crate::sync::Syncer;
 use crate::time::unix_now;
 use crate::token::Verifier;
-use crate::token::kind::{self, TokenType};
+use crate::token::kind;
 use crate::token::locate::{Located, Source, locate};
 use crate::token_cache::{Lookup, TokenCache};
 
@@ -131,12 +131,14 @@ impl Core {
         }
     }
 
-    /// A token not cached: its type decides, before any I/O, whether this route takes it (only
-    /// session tokens are cached, so a hit needs no detection).
+    /// A token not cached: an opaque machine token's prefix decides here, before any I/O,
+    /// whether this route takes it; a JWT's type (`sub`, `typ`) is decided by verification,
+    /// on the claims it parses anyway, before any key is fetched. Only session tokens are
+    /// cached, so a hit needs neither.
     fn new_token(&self, located: Located<'_>, key_epoch: u64) -> Decision {
-        match kind::detect(located.token()) {
-            TokenType::SessionToken => Decision::Pending(pending(located, None, key_epoch)),
-            other => self.rejected(AuthError::TokenTypeNotAccepted(other)),
+        match kind::by_prefix(located.token()) {
+            None => Decision::Pending(pending(located, None, key_epoch)),
+            Some(other) => self.rejected(AuthError::TokenTypeNotAccepted(other)),
         }
     }
 

@@ -20,6 +20,7 @@ mod handle;
 mod invalidate;
 mod layer;
 mod log_throttle;
+pub mod machine;
 pub mod ratelimit;
 mod response_state;
 mod rsa;

@@ -200,3 +200,173 @@ async fn backend_jwks_is_a_key_source_for_the_verifier() {
         "invalid_signature"
     );
 }
+
+/// The three verify endpoints, called as Clerk's JS SDK calls them (no `/v1`).
+#[tokio::test]
+async fn machine_tokens_are_verified_by_the_backend_api_and_refusals_read_from_the_answer() {
+    use clerk_sync::TokenType;
+    use clerk_sync::machine::Verdict;
+
+    let fake = FakeClerkApi::start(0).await.unwrap();
+    let api = fake.client();
+    let user = "user_2xhFjEI5X2qWRvtV13BzSj8H6Dk";
+    fake.add_machine_token(
+        "ak_good",
+        TokenType::ApiKey,
+        FakeClerkApi::api_key_answer(user),
+    );
+    let machine = "mch_2xhFjEI5X2qWRvtV13BzSj8H6Dk";
+    fake.add_machine_token(
+        "mt_good",
+        TokenType::M2mToken,
+        FakeClerkApi::m2m_answer(machine),
+    );
+    fake.add_machine_token(
+        "oat_good",
+        TokenType::OAuthToken,
+        FakeClerkApi::oauth_answer(user),
+    );
+
+    let Verdict::Valid(key) = api
+        .verify_machine_token(TokenType::ApiKey, "ak_good")
+        .await
+        .unwrap()
+    else {
+        panic!("a valid API key");
+    };
+    assert_eq!(
+        (key.token_type, key.subject.as_str()),
+        (TokenType::ApiKey, user)
+    );
+    assert_eq!(key.scopes, ["read", "write"]);
+    assert!(
+        key.id.starts_with("ak_") && key.id.len() == 35,
+        "{}",
+        key.id
+    );
+    let Verdict::Valid(m2m) = api
+        .verify_machine_token(TokenType::M2mToken, "mt_good")
+        .await
+        .unwrap()
+    else {
+        panic!("a valid M2M token");
+    };
+    assert_eq!(m2m.subject, machine);
+    let Verdict::Valid(oauth) = api
+        .verify_machine_token(TokenType::OAuthToken, "oat_good")
+        .await
+        .unwrap()
+    else {
+        panic!("a valid OAuth token");
+    };
+    assert_eq!(
+        oauth.client_id.as_deref(),
+        Some("client_2fakeOAuthApplication000000")
+    );
+
+    // Unknown tokens: 404 for keys and M2M, 200 {"active": false} for OAuth; a token of one
+    // type sent to another type's endpoint is unknown there.
+    for (kind, secret) in [
+        (TokenType::ApiKey, "ak_unknown"),
+        (TokenType::M2mToken, "mt_unknown"),
+        (TokenType::OAuthToken, "oat_unknown"),
+        (TokenType::ApiKey, "mt_good"),
+    ] {
+        assert_eq!(
+            api.verify_machine_token(kind, secret).await.unwrap(),
+            Verdict::Invalid,
+            "{secret}"
+        );
+    }
+
+    // A 200 that says revoked or expired, or whose expiration has passed, is refused.
+    let mut revoked = FakeClerkApi::api_key_answer(user);
+    revoked["revoked"] = true.into();
+    revoked["revocation_reason"] = "leaked".into();
+    fake.add_machine_token("ak_revoked", TokenType::ApiKey, revoked);
+    let mut expired = FakeClerkApi::m2m_answer(machine);
+    expired["expired"] = true.into();
+    fake.add_machine_token("mt_expired", TokenType::M2mToken, expired);
+    let mut past = FakeClerkApi::api_key_answer(user);
+    past["expiration"] = 1_716_883_200_000_i64.into();
+    fake.add_machine_token("ak_past", TokenType::ApiKey, past);
+    assert_eq!(
+        api.verify_machine_token(TokenType::ApiKey, "ak_revoked")
+            .await
+            .unwrap(),
+        Verdict::Revoked
+    );
+    assert_eq!(
+        api.verify_machine_token(TokenType::M2mToken, "mt_expired")
+            .await
+            .unwrap(),
+        Verdict::Expired
+    );
+    assert_eq!(
+        api.verify_machine_token(TokenType::ApiKey, "ak_past")
+            .await
+            .unwrap(),
+        Verdict::Expired
+    );
+
+    // Every call went to the unversioned paths, and was counted per endpoint.
+    assert_eq!(fake.verify_requests(TokenType::ApiKey), 5);
+    assert_eq!(fake.verify_requests(TokenType::M2mToken), 3);
+    assert_eq!(fake.verify_requests(TokenType::OAuthToken), 2);
+    assert_eq!(fake.unversioned_verify_requests(), 10);
+
+    // The spec's `/v1` spelling is served too.
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/api_keys/verify", fake.url()))
+        .bearer_auth(FakeClerkApi::SECRET_KEY)
+        .json(&serde_json::json!({"secret": "ak_good"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(fake.unversioned_verify_requests(), 10);
+    assert_eq!(fake.verify_requests(TokenType::ApiKey), 6);
+}
+
+#[tokio::test]
+async fn machine_verification_failures_are_errors_never_verdicts() {
+    use clerk_sync::TokenType;
+
+    let fake = FakeClerkApi::start(0).await.unwrap();
+    let api = fake
+        .client()
+        .with_retry(clerk_sync::clerk_api::RetryPolicy::none());
+    // Clerk is rate limiting or down: an error to answer 503 with, not "invalid".
+    fake.fail_next(
+        1,
+        Fault::TooManyRequests {
+            retry_after_secs: 1,
+        },
+    );
+    assert!(matches!(
+        api.verify_machine_token(TokenType::ApiKey, "ak_x").await,
+        Err(ApiError::Unavailable { .. })
+    ));
+    fake.fail_next(1, Fault::ServerError(502));
+    assert!(matches!(
+        api.verify_machine_token(TokenType::M2mToken, "mt_x").await,
+        Err(ApiError::Unavailable { .. })
+    ));
+    // A wrong secret key: 401 from Clerk, a configuration error.
+    let wrong = ClerkApi::new(&fake.url(), "sk_test_wrong")
+        .unwrap()
+        .with_retry(clerk_sync::clerk_api::RetryPolicy::none());
+    assert!(matches!(
+        wrong.verify_machine_token(TokenType::OAuthToken, "oat_x").await,
+        Err(ApiError::Rejected { status, .. }) if status == StatusCode::UNAUTHORIZED
+    ));
+    // Session tokens are never sent.
+    assert!(
+        api.verify_machine_token(TokenType::SessionToken, "eyJ.x.y")
+            .await
+            .is_err()
+    );
+    assert_eq!(fake.verify_requests(TokenType::ApiKey), 1);
+    assert_eq!(fake.verify_requests(TokenType::M2mToken), 1);
+    assert_eq!(fake.verify_requests(TokenType::OAuthToken), 1);
+}

@@ -1,82 +1,96 @@
 //! Which kind of Clerk token a request carries ([`TokenType`]), detected by its shape.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::Deserialize;
-
 pub(crate) use crate::token_type::TokenType;
 
-#[derive(Deserialize)]
-struct Header<'a> {
-    #[serde(borrow)]
-    typ: Option<std::borrow::Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Payload<'a> {
-    #[serde(borrow)]
-    sub: Option<std::borrow::Cow<'a, str>>,
-}
-
-/// The type of `token`, decided as `@clerk/backend`'s `getMachineTokenType` decides it: M2M
-/// first (prefix `mt_`, or a JWT whose `sub` starts with `mch_`), then OAuth (prefix `oat_`,
-/// or a JWT whose header `typ` is `at+jwt` or `application/at+jwt`), then API keys (prefix
-/// `ak_`); anything else is a session token (and a malformed one fails verification as such).
-/// Nothing is verified here: the type only decides which verification applies.
-pub(crate) fn detect(token: &str) -> TokenType {
+/// The type an opaque token's prefix names, as `@clerk/backend` reads it: `mt_` M2M, `oat_`
+/// OAuth, `ak_` API key; `None` for anything else (a JWT, or garbage that fails verification
+/// as a session token). Cheap enough for `Service::call`.
+pub(crate) fn by_prefix(token: &str) -> Option<TokenType> {
     if token.starts_with("mt_") {
-        return TokenType::M2mToken;
+        Some(TokenType::M2mToken)
+    } else if token.starts_with("oat_") {
+        Some(TokenType::OAuthToken)
+    } else if token.starts_with("ak_") {
+        Some(TokenType::ApiKey)
+    } else {
+        None
     }
-    if token.starts_with("oat_") {
-        return TokenType::OAuthToken;
-    }
-    if token.starts_with("ak_") {
-        return TokenType::ApiKey;
-    }
-    let Some((header, payload)) = jwt_parts(token) else {
-        return TokenType::SessionToken;
-    };
-    let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).ok();
-    let machine_subject = decode(payload).is_some_and(|bytes| {
-        serde_json::from_slice::<Payload<'_>>(&bytes)
-            .ok()
-            .and_then(|payload| payload.sub)
-            .is_some_and(|sub| sub.starts_with("mch_"))
-    });
-    if machine_subject {
-        return TokenType::M2mToken;
-    }
-    let access_token = decode(header).is_some_and(|bytes| {
-        serde_json::from_slice::<Header<'_>>(&bytes)
-            .ok()
-            .and_then(|header| header.typ)
-            .is_some_and(|typ| typ == "at+jwt" || typ == "application/at+jwt")
-    });
-    if access_token {
+}
+
+/// The type of a JWT from its header `typ` and its `sub`, in Clerk's order: a machine subject
+/// (`mch_…`) is M2M, else a `typ` of `at+jwt` or `application/at+jwt` (exactly, as the JS SDK
+/// compares) is OAuth, else a session token.
+pub(crate) fn of_jwt(typ: Option<&str>, sub: &str) -> TokenType {
+    if sub.starts_with("mch_") {
+        TokenType::M2mToken
+    } else if matches!(typ, Some("at+jwt" | "application/at+jwt")) {
         TokenType::OAuthToken
     } else {
         TokenType::SessionToken
     }
 }
 
-/// Header and payload of a token in JWT form: three non-empty base64url parts, as Clerk's
-/// `isJwtFormat` requires.
-fn jwt_parts(token: &str) -> Option<(&str, &str)> {
-    let mut parts = token.split('.');
-    let (header, payload, signature) = (parts.next()?, parts.next()?, parts.next()?);
-    let base64url = |part: &str| {
-        !part.is_empty()
-            && part
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    (parts.next().is_none() && base64url(header) && base64url(payload) && base64url(signature))
-        .then_some((header, payload))
-}
-
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use serde::Deserialize;
+
     use super::*;
+
+    #[derive(Deserialize)]
+    struct Header {
+        typ: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    struct Payload {
+        sub: Option<String>,
+    }
+
+    /// The type of `token`, decided as `@clerk/backend`'s `getMachineTokenType` decides it: M2M
+    /// first (prefix `mt_`, or a JWT whose `sub` starts with `mch_`), then OAuth (prefix `oat_`,
+    /// or a JWT whose header `typ` is `at+jwt` or `application/at+jwt`), then API keys (prefix
+    /// `ak_`); anything else is a session token (and a malformed one fails verification as such).
+    /// Nothing is verified. The layer applies the two halves where they cost nothing extra:
+    /// `by_prefix` in `Service::call`, `of_jwt` inside verification, on the header and claims
+    /// it parses anyway.
+    fn detect(token: &str) -> TokenType {
+        if token.starts_with("mt_") {
+            return TokenType::M2mToken;
+        }
+        if let Some((header, payload)) = jwt_parts(token) {
+            let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).ok();
+            let sub = decode(payload)
+                .and_then(|bytes| serde_json::from_slice::<Payload>(&bytes).ok())
+                .and_then(|payload| payload.sub);
+            let typ = decode(header)
+                .and_then(|bytes| serde_json::from_slice::<Header>(&bytes).ok())
+                .and_then(|header| header.typ);
+            if let Some(sub) = sub.as_deref().filter(|sub| sub.starts_with("mch_")) {
+                return of_jwt(typ.as_deref(), sub);
+            }
+            if of_jwt(typ.as_deref(), "") == TokenType::OAuthToken {
+                return TokenType::OAuthToken;
+            }
+        }
+        by_prefix(token).unwrap_or(TokenType::SessionToken)
+    }
+
+    /// Header and payload of a token in JWT form: three non-empty base64url parts, as Clerk's
+    /// `isJwtFormat` requires.
+    fn jwt_parts(token: &str) -> Option<(&str, &str)> {
+        let mut parts = token.split('.');
+        let (header, payload, signature) = (parts.next()?, parts.next()?, parts.next()?);
+        let base64url = |part: &str| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        (parts.next().is_none() && base64url(header) && base64url(payload) && base64url(signature))
+            .then_some((header, payload))
+    }
 
     fn jwt(header: &str, payload: &str) -> String {
         format!(

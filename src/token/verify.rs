@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::claims::SessionClaims;
 use super::keys::KeyStore;
-use super::kind::TokenType;
+use super::kind::{self, TokenType};
 use super::locate::MAX_TOKEN_LEN;
 use crate::error::AuthError;
 use crate::stats::Counters;
@@ -214,8 +214,28 @@ impl Verifier {
         let kid = header
             .kid
             .ok_or_else(|| AuthError::malformed("the token header has no `kid`"))?;
-        // An OAuth access token (RFC 9068) is never a session, whatever its `cat` (media types
-        // compare case-insensitively here, stricter than the type detection).
+        let (signing_input, signature) = token
+            .rsplit_once('.')
+            .ok_or_else(|| AuthError::malformed("a JWT has three dot-separated parts"))?;
+        let payload = signing_input
+            .split_once('.')
+            .map(|(_, payload)| payload)
+            .ok_or_else(|| AuthError::malformed("a JWT has three dot-separated parts"))?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| AuthError::malformed("the token payload is not base64url"))?;
+        // Parsed once, into the claims the app gets (`exp`, `iat`, `sub` and `iss` required),
+        // before the signature is checked: the token's type and category decide before any
+        // key is fetched (Clerk's SDK decodes the token to detect its type too). Nothing in it
+        // is trusted until the signature matches.
+        let claims: SessionClaims = serde_json::from_slice(&payload).map_err(|_| {
+            AuthError::malformed("the claims are not JSON, or a claim is missing or mistyped")
+        })?;
+        match kind::of_jwt(header.typ.as_deref(), &claims.sub) {
+            TokenType::SessionToken => {}
+            other => return Err(AuthError::TokenTypeNotAccepted(other)),
+        }
+        // Stricter than the detection: `typ` is a media type, compared case-insensitively.
         if header.typ.as_deref().is_some_and(|typ| {
             typ.eq_ignore_ascii_case("at+jwt") || typ.eq_ignore_ascii_case("application/at+jwt")
         }) {
@@ -227,27 +247,11 @@ impl Verifier {
             Some(_) => return Err(AuthError::InvalidTokenCategory),
         }
         let key = inner.keys.key_for(&kid).await?;
-        // The signature first: nothing in an unsigned payload is worth reporting.
-        let (signing_input, signature) = token
-            .rsplit_once('.')
-            .ok_or_else(|| AuthError::malformed("a JWT has three dot-separated parts"))?;
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
             .map_err(|_| AuthError::malformed("the token signature is not base64url"))?;
         key.verify_sig(signing_input.as_bytes(), &signature)
             .map_err(|_| AuthError::bad_signature("the signature does not match the key"))?;
-        let payload = signing_input
-            .split_once('.')
-            .map(|(_, payload)| payload)
-            .ok_or_else(|| AuthError::malformed("a JWT has three dot-separated parts"))?;
-        let payload = URL_SAFE_NO_PAD
-            .decode(payload)
-            .map_err(|_| AuthError::malformed("the token payload is not base64url"))?;
-        // Parsed once, into the claims the app gets (`exp`, `iat`, `sub` and `iss` required).
-        let claims: SessionClaims = serde_json::from_slice(&payload).map_err(|_| {
-            AuthError::malformed("the claims are not JSON, or a claim is missing or mistyped")
-        })?;
-
         tracing::Span::current().record("user.id", claims.sub.as_str());
         let now = unix_now();
         if claims.exp.saturating_add(inner.leeway) < now {
@@ -267,10 +271,6 @@ impl Verifier {
         }
         if claims.sub.trim().is_empty() {
             return Err(AuthError::malformed("the `sub` claim is empty"));
-        }
-        // A machine's subject: an M2M token, never a session.
-        if claims.sub.starts_with("mch_") {
-            return Err(AuthError::TokenTypeNotAccepted(TokenType::M2mToken));
         }
         self.check_authorized_party(claims.azp.as_deref())?;
         if claims.sts.as_deref() == Some("pending") && !inner.allow_pending_sessions {
