@@ -54,6 +54,26 @@ pub enum AuthError {
     /// `token_type_not_accepted`). Machine tokens never count from a cookie.
     #[error("a token of type `{0}` is not accepted here")]
     TokenTypeNotAccepted(crate::token_type::TokenType),
+    /// The machine token was revoked (401 `token_revoked`).
+    #[error("the token has been revoked")]
+    TokenRevoked,
+    /// Clerk does not know this machine token (401 `invalid_token`).
+    #[error("the token is not valid")]
+    InvalidToken,
+    /// Clerk's Backend API could not verify the token now: down, slow, rate limiting, or the
+    /// secret key is wrong (503 `verification_unavailable`, with `Retry-After`).
+    #[error("the token cannot be verified right now; try again later")]
+    VerificationUnavailable {
+        /// Seconds to wait, sent as `Retry-After`.
+        retry_after_secs: u64,
+    },
+    /// Too many tokens from this client needed the Backend API at once (429 `rate_limited`,
+    /// with `Retry-After`); a flood of unknown tokens cannot spend the instance's API quota.
+    #[error("too many unverified tokens from this client; retry later")]
+    VerificationRateLimited {
+        /// Seconds to wait, sent as `Retry-After`.
+        retry_after_secs: u64,
+    },
     /// No key with the token's `kid`, even after refreshing the key set (401 `unknown_key`).
     #[error("the token was signed with an unknown key")]
     UnknownKey,
@@ -114,16 +134,24 @@ impl AuthError {
             Self::SyncUnavailable => 12,
             Self::SessionOutdated => 13,
             Self::TokenTypeNotAccepted(_) => 14,
+            Self::TokenRevoked => 15,
+            Self::InvalidToken => 16,
+            Self::VerificationUnavailable { .. } => 17,
+            // The limiter's code: one `rate_limited` for every 429 of the crate.
+            Self::VerificationRateLimited { .. } => RATE_LIMITED,
         }
     }
 
-    /// How many [`AuthError`] codes lead [`ERROR_CODES`].
-    pub(crate) const COUNT: usize = 15;
+    /// How many distinct [`AuthError`] variants there are (the test checks each has a row).
+    #[cfg(test)]
+    pub(crate) const COUNT: usize = 19;
 
     /// `Retry-After` seconds, for the rejections that are worth retrying.
     pub(crate) fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::KeysUnavailable { retry_after_secs } => Some(*retry_after_secs),
+            Self::KeysUnavailable { retry_after_secs }
+            | Self::VerificationUnavailable { retry_after_secs }
+            | Self::VerificationRateLimited { retry_after_secs } => Some(*retry_after_secs),
             Self::SyncUnavailable => Some(1),
             _ => None,
         }
@@ -172,6 +200,9 @@ pub const ERROR_CODES: &[(&str, StatusCode)] = &[
     ("sync_unavailable", StatusCode::SERVICE_UNAVAILABLE),
     ("session_outdated", StatusCode::UNAUTHORIZED),
     ("token_type_not_accepted", StatusCode::UNAUTHORIZED),
+    ("token_revoked", StatusCode::UNAUTHORIZED),
+    ("invalid_token", StatusCode::UNAUTHORIZED),
+    ("verification_unavailable", StatusCode::SERVICE_UNAVAILABLE),
     // WebhookError (its store failure is `sync_unavailable`, above, with the same status).
     ("missing_webhook_headers", StatusCode::BAD_REQUEST),
     ("malformed_webhook_headers", StatusCode::BAD_REQUEST),
@@ -189,6 +220,9 @@ pub const ERROR_CODES: &[(&str, StatusCode)] = &[
     // The `ClerkUser` extractor on a route without the layer.
     ("clerk_layer_missing", StatusCode::INTERNAL_SERVER_ERROR),
 ];
+
+/// The row of `rate_limited` in [`ERROR_CODES`].
+const RATE_LIMITED: usize = 24;
 
 /// The status of `code` in [`ERROR_CODES`]; 500 for a code not in the table (a bug that the
 /// unit tests catch).
@@ -318,11 +352,21 @@ mod tests {
             AuthError::SyncUnavailable,
             AuthError::SessionOutdated,
             AuthError::TokenTypeNotAccepted(crate::token_type::TokenType::ApiKey),
+            AuthError::TokenRevoked,
+            AuthError::InvalidToken,
+            AuthError::VerificationUnavailable {
+                retry_after_secs: 1,
+            },
+            AuthError::VerificationRateLimited {
+                retry_after_secs: 1,
+            },
         ];
         assert_eq!(all.len(), AuthError::COUNT);
         let mut indexes: Vec<usize> = all.iter().map(AuthError::index).collect();
         indexes.sort_unstable();
-        assert_eq!(indexes, (0..AuthError::COUNT).collect::<Vec<_>>());
+        indexes.dedup();
+        assert_eq!(indexes.len(), AuthError::COUNT, "one row per variant");
+        assert_eq!(ERROR_CODES[RATE_LIMITED].0, "rate_limited");
         for error in &all {
             assert_eq!(error.clone().into_response().status(), error.status());
         }

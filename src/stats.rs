@@ -24,7 +24,7 @@ pub(crate) struct Counters {
     pub(crate) webhooks_rejected: AtomicU64,
     pub(crate) invalidations_received: AtomicU64,
     pub(crate) listener_connects: AtomicU64,
-    rejected: [AtomicU64; AuthError::COUNT],
+    rejected: [AtomicU64; crate::error::ERROR_CODES.len()],
 }
 
 impl Counters {
@@ -100,13 +100,13 @@ pub struct Stats {
     pub invalidations_received: u64,
     /// Times the invalidation listener (re)connected.
     pub listener_connects: u64,
-    rejected: [u64; AuthError::COUNT],
+    rejected: [u64; crate::error::ERROR_CODES.len()],
 }
 
 impl Stats {
     /// Rejections with this error code (for example `"token_expired"`); 0 for unknown codes.
     pub fn rejected(&self, code: &str) -> u64 {
-        crate::error::ERROR_CODES[..AuthError::COUNT]
+        crate::error::ERROR_CODES
             .iter()
             .position(|(known, _)| *known == code)
             .map_or(0, |i| self.rejected[i])
@@ -119,7 +119,7 @@ impl Stats {
 
     /// `(code, count)` for every code with at least one rejection.
     pub fn rejections(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        crate::error::ERROR_CODES[..AuthError::COUNT]
+        crate::error::ERROR_CODES
             .iter()
             .zip(self.rejected)
             .filter(|(_, count)| *count > 0)

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::token::{Verdict, verdict};
 use crate::clerk_api::{ApiError, ClerkApi};
-use crate::time::unix_now;
+use crate::time::unix_now_ms;
 use crate::token_type::TokenType;
 
 /// Where the verify endpoints live, relative to `CLERK_API_URL`, and the body field of each.
@@ -48,7 +48,7 @@ impl ClerkApi {
             }
             Err(error) => return Err(error),
         };
-        let now_ms = unix_now().saturating_mul(1000);
+        let now_ms = unix_now_ms();
         verdict(token_type, &body, now_ms)
             .map_err(|reason| ApiError::InvalidResponse(format!("{path}: {reason}")))
     }
