@@ -318,3 +318,53 @@ async fn verify_prints_claims_or_the_rejection_code() {
         (3, Some("keys_unavailable"))
     );
 }
+
+#[tokio::test]
+async fn verify_asks_the_backend_api_about_opaque_machine_tokens() {
+    use clerk_sync::TokenType;
+
+    let fake = FakeClerkApi::start(0).await.unwrap();
+    let user = "user_2xhFjEI5X2qWRvtV13BzSj8H6Dk";
+    fake.add_machine_token(
+        "ak_cli",
+        TokenType::ApiKey,
+        FakeClerkApi::api_key_answer(user),
+    );
+    let mut revoked = FakeClerkApi::m2m_answer("mch_2xhFjEI5X2qWRvtV13BzSj8H6Dk");
+    revoked["revoked"] = true.into();
+    fake.add_machine_token("mt_cli", TokenType::M2mToken, revoked);
+    let run = |token: &'static str| {
+        let mut command = clerk_sync();
+        command
+            .args(["verify", token])
+            .env("CLERK_SECRET_KEY", FakeClerkApi::SECRET_KEY)
+            .env("CLERK_API_URL", fake.url())
+            .env("CLERK_ISSUER", "https://clerk.example.com")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        async move {
+            let output = command.output().await.unwrap();
+            let value: Value = serde_json::from_str(stdout(&output).trim())
+                .unwrap_or_else(|e| panic!("{e}: {} / {}", stdout(&output), stderr(&output)));
+            (output.status.code().unwrap(), value)
+        }
+    };
+    let (code, key) = run("ak_cli").await;
+    assert_eq!(code, 0, "{key}");
+    assert_eq!(key["token_type"], "api_key");
+    assert_eq!(key["subject"], user);
+    assert_eq!(key["scopes"], serde_json::json!(["read", "write"]));
+    let (code, body) = run("mt_cli").await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (1, Some("token_revoked")),
+        "{body}"
+    );
+    let (code, body) = run("oat_unknown").await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (1, Some("invalid_token")),
+        "{body}"
+    );
+    assert_eq!(fake.unversioned_verify_requests(), 3);
+}

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use clerk_sync::clerk_api::RetryPolicy;
-use clerk_sync::{BackfillOptions, BackfillReport, ClerkApi, ClerkConfig, PgUserStore, Verifier};
+use clerk_sync::{
+    BackfillOptions, BackfillReport, ClerkApi, ClerkConfig, PgUserStore, TokenType, Verifier,
+};
 use sqlx::postgres::PgPoolOptions;
 
 const FAILED: u8 = 1;
@@ -33,7 +35,9 @@ enum Command {
     Migrate(Database),
     /// Import every Clerk user (CLERK_SECRET_KEY, CLERK_API_URL) into DATABASE_URL.
     Backfill(BackfillArgs),
-    /// Verify a session token with the configured keys and print its claims as JSON.
+    /// Verify a token and print it as JSON: a session token with the configured keys (its
+    /// claims), an opaque API key, M2M or OAuth token (`ak_`, `mt_`, `oat_`) through the
+    /// Backend API (CLERK_SECRET_KEY, CLERK_API_URL: its type, subject, scopes and claims).
     Verify {
         /// The token; read from standard input when absent or `-`.
         token: Option<String>,
@@ -322,6 +326,33 @@ impl Progress {
     }
 }
 
+/// An opaque API key, M2M or OAuth token through the Backend API: its type, id, subject,
+/// scopes, claims and expiration, or the rejection the layers would answer.
+async fn verify_machine(
+    kind: TokenType,
+    token: &str,
+) -> Result<Result<serde_json::Value, clerk_sync::AuthError>, (u8, String)> {
+    let api = ClerkApi::from_env().map_err(|e| (USAGE, e.to_string()))?;
+    match api.verify_machine_token(kind, token).await {
+        Ok(verdict) => Ok(verdict.into_result().map(|machine| {
+            serde_json::json!({
+                "token_type": machine.token_type.as_str(),
+                "id": machine.id,
+                "subject": machine.subject,
+                "scopes": machine.scopes,
+                "claims": machine.claims,
+                "name": machine.name,
+                "client_id": machine.client_id,
+                "expiration": machine.expiration_ms,
+            })
+        })),
+        Err(error) => Err((
+            UNAVAILABLE,
+            format!("the Backend API could not verify the token: {error}"),
+        )),
+    }
+}
+
 async fn verify(token: Option<String>) -> Outcome {
     let token = match token.filter(|t| t != "-") {
         Some(token) => token,
@@ -339,10 +370,28 @@ async fn verify(token: Option<String>) -> Outcome {
         .or_else(|| token.strip_prefix("bearer "))
         .unwrap_or(token);
     let config = ClerkConfig::from_env().map_err(|e| (USAGE, e.to_string()))?;
-    let verifier = Verifier::from_config(&config).map_err(|e| (USAGE, e.to_string()))?;
-    match verifier.verify(token).await {
-        Ok(claims) => {
-            let json = serde_json::to_string_pretty(&*claims)
+    let token_type = [
+        ("ak_", TokenType::ApiKey),
+        ("mt_", TokenType::M2mToken),
+        ("oat_", TokenType::OAuthToken),
+    ]
+    .into_iter()
+    .find_map(|(prefix, kind)| token.starts_with(prefix).then_some(kind));
+    let verified = match token_type {
+        // Opaque machine tokens: the Backend API decides (CLERK_SECRET_KEY, CLERK_API_URL).
+        Some(kind) => verify_machine(kind, token).await?,
+        None => {
+            let verifier = Verifier::from_config(&config).map_err(|e| (USAGE, e.to_string()))?;
+            match verifier.verify(token).await {
+                Ok(claims) => Ok(serde_json::to_value(&*claims)
+                    .map_err(|e| (FAILED, format!("cannot print the claims: {e}")))?),
+                Err(error) => Err(error),
+            }
+        }
+    };
+    match verified {
+        Ok(json) => {
+            let json = serde_json::to_string_pretty(&json)
                 .map_err(|e| (FAILED, format!("cannot print the claims: {e}")))?;
             println!("{json}");
             Ok(0)

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use crate::error::AuthError;
 use crate::token_type::TokenType;
 
 /// An API key, M2M token or OAuth access token that the Backend API verified.
@@ -43,6 +44,19 @@ pub enum Verdict {
     /// Unknown to Clerk or not a token at all: 404, 400/422, or OAuth's `{"active": false}`
     /// (401 `invalid_token`).
     Invalid,
+}
+
+impl Verdict {
+    /// The token when valid, else the rejection the layers answer with: 401
+    /// `token_revoked`, `token_expired` or `invalid_token`.
+    pub fn into_result(self) -> Result<MachineToken, AuthError> {
+        match self {
+            Self::Valid(token) => Ok(token),
+            Self::Revoked => Err(AuthError::TokenRevoked),
+            Self::Expired => Err(AuthError::TokenExpired),
+            Self::Invalid => Err(AuthError::InvalidToken),
+        }
+    }
 }
 
 /// The fields the three verify answers share (spec 2026-05-12); unknown fields are ignored.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
 
-use super::token::{MachineToken, Verdict};
+use super::token::MachineToken;
 use crate::clerk_api::{ApiError, ClerkApi};
 use crate::error::AuthError;
 use crate::log_throttle::Throttle;
@@ -148,10 +148,10 @@ impl MachineVerifier {
             retry_after_secs: 1,
         };
         match called {
-            Ok(Ok(Verdict::Valid(machine))) => Ok(Answer::Valid(Arc::new(machine))),
-            Ok(Ok(Verdict::Revoked)) => Ok(Answer::Refused(AuthError::TokenRevoked)),
-            Ok(Ok(Verdict::Expired)) => Ok(Answer::Refused(AuthError::TokenExpired)),
-            Ok(Ok(_)) => Ok(Answer::Refused(AuthError::InvalidToken)),
+            Ok(Ok(verdict)) => Ok(match verdict.into_result() {
+                Ok(machine) => Answer::Valid(Arc::new(machine)),
+                Err(refusal) => Answer::Refused(refusal),
+            }),
             Ok(Err(ApiError::Rejected { status, message }))
                 if matches!(status.as_u16(), 401 | 403) =>
             {
