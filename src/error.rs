@@ -10,8 +10,8 @@ use serde::Serialize;
 /// Why a request was rejected by the layer.
 ///
 /// Every variant becomes a JSON response `{"error": "<code>", "message": "..."}` with the status
-/// given by [`AuthError::status`]. 401 responses carry `WWW-Authenticate` (RFC 6750) and 503
-/// responses carry `Retry-After`. Messages never contain token bytes or database internals.
+/// given by [`AuthError::status`]. 401 responses carry `WWW-Authenticate` (RFC 6750); 503 and
+/// 429 responses carry `Retry-After`. Messages never contain token bytes or database internals.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthError {
@@ -115,8 +115,9 @@ impl AuthError {
         Self::InvalidSignature(Cow::Borrowed(reason))
     }
 
-    /// This error's row in [`ERROR_CODES`] (the auth codes come first, so it also indexes the
-    /// per-code counters of [`crate::Stats`]).
+    /// This error's row in [`ERROR_CODES`], which also indexes the per-code counters of
+    /// [`crate::Stats`]; a code shared with another part of the crate (`rate_limited`) shares
+    /// its row.
     pub(crate) fn index(&self) -> usize {
         match self {
             Self::MissingToken => 0,
