@@ -32,9 +32,9 @@ use crate::stats::{Counters, Stats};
 use crate::sync::Syncer;
 use crate::time::unix_now;
 use crate::token::Verifier;
-use crate::token::kind;
 use crate::token::locate::{Located, Source, locate};
 use crate::token_cache::{Lookup, TokenCache};
+use crate::token_type::TokenType;
 
 /// Whether requests without a token pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +136,7 @@ impl Core {
     /// on the claims it parses anyway, before any key is fetched. Only session tokens are
     /// cached, so a hit needs neither.
     fn new_token(&self, located: Located<'_>, key_epoch: u64) -> Decision {
-        match kind::by_prefix(located.token()) {
+        match TokenType::from_prefix(located.token()) {
             None => Decision::Pending(pending(located, None, key_epoch)),
             Some(other) => self.rejected(AuthError::TokenTypeNotAccepted(other)),
         }

@@ -85,10 +85,15 @@ impl DevKey {
 }
 
 fn random_id(prefix: &str) -> String {
-    let mut bytes = [0u8; 12];
-    // Only ids for test tokens: a failing RNG would leave zeros, still unique per counter.
-    let _ = aws_lc_rs::rand::fill(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    random_hex_id(prefix, 12)
+}
+
+/// `prefix` and `bytes` random bytes in hex (Clerk's machine-token ids are 16 bytes). Only
+/// ids for tests: a failing RNG leaves zeros, still a well-formed id.
+pub(crate) fn random_hex_id(prefix: &str, bytes: usize) -> String {
+    let mut random = vec![0u8; bytes];
+    let _ = aws_lc_rs::rand::fill(&mut random);
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
     format!("{prefix}{hex}")
 }
 

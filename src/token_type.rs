@@ -19,6 +19,20 @@ pub enum TokenType {
 }
 
 impl TokenType {
+    /// The type an opaque token's prefix names, as Clerk's JS SDK reads it: `mt_` M2M, `oat_`
+    /// OAuth, `ak_` API key; `None` for anything else (a JWT, whose type needs its claims).
+    pub fn from_prefix(token: &str) -> Option<Self> {
+        if token.starts_with("mt_") {
+            Some(Self::M2mToken)
+        } else if token.starts_with("oat_") {
+            Some(Self::OAuthToken)
+        } else if token.starts_with("ak_") {
+            Some(Self::ApiKey)
+        } else {
+            None
+        }
+    }
+
     /// Clerk's name of the type: `session_token`, `api_key`, `m2m_token`, `oauth_token`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -370,14 +370,7 @@ async fn verify(token: Option<String>) -> Outcome {
         .or_else(|| token.strip_prefix("bearer "))
         .unwrap_or(token);
     let config = ClerkConfig::from_env().map_err(|e| (USAGE, e.to_string()))?;
-    let token_type = [
-        ("ak_", TokenType::ApiKey),
-        ("mt_", TokenType::M2mToken),
-        ("oat_", TokenType::OAuthToken),
-    ]
-    .into_iter()
-    .find_map(|(prefix, kind)| token.starts_with(prefix).then_some(kind));
-    let verified = match token_type {
+    let verified = match TokenType::from_prefix(token) {
         // Opaque machine tokens: the Backend API decides (CLERK_SECRET_KEY, CLERK_API_URL).
         Some(kind) => verify_machine(kind, token).await?,
         None => {

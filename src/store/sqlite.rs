@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
@@ -13,6 +13,7 @@ use super::{
     ImportCounts, InvalidationChannel, StoreFuture, UpsertOutcome, UserChange, UserProfile,
     UserStore, WebhookOutcome,
 };
+use crate::time::unix_now_ms;
 
 /// Records which of this crate's SQLite migrations ran (kept apart from `_sqlx_migrations`).
 const MIGRATIONS_TABLE: &str = "_clerk_sync_migrations";
@@ -25,12 +26,6 @@ pub async fn migrate_sqlite(pool: &SqlitePool) -> Result<(), MigrateError> {
     migrator.run(pool).await
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// The current time in milliseconds, but never the same value twice in this process: the
 /// upsert tells an insert from an update by `created_at = <this call's now>`, which two calls
 /// in the same millisecond would otherwise share. Drifts ahead of the clock by at most the
@@ -39,7 +34,7 @@ fn unique_now_ms() -> i64 {
     static LAST: AtomicI64 = AtomicI64::new(0);
     let mut last = LAST.load(Ordering::Relaxed);
     loop {
-        let next = now_ms().max(last.saturating_add(1));
+        let next = unix_now_ms().max(last.saturating_add(1));
         match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
             Ok(_) => return next,
             Err(actual) => last = actual,
@@ -171,7 +166,7 @@ impl SqliteUserStore {
         delivery_id: &str,
         change: &UserChange,
     ) -> Result<WebhookOutcome, sqlx::Error> {
-        let now = now_ms();
+        let now = unix_now_ms();
         let mut tx = self.pool.begin().await?;
         // A write first, so the transaction takes the write lock at once (no read-to-write
         // upgrade that SQLite would refuse under contention).
@@ -230,7 +225,7 @@ impl UserStore for SqliteUserStore {
 
     fn import<'a>(&'a self, profiles: &'a [UserProfile]) -> StoreFuture<'a, ImportCounts> {
         Box::pin(async move {
-            let now = now_ms();
+            let now = unix_now_ms();
             let mut counts = ImportCounts::default();
             // IMMEDIATE: take the write lock up front, since the first statement only reads.
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -265,8 +260,8 @@ impl UserStore for SqliteUserStore {
 
     fn prune_webhook_deliveries(&self, older_than: Duration) -> StoreFuture<'_, u64> {
         Box::pin(async move {
-            let cutoff =
-                now_ms().saturating_sub(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX));
+            let cutoff = unix_now_ms()
+                .saturating_sub(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX));
             let done = sqlx::query("DELETE FROM clerk_webhook_events WHERE received_at < ?1")
                 .bind(cutoff)
                 .execute(&self.pool)

@@ -2,21 +2,6 @@
 
 pub(crate) use crate::token_type::TokenType;
 
-/// The type an opaque token's prefix names, as `@clerk/backend` reads it: `mt_` M2M, `oat_`
-/// OAuth, `ak_` API key; `None` for anything else (a JWT, or garbage that fails verification
-/// as a session token). Cheap enough for `Service::call`.
-pub(crate) fn by_prefix(token: &str) -> Option<TokenType> {
-    if token.starts_with("mt_") {
-        Some(TokenType::M2mToken)
-    } else if token.starts_with("oat_") {
-        Some(TokenType::OAuthToken)
-    } else if token.starts_with("ak_") {
-        Some(TokenType::ApiKey)
-    } else {
-        None
-    }
-}
-
 /// The type of a JWT from its header `typ` and its `sub`, in Clerk's order: a machine subject
 /// (`mch_…`) is M2M, else a `typ` of `at+jwt` or `application/at+jwt` (exactly, as the JS SDK
 /// compares) is OAuth, else a session token.
@@ -53,7 +38,7 @@ mod tests {
     /// or a JWT whose header `typ` is `at+jwt` or `application/at+jwt`), then API keys (prefix
     /// `ak_`); anything else is a session token (and a malformed one fails verification as such).
     /// Nothing is verified. The layer applies the two halves where they cost nothing extra:
-    /// `by_prefix` in `Service::call`, `of_jwt` inside verification, on the header and claims
+    /// `TokenType::from_prefix` in `Service::call`, `of_jwt` inside verification, on the header and claims
     /// it parses anyway.
     fn detect(token: &str) -> TokenType {
         if token.starts_with("mt_") {
@@ -74,7 +59,7 @@ mod tests {
                 return TokenType::OAuthToken;
             }
         }
-        by_prefix(token).unwrap_or(TokenType::SessionToken)
+        TokenType::from_prefix(token).unwrap_or(TokenType::SessionToken)
     }
 
     /// Header and payload of a token in JWT form: three non-empty base64url parts, as Clerk's

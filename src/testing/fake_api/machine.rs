@@ -12,6 +12,7 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 use super::{FakeClerkApi, FakeState, clerk_errors, gate};
+use crate::testing::random_hex_id;
 use crate::token_type::TokenType;
 
 /// The three endpoints: path (without `/v1`), body field, type.
@@ -98,15 +99,6 @@ async fn verify(
     }
 }
 
-/// A 32-hex-digit id with `prefix`, as Clerk's ids of machine tokens look.
-fn hex_id(prefix: &str) -> String {
-    let mut bytes = [0u8; 16];
-    // A failing RNG gives zeros: still a well-formed id.
-    let _ = aws_lc_rs::rand::fill(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}{hex}")
-}
-
 impl FakeClerkApi {
     /// Makes `secret` a known machine token of `token_type`: its verify endpoint answers 200
     /// with `answer` (see [`api_key_answer`](Self::api_key_answer) and the others; change
@@ -125,7 +117,7 @@ impl FakeClerkApi {
     /// field of the spec's `200` (2026-05-12), scopes `read` and `write`, no expiration.
     pub fn api_key_answer(subject: &str) -> Value {
         json!({
-            "object": "api_key", "id": hex_id("ak_"), "type": "api_key", "subject": subject,
+            "object": "api_key", "id": random_hex_id("ak_", 16), "type": "api_key", "subject": subject,
             "name": "FAKE_API_KEY", "description": null, "claims": null,
             "scopes": ["read", "write"], "revoked": false, "revocation_reason": null,
             "expired": false, "expiration": null, "created_by": null, "last_used_at": null,
@@ -136,7 +128,7 @@ impl FakeClerkApi {
     /// A valid M2M token's verify answer for machine `subject` (`mch_…`).
     pub fn m2m_answer(subject: &str) -> Value {
         json!({
-            "object": "machine_to_machine_token", "id": hex_id("mt_"), "subject": subject,
+            "object": "machine_to_machine_token", "id": random_hex_id("mt_", 16), "subject": subject,
             "claims": null, "scopes": [], "revoked": false, "revocation_reason": null,
             "expired": false, "expiration": null, "last_used_at": null,
             "created_at": super::BASE_MS, "updated_at": super::BASE_MS
@@ -146,7 +138,7 @@ impl FakeClerkApi {
     /// A valid OAuth access token's verify answer for user `subject`.
     pub fn oauth_answer(subject: &str) -> Value {
         json!({
-            "object": "clerk_idp_oauth_access_token", "id": hex_id("oat_"),
+            "object": "clerk_idp_oauth_access_token", "id": random_hex_id("oat_", 16),
             "client_id": "client_2fakeOAuthApplication000000", "subject": subject,
             "scopes": ["profile", "email"], "revoked": false, "revocation_reason": null,
             "expired": false, "expiration": null,
