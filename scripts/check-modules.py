@@ -25,8 +25,13 @@ def code_without_tests(text):
     lines = text.split("\n")
     out = []
     for i, line in enumerate(lines):
-        if line.strip() == "#[cfg(test)]" and i + 1 < len(lines) and lines[i + 1].lstrip().startswith("mod tests"):
-            break
+        if line.strip() == "#[cfg(test)]":
+            # `#[cfg(test)]`, maybe more attributes, then `mod tests`.
+            j = i + 1
+            while j < len(lines) and lines[j].lstrip().startswith("#["):
+                j += 1
+            if j < len(lines) and lines[j].lstrip().startswith("mod tests"):
+                break
         stripped = line.lstrip()
         if stripped.startswith("//"):
             out.append("")

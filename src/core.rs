@@ -2,15 +2,16 @@
 //!
 //! ```text
 //! headers ─ locate (Authorization, else the session cookie under Clerk's rules)
-//!         ─ verified-token cache ─ hit, user current ─────────────────────▶ Hit
+//!         ─ opaque prefix (ak_, mt_, oat_) of a type not taken ───────────▶ Rejected
+//!         ─ verified-token cache ─ hit, caller current, type taken ───────▶ Hit
 //!                                ─ expired ───────────────────────────────▶ Rejected
 //!                                ─ its user no longer current ────────────▶ Pending
-//!                                ─ absent: the token's type ─ not taken ──▶ Rejected
-//!                                                           ─ session ────▶ Pending
-//! Pending ─ verify (RS256, claims; skipped when the cache had the claims)
-//!         ─ cookie rule on the verified `iat`
-//!         ─ synced-user cache, else one upsert per user (Syncer)
-//!         ─ cache the session ───────────────────────────────────────────▶ ClerkUser
+//!                                ─ absent ────────────────────────────────▶ Pending
+//! Pending ─ opaque: Backend API verify (MachineVerifier: cached, budgeted, single flight)
+//!         ─ JWT: verify (type taken?, RS256, claims; skipped when the cache had the claims)
+//!         ─ cookie rule on the verified `iat` (sessions)
+//!         ─ subject `user_…`: synced-user cache, else one upsert per user (Syncer)
+//!         ─ cache the caller ────────────────────────────────▶ ClerkUser | ClerkMachine
 //! ```
 //!
 //! [`Core::decide`] runs inside `Service::call` without I/O and answers most requests;
@@ -19,6 +20,7 @@
 //! webhook router hold the core; [`crate::ClerkSync`] only wires it together.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::response::{IntoResponse, Response};
@@ -27,14 +29,17 @@ use tokio::sync::watch;
 
 use crate::client_addr::ClientAddress;
 use crate::error::{AuthError, complete_headers};
-use crate::extract::{AnonymousRequest, ClerkUser};
+use crate::extract::{AnonymousRequest, ClerkMachine, ClerkUser, Credential};
+use crate::log_throttle::Throttle;
+use crate::machine::MachineToken;
+use crate::machine::verifier::MachineVerifier;
 use crate::stats::{Counters, Stats};
-use crate::sync::Syncer;
+use crate::sync::{Evidence, Syncer};
 use crate::time::unix_now;
 use crate::token::Verifier;
 use crate::token::locate::{Located, Source, locate};
-use crate::token_cache::{Lookup, TokenCache};
-use crate::token_type::TokenType;
+use crate::token_cache::{Cached, Caller, Lookup, TokenCache};
+use crate::token_type::{Accepted, TokenType};
 
 /// Whether requests without a token pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,8 +53,8 @@ pub(crate) type RejectionHook = Arc<dyn Fn(&AuthError) -> Response + Send + Sync
 
 /// What [`Core::decide`] found.
 pub(crate) enum Decision {
-    /// A cached session whose user is current.
-    Hit(ClerkUser),
+    /// A cached token whose caller is current.
+    Hit(Caller),
     /// No token (or a signed-out browser's cookie), and the layer is optional.
     Anonymous,
     /// Rejected without I/O (already counted and logged).
@@ -59,20 +64,33 @@ pub(crate) enum Decision {
 }
 
 /// What the quick look found, kept for the slow path: the token (copied, since the slow path
-/// outlives the borrowed headers), where it came from, and the verified claims when the token
-/// was cached but its user is no longer current.
+/// outlives the borrowed headers), where it came from, the types it may be, and the verified
+/// claims when the token was cached but its user is no longer current.
 pub(crate) struct Pending {
     token: Box<str>,
     source: Source,
-    stale: Option<Arc<crate::token::SessionClaims>>,
+    /// The types taken for a token from this source.
+    accepted: Accepted,
+    /// An opaque machine token's type (by its prefix): the Backend API verifies it.
+    opaque: Option<TokenType>,
+    stale: Option<Credential>,
     /// The key-removal epoch before verification; a session verified under an older one is
     /// not cached.
     key_epoch: u64,
 }
 
-/// The verifier, the verified-token cache and the syncer, deciding one request at a time.
+impl Pending {
+    /// Whether verifying costs the client's budget (and so needs its address).
+    pub(crate) fn needs_client(&self) -> bool {
+        self.opaque.is_some()
+    }
+}
+
+/// The verifiers, the verified-token cache and the syncer, deciding one request at a time.
 pub(crate) struct Core {
     pub(crate) verifier: Verifier,
+    /// Opaque machine tokens; `None` without a secret key.
+    pub(crate) machine: Option<MachineVerifier>,
     pub(crate) syncer: Syncer,
     /// `None` when the token cache is off (`token_cache_capacity(0)`).
     pub(crate) tokens: Option<TokenCache>,
@@ -80,6 +98,8 @@ pub(crate) struct Core {
     pub(crate) cookie_suffix: Option<String>,
     pub(crate) client_address: ClientAddress,
     pub(crate) on_rejection: Option<RejectionHook>,
+    /// A layer taking opaque machine tokens without a secret key is logged once per interval.
+    pub(crate) no_secret_key: Throttle,
     /// Dropped with the core (the last layer, router or handle): ends the background task.
     pub(crate) alive: watch::Sender<()>,
 }
@@ -99,59 +119,69 @@ impl fmt::Debug for Core {
 
 impl Core {
     /// The synchronous first look at a request: a rejection that needs no I/O, an anonymous
-    /// request, a cached session whose user is current, or what the slow path needs.
-    pub(crate) fn decide(&self, headers: &HeaderMap, mode: Mode) -> Decision {
+    /// request, a cached token whose caller is current, or what the slow path needs.
+    pub(crate) fn decide(&self, headers: &HeaderMap, mode: Mode, accepted: Accepted) -> Decision {
         let located = match self.locate(headers, mode) {
             Ok(Some(located)) => located,
             Ok(None) => return Decision::Anonymous,
             Err(error) => return self.rejected(error),
         };
+        // Machine tokens come from `Authorization` only, never from cookies.
+        let accepted = match located.source() {
+            Source::Header => accepted,
+            Source::Cookie { .. } => accepted.sessions_only(),
+        };
+        // An opaque token's type is its prefix: refused here, before any lookup or I/O.
+        let opaque = TokenType::from_prefix(located.token());
+        if let Some(token_type) = opaque.filter(|t| !accepted.contains(*t)) {
+            return self.rejected(AuthError::TokenTypeNotAccepted(token_type));
+        }
         let Some(tokens) = &self.tokens else {
-            return self.new_token(located, 0);
+            return Decision::Pending(pending(located, accepted, opaque, None, 0));
         };
         match tokens.get(located.token(), unix_now(), |user| {
             self.syncer.is_current(user)
         }) {
+            // A cached machine JWT is of a type this layer may not take (the cache is shared
+            // by every layer of one `ClerkSync`).
+            Lookup::Hit(caller) if !accepted.contains(caller.token_type()) => {
+                self.rejected(AuthError::TokenTypeNotAccepted(caller.token_type()))
+            }
             // The cookie rule holds for cached sessions too: a browser that signed out since is
             // signed out here.
-            Lookup::Hit(user) => match signed_in(mode, located.check_client_uat(user.claims().iat))
-            {
-                Ok(true) => Decision::Hit(user),
-                Ok(false) => Decision::Anonymous,
-                Err(error) => self.rejected(error),
-            },
+            Lookup::Hit(Caller::User(user)) => {
+                match signed_in(mode, located.check_client_uat(user.claims().iat)) {
+                    Ok(true) => Decision::Hit(Caller::User(user)),
+                    Ok(false) => Decision::Anonymous,
+                    Err(error) => self.rejected(error),
+                }
+            }
+            Lookup::Hit(machine) => Decision::Hit(machine),
             Lookup::Expired => self.rejected(AuthError::TokenExpired),
             // Claims verified under `epoch` are cached again under it.
-            Lookup::Stale(claims, epoch) => {
-                Decision::Pending(pending(located, Some(claims), epoch))
+            Lookup::Stale(credential, epoch) => {
+                Decision::Pending(pending(located, accepted, opaque, Some(credential), epoch))
             }
             // The epoch is read before verification (in `finish`): a key removed from now on
             // keeps this session out of the cache. Not read on the hit path.
-            Lookup::Absent => self.new_token(located, tokens.key_epoch()),
+            Lookup::Absent => {
+                Decision::Pending(pending(located, accepted, opaque, None, tokens.key_epoch()))
+            }
         }
     }
 
-    /// A token not cached: an opaque machine token's prefix decides here, before any I/O,
-    /// whether this route takes it; a JWT's type (`sub`, `typ`) is decided by verification,
-    /// on the claims it parses anyway, before any key is fetched. Only session tokens are
-    /// cached, so a hit needs neither.
-    fn new_token(&self, located: Located<'_>, key_epoch: u64) -> Decision {
-        match TokenType::from_prefix(located.token()) {
-            None => Decision::Pending(pending(located, None, key_epoch)),
-            Some(other) => self.rejected(AuthError::TokenTypeNotAccepted(other)),
-        }
-    }
-
-    /// Continues a [`Decision::Pending`]: verifies the token unless the cache had its claims,
-    /// applies the cookie rule, makes sure the user is synced and caches the session.
-    /// `Ok(None)` is an anonymous request of the optional layer. Rejections are counted and
-    /// logged.
+    /// Continues a [`Decision::Pending`]: verifies the token (locally, or an opaque one with
+    /// the Backend API) unless the cache had it, applies the cookie rule, makes sure a user
+    /// is synced and caches the caller. `client` is the caller's network, whose budget pays
+    /// for an opaque token not cached. `Ok(None)` is an anonymous request of the optional
+    /// layer. Rejections are counted and logged.
     pub(crate) async fn finish(
         &self,
         pending: Pending,
         mode: Mode,
-    ) -> Result<Option<ClerkUser>, AuthError> {
-        let result = self.finish_inner(pending, mode).await;
+        client: Option<IpAddr>,
+    ) -> Result<Option<Caller>, AuthError> {
+        let result = self.finish_inner(pending, mode, client).await;
         if let Err(error) = &result {
             self.record_rejection(error);
         }
@@ -162,29 +192,115 @@ impl Core {
         &self,
         pending: Pending,
         mode: Mode,
-    ) -> Result<Option<ClerkUser>, AuthError> {
+        client: Option<IpAddr>,
+    ) -> Result<Option<Caller>, AuthError> {
         let token = &*pending.token;
-        let claims = match (pending.stale, &self.tokens) {
-            // A known token whose user was invalidated keeps its verified claims.
-            (Some(claims), _) => {
+        if let Some(token_type) = pending.opaque {
+            return self
+                .finish_opaque(token_type, token, client)
+                .await
+                .map(Some);
+        }
+        let credential = match pending.stale {
+            // A known token whose user was invalidated keeps what it said.
+            Some(credential) => {
                 Counters::bump(&self.counters.token_cache_hits);
-                claims
+                credential
             }
-            // The layer's token cache is the one that counts: the verifier's is bypassed.
-            (None, Some(_)) => self.verifier.verify_fresh(token).await?,
-            (None, None) => self.verifier.verify(token).await?,
+            None => {
+                let (token_type, claims) =
+                    self.verifier.verify_fresh(token, pending.accepted).await?;
+                let machine = (token_type != TokenType::SessionToken)
+                    .then(|| Arc::new(MachineToken::from_jwt(token_type, &claims)));
+                Credential { claims, machine }
+            }
         };
-        // A cookie token minted before the browser's last session change is outdated; under
-        // the optional layer the request is anonymous. Checked before anything is written.
-        if !signed_in(mode, pending.source.check_client_uat(claims.iat))? {
-            return Ok(None);
+        let exp = credential.claims.exp;
+        let Some(machine) = credential.machine.clone() else {
+            // A cookie token minted before the browser's last session change is outdated;
+            // under the optional layer the request is anonymous. Checked before anything is
+            // written.
+            if !signed_in(mode, pending.source.check_client_uat(credential.claims.iat))? {
+                return Ok(None);
+            }
+            let (user, synced) = self
+                .syncer
+                .ensure(&credential.claims, Evidence::Session(token))
+                .await?;
+            let answer = ClerkUser::new(credential, user.tier.clone(), synced);
+            if synced && let Some(tokens) = &self.tokens {
+                let cached = Cached::User(answer.clone(), user);
+                tokens.insert(token, cached, exp, unix_now(), pending.key_epoch);
+            }
+            return Ok(Some(Caller::User(answer)));
+        };
+        let caller = if is_user(&machine.subject) {
+            let (user, synced) = self
+                .syncer
+                .ensure(&credential.claims, Evidence::MachineJwt(token))
+                .await?;
+            let answer = ClerkUser::new(credential, user.tier.clone(), synced);
+            let cached = synced.then(|| Cached::User(answer.clone(), user));
+            (Caller::User(answer), cached)
+        } else {
+            let machine = ClerkMachine::new(machine);
+            (
+                Caller::Machine(machine.clone()),
+                Some(Cached::Machine(machine)),
+            )
+        };
+        if let (Some(tokens), Some(cached)) = (&self.tokens, caller.1) {
+            tokens.insert(token, cached, exp, unix_now(), pending.key_epoch);
         }
-        let (user, synced) = self.syncer.ensure(&claims, token).await?;
-        let answer = ClerkUser::new(claims, user.tier.clone(), synced);
-        if synced && let Some(tokens) = &self.tokens {
-            tokens.insert(token, answer.clone(), user, unix_now(), pending.key_epoch);
+        Ok(Some(caller.0))
+    }
+
+    /// An opaque machine token: the Backend API's verdict (cached, budgeted), then its user
+    /// synced when it acts for one.
+    async fn finish_opaque(
+        &self,
+        token_type: TokenType,
+        token: &str,
+        client: Option<IpAddr>,
+    ) -> Result<Caller, AuthError> {
+        let Some(verifier) = &self.machine else {
+            if let Some(times) = self.no_secret_key.hit() {
+                tracing::error!(
+                    token.r#type = %token_type,
+                    times,
+                    "a layer accepts opaque machine tokens, but no CLERK_SECRET_KEY is \
+                     configured to verify them with the Backend API"
+                );
+            }
+            return Err(AuthError::VerificationUnavailable {
+                retry_after_secs: 60,
+            });
+        };
+        let trusted = verifier.verify(token_type, token, client).await?;
+        let now = unix_now();
+        let (caller, cached) = if is_user(&trusted.token.subject) {
+            let credential = Credential {
+                claims: Arc::new(trusted.token.session_view(now)),
+                machine: Some(trusted.token),
+            };
+            let (user, synced) = self
+                .syncer
+                .ensure(&credential.claims, Evidence::Opaque)
+                .await?;
+            let answer = ClerkUser::new(credential, user.tier.clone(), synced);
+            let cached = synced.then(|| Cached::User(answer.clone(), user));
+            (Caller::User(answer), cached)
+        } else {
+            let machine = ClerkMachine::new(trusted.token);
+            (
+                Caller::Machine(machine.clone()),
+                Some(Cached::Machine(machine)),
+            )
+        };
+        if let (Some(tokens), Some(cached)) = (&self.tokens, cached) {
+            tokens.insert_opaque(token, cached, trusted.until_ms, now);
         }
-        Ok(Some(answer))
+        Ok(caller)
     }
 
     /// The request's token, `Ok(None)` for an anonymous request of the optional layer: no
@@ -228,17 +344,23 @@ impl Core {
         response
     }
 
-    /// The marker of an anonymous request, with the client's network when the server provides
-    /// `ConnectInfo<SocketAddr>`.
+    /// The marker of an anonymous request, with the client's network.
     pub(crate) fn anonymous<B>(&self, request: &http::Request<B>) -> AnonymousRequest {
-        let network = request
+        AnonymousRequest {
+            network: self.client_network(request),
+        }
+    }
+
+    /// The client's network by [`ClientAddress`], when the server provides
+    /// `ConnectInfo<SocketAddr>`.
+    pub(crate) fn client_network<B>(&self, request: &http::Request<B>) -> Option<IpAddr> {
+        request
             .extensions()
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|info| {
                 let client = &self.client_address;
                 client.network(client.client_ip(info.0.ip(), request.headers()))
-            });
-        AnonymousRequest { network }
+            })
     }
 
     /// Counters since the core was built.
@@ -254,15 +376,25 @@ impl Core {
 
 fn pending(
     located: Located<'_>,
-    stale: Option<Arc<crate::token::SessionClaims>>,
+    accepted: Accepted,
+    opaque: Option<TokenType>,
+    stale: Option<Credential>,
     key_epoch: u64,
 ) -> Pending {
     Pending {
         token: located.token().into(),
         source: located.source(),
+        accepted,
+        opaque,
         stale,
         key_epoch,
     }
+}
+
+/// Whether a machine token's subject is a user (synced like a session's) rather than a
+/// machine or an organization.
+fn is_user(subject: &str) -> bool {
+    subject.starts_with("user_")
 }
 
 /// Applies the outcome of a cookie check (Clerk's `__client_uat` rule): `Ok(true)` signed in;

@@ -218,8 +218,10 @@ pub const ERROR_CODES: &[(&str, StatusCode)] = &[
         "rate_limit_misconfigured",
         StatusCode::INTERNAL_SERVER_ERROR,
     ),
-    // The `ClerkUser` extractor on a route without the layer.
+    // The extractors: on a route without the layer; a caller of the other kind (a machine
+    // where a user is needed, or the reverse).
     ("clerk_layer_missing", StatusCode::INTERNAL_SERVER_ERROR),
+    ("forbidden", StatusCode::FORBIDDEN),
 ];
 
 /// The row of `rate_limited` in [`ERROR_CODES`].

@@ -41,7 +41,7 @@ pub use clerk_api::{ApiError, ClerkApi};
 pub use client_addr::ClientAddress;
 pub use config::{ClerkConfig, ClerkConfigBuilder, KeySource};
 pub use error::{AuthError, ConfigError, ERROR_CODES};
-pub use extract::{ClerkUser, MissingClerkLayer};
+pub use extract::{ClerkMachine, ClerkPrincipal, ClerkUser, MissingClerkLayer, PrincipalRejection};
 pub use handle::{ClerkSync, ClerkSyncBuilder};
 #[cfg(feature = "postgres")]
 pub use invalidate::PgChannel;

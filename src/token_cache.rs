@@ -9,16 +9,21 @@
 //! touches the bucket, the stored token, the synced user and the `ClerkUser`'s count. Entries
 //! leave when the shard is full (expired tokens first, then any), and a token past its `exp`
 //! is never answered.
+//!
+//! Machine tokens share the cache: M2M and OAuth JWTs like sessions, and opaque tokens
+//! (`ak_…`, `mt_…`, `oat_…`, secrets that only the Backend API can check) under a second
+//! keyed hash instead of the token itself, for as long as their verification is trusted. A
+//! machine or organization caller has no synced user and is always current.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::extract::ClerkUser;
+use crate::extract::{ClerkMachine, ClerkUser, Credential};
 use crate::sync::SyncedUser;
-use crate::token::SessionClaims;
 use crate::token::keys::KeyEpoch;
+use crate::token_type::TokenType;
 
 const SHARDS: usize = 64;
 /// Where the shard index starts in a key's hash (see [`TokenCache::shard`]).
@@ -26,28 +31,61 @@ const SHARD_SHIFT: u32 = 40;
 /// Bytes of the token's end that are hashed: part of its RSA signature, so as good as random.
 const HASHED_TAIL: usize = 32;
 
-/// A verified token whose user is synced.
+/// A verified token with its caller: a synced user, or a machine.
 struct Session {
-    token: Box<str>,
-    /// The token's `exp`, copied here so that the check needs no pointer.
+    check: Check,
+    /// The token's `exp`, copied here so that the check needs no pointer; for an opaque
+    /// token, the end of its trust (see [`TokenCache::insert`]).
     exp: i64,
     /// The key-removal epoch the token was verified under.
     key_epoch: u64,
-    user: Arc<SyncedUser>,
-    answer: ClerkUser,
+    cached: Cached,
+}
+
+/// How a lookup makes sure an entry is for exactly its token.
+enum Check {
+    /// A JWT: the token itself, compared whole.
+    Token(Box<str>),
+    /// An opaque machine token (a secret that the Backend API checks): never stored; a second
+    /// keyed hash of the whole token, independent of the map key's, so that together they
+    /// are 128 keyed bits.
+    Digest(u64),
+}
+
+/// The caller a cached token stands for.
+pub(crate) enum Cached {
+    /// A user, current while its [`SyncedUser`] is.
+    User(ClerkUser, Arc<SyncedUser>),
+    /// A machine or an organization: nothing synced, always current.
+    Machine(ClerkMachine),
+}
+
+/// Who called: the answer of a cache hit, and of a verification.
+pub(crate) enum Caller {
+    User(ClerkUser),
+    Machine(ClerkMachine),
+}
+
+impl Caller {
+    pub(crate) fn token_type(&self) -> TokenType {
+        match self {
+            Self::User(user) => user.token_type(),
+            Self::Machine(machine) => machine.token_type(),
+        }
+    }
 }
 
 /// What [`TokenCache::get`] found for a token.
 pub(crate) enum Lookup {
-    /// Cached, not expired, its user current: the user to hand to the request (counted as a
-    /// hit).
-    Hit(ClerkUser),
-    /// Cached but past `exp` (with leeway).
+    /// Cached, not expired, its user current: the caller to hand to the request (counted as
+    /// a hit).
+    Hit(Caller),
+    /// A JWT cached but past `exp` (with leeway).
     Expired,
-    /// Cached, but its user is no longer current: the verified claims, to sync again without
-    /// verifying again, and the key epoch they were verified under (the session is cached
-    /// again under that epoch, so a key removed meanwhile still evicts it).
-    Stale(Arc<SessionClaims>, u64),
+    /// Cached, but its user is no longer current: what the token said, to sync again without
+    /// verifying again, and the key epoch it was verified under (the session is cached again
+    /// under that epoch, so a key removed meanwhile still evicts it).
+    Stale(Credential, u64),
     /// Not cached.
     Absent,
 }
@@ -98,6 +136,8 @@ pub(crate) struct TokenCache {
     shards: Box<[Shard]>,
     shard_capacity: usize,
     seed: RandomState,
+    /// Seeds [`Check::Digest`].
+    check_seed: RandomState,
     leeway: i64,
     /// Moves when a signing key leaves the key set: sessions verified before are absent then
     /// (verified again, and refused if their key is gone).
@@ -112,6 +152,7 @@ impl TokenCache {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             shard_capacity: (capacity / SHARDS).max(1),
             seed: RandomState::new(),
+            check_seed: RandomState::new(),
             leeway,
             key_epoch,
         }
@@ -128,6 +169,17 @@ impl TokenCache {
         let bytes = token.as_bytes();
         self.seed
             .hash_one(&bytes[bytes.len().saturating_sub(HASHED_TAIL)..])
+    }
+
+    fn digest(&self, token: &str) -> u64 {
+        self.check_seed.hash_one(token.as_bytes())
+    }
+
+    fn matches(&self, check: &Check, token: &str) -> bool {
+        match check {
+            Check::Token(stored) => **stored == *token,
+            Check::Digest(digest) => *digest == self.digest(token),
+        }
     }
 
     fn shard(&self, key: u64) -> &Shard {
@@ -152,21 +204,37 @@ impl TokenCache {
             Ok(map) => map,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let Some(session) = map.get(&key).filter(|session| *session.token == *token) else {
+        let Some(session) = map
+            .get(&key)
+            .filter(|session| self.matches(&session.check, token))
+        else {
             return Lookup::Absent;
         };
         if session.key_epoch != self.key_epoch.load(Ordering::Acquire) {
             return Lookup::Absent;
         }
         if session.exp.saturating_add(self.leeway) < now {
-            return Lookup::Expired;
+            // An opaque token's trust ran out: the Backend API is asked again.
+            return match session.check {
+                Check::Token(_) => Lookup::Expired,
+                Check::Digest(_) => Lookup::Absent,
+            };
         }
-        if !is_current(&session.user) {
-            return Lookup::Stale(session.answer.shared_claims().clone(), session.key_epoch);
-        }
+        let hit = match &session.cached {
+            Cached::User(answer, user) if !is_current(user) => {
+                return match session.check {
+                    Check::Token(_) => Lookup::Stale(answer.credential(), session.key_epoch),
+                    // An opaque token's trust is the machine verifier's to judge again (from
+                    // its own cache, without a call while that lasts).
+                    Check::Digest(_) => Lookup::Absent,
+                };
+            }
+            Cached::User(answer, _) => Caller::User(answer.clone()),
+            Cached::Machine(machine) => Caller::Machine(machine.clone()),
+        };
         // On the shard's own counter: no cache line shared by all requests.
         shard.hits.fetch_add(1, Ordering::Relaxed);
-        Lookup::Hit(session.answer.clone())
+        Lookup::Hit(hit)
     }
 
     /// Hits counted so far (all shards).
@@ -177,23 +245,36 @@ impl TokenCache {
             .sum()
     }
 
-    /// Caches `answer` (a synced user's [`ClerkUser`]) for `token`, current while `user` is.
-    /// `key_epoch` is [`key_epoch`](Self::key_epoch) as read before the token was verified.
-    pub(crate) fn insert(
-        &self,
-        token: &str,
-        answer: ClerkUser,
-        user: Arc<SyncedUser>,
-        now: i64,
-        key_epoch: u64,
-    ) {
+    /// Caches the caller of a JWT (a session, or an M2M or OAuth JWT) until its `exp` plus
+    /// the leeway. `key_epoch` is [`key_epoch`](Self::key_epoch) as read before the token was
+    /// verified.
+    pub(crate) fn insert(&self, token: &str, cached: Cached, exp: i64, now: i64, key_epoch: u64) {
+        let check = Check::Token(token.into());
+        self.put(token, check, cached, exp, now, key_epoch);
+    }
+
+    /// Caches the caller of an opaque machine token (`ak_…`, `mt_…`, `oat_…`) until
+    /// `until_ms`, the end of its verification's trust, and never past it: an entry ends in
+    /// the second before `until_ms` (so up to a second early), and is then verified again.
+    pub(crate) fn insert_opaque(&self, token: &str, cached: Cached, until_ms: i64, now: i64) {
+        let exp = until_ms
+            .div_euclid(1000)
+            .saturating_sub(1)
+            .saturating_sub(self.leeway);
+        if exp.saturating_add(self.leeway) < now {
+            return;
+        }
+        let check = Check::Digest(self.digest(token));
+        self.put(token, check, cached, exp, now, self.key_epoch());
+    }
+
+    fn put(&self, token: &str, check: Check, cached: Cached, exp: i64, now: i64, key_epoch: u64) {
         let key = self.key(token);
         let session = Session {
-            token: token.into(),
-            exp: answer.claims().exp,
+            check,
+            exp,
             key_epoch,
-            user,
-            answer,
+            cached,
         };
         let mut shard = match self.shard(key).map.write() {
             Ok(shard) => shard,
@@ -229,12 +310,16 @@ mod tests {
 
     use super::*;
 
-    fn answer(sub: &str, exp: i64) -> ClerkUser {
+    fn session(sub: &str, exp: i64) -> Cached {
         let claims = serde_json::from_value(serde_json::json!({
             "sub": sub, "iss": "https://x", "exp": exp, "iat": exp - 60
         }))
         .unwrap();
-        ClerkUser::new(Arc::new(claims), "free".into(), true)
+        let credential = Credential {
+            claims: Arc::new(claims),
+            machine: None,
+        };
+        Cached::User(ClerkUser::new(credential, "free".into(), true), user())
     }
 
     fn user() -> Arc<SyncedUser> {
@@ -243,7 +328,7 @@ mod tests {
 
     fn found(cache: &TokenCache, token: &str) -> Option<String> {
         match cache.get(token, 100, |_| true) {
-            Lookup::Hit(user) => Some(user.user_id().to_owned()),
+            Lookup::Hit(Caller::User(user)) => Some(user.user_id().to_owned()),
             _ => None,
         }
     }
@@ -252,7 +337,7 @@ mod tests {
     fn exact_token_only() {
         let cache = TokenCache::new(1000, 5, KeyEpoch::default());
         let token = format!("{}.sig-{}", "a".repeat(100), "x".repeat(40));
-        cache.insert(&token, answer("user_1", 200), user(), 100, 0);
+        cache.insert(&token, session("user_1", 200), 200, 100, 0);
         assert_eq!(found(&cache, &token).as_deref(), Some("user_1"));
         assert_eq!(cache.hits(), 1);
         // Same tail (same signature), other payload: a miss, not the cached claims.
@@ -265,7 +350,7 @@ mod tests {
     #[test]
     fn expired_and_stale_sessions_are_not_hits() {
         let cache = TokenCache::new(1000, 5, KeyEpoch::default());
-        cache.insert("token-1", answer("user_1", 200), user(), 100, 0);
+        cache.insert("token-1", session("user_1", 200), 200, 100, 0);
         // Within the leeway, then past it.
         assert!(matches!(
             cache.get("token-1", 205, |_| true),
@@ -276,8 +361,8 @@ mod tests {
             Lookup::Expired
         ));
         match cache.get("token-1", 100, |_| false) {
-            Lookup::Stale(claims, epoch) => {
-                assert_eq!(claims.sub, "user_1");
+            Lookup::Stale(credential, epoch) => {
+                assert_eq!(credential.claims.sub, "user_1");
                 assert_eq!(epoch, 0);
             }
             _ => panic!("a session whose user is not current is stale"),
@@ -310,13 +395,13 @@ mod tests {
     fn full_shards_drop_expired_sessions_first_and_stay_bounded() {
         let cache = TokenCache::new(640, 5, KeyEpoch::default()); // 10 per shard
         for i in 0..5_000 {
-            cache.insert(&format!("old-{i:08}"), answer("u", 50), user(), 100, 0);
+            cache.insert(&format!("old-{i:08}"), session("u", 50), 50, 100, 0);
         }
         assert!(cache.len() <= 640, "bounded: {}", cache.len());
         // Live sessions displace expired ones and are not themselves evicted while there is
         // anything expired to drop (100 over 64 shards stays under 10 per shard).
         for i in 0..100 {
-            cache.insert(&format!("new-{i:08}"), answer("u", 500), user(), 100, 0);
+            cache.insert(&format!("new-{i:08}"), session("u", 500), 500, 100, 0);
         }
         for i in 0..100 {
             assert!(found(&cache, &format!("new-{i:08}")).is_some(), "new-{i}");

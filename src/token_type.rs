@@ -49,3 +49,44 @@ impl fmt::Display for TokenType {
         f.write_str(self.as_str())
     }
 }
+
+/// The token types a layer takes: a set of [`TokenType`]s, one bit each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Accepted(u8);
+
+impl Accepted {
+    /// Session tokens only: what `clerk.layer()` takes.
+    pub(crate) const SESSIONS: Self = Self(1);
+    /// Every type: `accepts_any()`.
+    pub(crate) const ANY: Self = Self(0b1111);
+
+    fn bit(token_type: TokenType) -> u8 {
+        match token_type {
+            TokenType::SessionToken => 1,
+            TokenType::ApiKey => 1 << 1,
+            TokenType::M2mToken => 1 << 2,
+            TokenType::OAuthToken => 1 << 3,
+        }
+    }
+
+    /// The set of `types` (empty when `types` is).
+    pub(crate) fn of(types: impl IntoIterator<Item = TokenType>) -> Self {
+        Self(types.into_iter().fold(0, |set, t| set | Self::bit(t)))
+    }
+
+    /// Whether `token_type` is in the set.
+    pub(crate) fn contains(self, token_type: TokenType) -> bool {
+        self.0 & Self::bit(token_type) != 0
+    }
+
+    /// The set without machine types: what a token from a cookie may be.
+    pub(crate) fn sessions_only(self) -> Self {
+        Self(self.0 & Self::SESSIONS.0)
+    }
+
+    /// Whether an opaque machine type (`ak_`, `mt_`, `oat_`) is in the set: those need the
+    /// Backend API.
+    pub(crate) fn any_opaque(self) -> bool {
+        self.0 & 0b1110 != 0
+    }
+}

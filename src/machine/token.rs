@@ -2,8 +2,10 @@
 //! on it.
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::error::AuthError;
+use crate::token::SessionClaims;
 use crate::token_type::TokenType;
 
 /// An API key, M2M token or OAuth access token that the Backend API verified.
@@ -29,6 +31,96 @@ pub struct MachineToken {
     pub client_id: Option<String>,
     /// When the token expires, Unix milliseconds; `None`: never.
     pub expiration_ms: Option<i64>,
+}
+
+impl MachineToken {
+    /// The token read from the verified claims of an M2M or OAuth JWT, as Clerk's JS SDK reads
+    /// them: the id is `jti`; scopes are M2M's space-separated `scopes` (else its `aud`), or
+    /// OAuth's `scp` array (else its space-separated `scope`); custom claims are every claim
+    /// but `iss`, `sub`, `exp`, `nbf`, `iat` and `jti` (`None` when there are none); the
+    /// expiration is `exp` in milliseconds.
+    pub(crate) fn from_jwt(token_type: TokenType, claims: &SessionClaims) -> Self {
+        let custom = &claims.custom;
+        let words = |name: &str| {
+            custom.get(name).and_then(Value::as_str).map(|value| {
+                value
+                    .split(' ')
+                    .filter(|word| !word.is_empty())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+        };
+        let strings = |name: &str| match custom.get(name) {
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>(),
+            ),
+            Some(Value::String(one)) => Some(vec![one.clone()]),
+            _ => None,
+        };
+        let scopes = match token_type {
+            TokenType::OAuthToken => strings("scp").or_else(|| words("scope")),
+            _ => words("scopes").or_else(|| strings("aud")),
+        };
+        let mut rest = custom.clone();
+        rest.remove("jti");
+        // The typed fields: `sid`, `azp`, `sts`, `v` are claims like any other here.
+        for (name, value) in [
+            ("sid", claims.sid.clone().map(Value::from)),
+            ("azp", claims.azp.clone().map(Value::from)),
+            ("sts", claims.sts.clone().map(Value::from)),
+            ("v", claims.v.map(Value::from)),
+        ] {
+            if let Some(value) = value {
+                rest.insert(name.to_owned(), value);
+            }
+        }
+        Self {
+            token_type,
+            id: custom
+                .get("jti")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            subject: claims.sub.clone(),
+            scopes: scopes.unwrap_or_default(),
+            claims: (!rest.is_empty()).then_some(Value::Object(rest)),
+            name: None,
+            client_id: custom
+                .get("client_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            expiration_ms: Some(claims.exp.saturating_mul(1000)),
+        }
+    }
+
+    /// The claims a [`crate::ClerkUser`] backed by this token shows as
+    /// [`claims()`](crate::ClerkUser::claims): `sub` the subject, `custom` the token's custom
+    /// claims (when they are an object), `exp` the expiration in seconds (`i64::MAX`: never),
+    /// `iat` the time of verification, `iss` empty, the session claims absent.
+    pub(crate) fn session_view(&self, verified_at: i64) -> SessionClaims {
+        let custom = match &self.claims {
+            Some(Value::Object(claims)) => claims.clone(),
+            _ => serde_json::Map::new(),
+        };
+        SessionClaims {
+            sub: self.subject.clone(),
+            iss: String::new(),
+            sid: None,
+            exp: self
+                .expiration_ms
+                .map_or(i64::MAX, |at| at.div_euclid(1000)),
+            iat: verified_at,
+            nbf: None,
+            azp: None,
+            sts: None,
+            v: None,
+            custom,
+        }
+    }
 }
 
 /// What the Backend API said of a machine token.

@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
@@ -44,8 +45,17 @@ impl Default for MachineOptions {
 /// A verified answer, valid or refused, as it is cached.
 #[derive(Debug, Clone)]
 enum Answer {
-    Valid(Arc<MachineToken>),
+    /// Valid, and trusted until the instant (Unix milliseconds) that ends its entry.
+    Valid(Arc<MachineToken>, i64),
     Refused(AuthError),
+}
+
+/// A machine token the Backend API verified, and until when (Unix milliseconds) this
+/// verification is trusted: the TTL after the call, never past the token's expiration.
+#[derive(Debug, Clone)]
+pub(crate) struct Trusted {
+    pub(crate) token: Arc<MachineToken>,
+    pub(crate) until_ms: i64,
 }
 
 /// Keeps each answer its TTL, a valid one never past its token's expiration.
@@ -54,13 +64,10 @@ struct AnswerExpiry(MachineOptions);
 impl moka::Expiry<[u8; 32], Answer> for AnswerExpiry {
     fn expire_after_create(&self, _: &[u8; 32], answer: &Answer, _: Instant) -> Option<Duration> {
         Some(match answer {
-            Answer::Valid(token) => match token.expiration_ms {
-                Some(at) => {
-                    let left = at.saturating_sub(unix_now_ms()).max(0);
-                    self.0.ttl.min(Duration::from_millis(left.unsigned_abs()))
-                }
-                None => self.0.ttl,
-            },
+            Answer::Valid(_, until_ms) => {
+                let left = until_ms.saturating_sub(unix_now_ms()).max(0);
+                Duration::from_millis(left.unsigned_abs())
+            }
             Answer::Refused(_) => self.0.negative_ttl,
         })
     }
@@ -81,6 +88,8 @@ pub(crate) struct MachineVerifier {
     budgets: moka::sync::Cache<Option<IpAddr>, Arc<Budget>>,
     /// A wrong secret key is logged once per interval, not per request.
     misconfigured: Throttle,
+    /// Set once the missing client address has been warned about.
+    shared_bucket_warned: AtomicBool,
 }
 
 impl MachineVerifier {
@@ -97,6 +106,7 @@ impl MachineVerifier {
                 .build(),
             options,
             misconfigured: Throttle::new(Duration::from_secs(60)),
+            shared_bucket_warned: AtomicBool::new(false),
         }
     }
 
@@ -107,7 +117,7 @@ impl MachineVerifier {
         token_type: TokenType,
         token: &str,
         client: Option<IpAddr>,
-    ) -> Result<Arc<MachineToken>, AuthError> {
+    ) -> Result<Trusted, AuthError> {
         let key: [u8; 32] = digest::digest(&digest::SHA256, token.as_bytes())
             .as_ref()
             .try_into()
@@ -117,7 +127,7 @@ impl MachineVerifier {
             .try_get_with(key, self.ask(token_type, token, client))
             .await;
         match answer {
-            Ok(Answer::Valid(machine)) => Ok(machine),
+            Ok(Answer::Valid(token, until_ms)) => Ok(Trusted { token, until_ms }),
             Ok(Answer::Refused(error)) => Err(error),
             Err(error) => Err((*error).clone()),
         }
@@ -130,6 +140,13 @@ impl MachineVerifier {
         token: &str,
         client: Option<IpAddr>,
     ) -> Result<Answer, AuthError> {
+        if client.is_none() && !self.shared_bucket_warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "the server provides no client address (ConnectInfo<SocketAddr>): machine \
+                 tokens not cached yet share one verification budget for all clients; serve \
+                 the app with `into_make_service_with_connect_info::<SocketAddr>()`"
+            );
+        }
         let budget = self.budgets.get_with(client, || {
             Arc::new(Budget::new(self.options.budget.0, self.options.budget.1))
         });
@@ -149,7 +166,14 @@ impl MachineVerifier {
         };
         match called {
             Ok(Ok(verdict)) => Ok(match verdict.into_result() {
-                Ok(machine) => Answer::Valid(Arc::new(machine)),
+                Ok(machine) => {
+                    let ttl_ms = i64::try_from(self.options.ttl.as_millis()).unwrap_or(i64::MAX);
+                    let mut until_ms = unix_now_ms().saturating_add(ttl_ms);
+                    if let Some(expiration_ms) = machine.expiration_ms {
+                        until_ms = until_ms.min(expiration_ms);
+                    }
+                    Answer::Valid(Arc::new(machine), until_ms)
+                }
                 Err(refusal) => Answer::Refused(refusal),
             }),
             Ok(Err(ApiError::Rejected { status, message }))
@@ -178,9 +202,10 @@ impl MachineVerifier {
     }
 }
 
-#[cfg(all(test, feature = "test-util"))]
+#[cfg(test)]
+#[cfg(feature = "test-util")]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use super::*;
     use crate::clerk_api::RetryPolicy;
@@ -207,7 +232,7 @@ mod tests {
                 .verify(TokenType::ApiKey, "ak_one", None)
                 .await
                 .unwrap();
-            assert_eq!(machine.subject, USER);
+            assert_eq!(machine.token.subject, USER);
         }
         assert_eq!(fake.verify_requests(TokenType::ApiKey), 1);
 

@@ -7,17 +7,18 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::limits::{Limit, TierLimits};
 use super::memory::MemoryRateLimitStore;
+use super::rejection::{RateLimitRejection, RejectionHook};
 use super::store::{Decision, RateLimitKey, RateLimitStore};
 use crate::error::{complete_headers, error_response};
 use crate::extract::AnonymousRequest;
-use crate::extract::ClerkUser;
+use crate::extract::{ClerkMachine, ClerkUser};
 use crate::log_throttle::Throttle;
 use crate::response_state::LayerState;
 
@@ -50,6 +51,10 @@ pub enum StoreFailurePolicy {
 }
 
 /// Limits each user by the limit of their synced tier; put it **inside** the sync layer.
+///
+/// A user's sessions, API keys and OAuth tokens share one budget (keyed by user id);
+/// machines are limited by machine id and organization-owned API keys by organization id,
+/// under [`TierLimits::machines`] and [`TierLimits::organizations`].
 ///
 /// With `ServiceBuilder`, layers run in the order written; with `Router::layer`, the last call
 /// is outermost:
@@ -90,58 +95,15 @@ struct Settings {
     on_rejection: Option<RejectionHook>,
 }
 
-/// See [`RateLimitLayer::on_rejection`].
-type RejectionHook = Arc<dyn Fn(&RateLimitRejection) -> Response + Send + Sync>;
-
-/// A rejection of the rate limiter, as [`RateLimitLayer::on_rejection`] sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RateLimitRejection {
-    code: &'static str,
-    message: String,
-    retry_after: Option<u64>,
-}
-
-impl RateLimitRejection {
-    fn new(code: &'static str, message: impl Into<String>, retry_after: Option<u64>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            retry_after,
-        }
-    }
-
-    /// `rate_limited` (429), `rate_limit_unavailable` (503) or `rate_limit_misconfigured`
-    /// (500).
-    pub fn code(&self) -> &'static str {
-        self.code
-    }
-
-    /// The status of the default response (from [`crate::ERROR_CODES`]).
-    pub fn status(&self) -> StatusCode {
-        crate::error::status_of(self.code)
-    }
-
-    /// The default message.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    /// Seconds until a retry may pass (`Retry-After`), for 429 and 503.
-    pub fn retry_after(&self) -> Option<u64> {
-        self.retry_after
-    }
-}
-
 impl Settings {
     /// The hook's response or the JSON default; `Retry-After` added where it applies and is
     /// missing.
     fn reject(&self, rejection: &RateLimitRejection) -> Response {
         let mut response = match &self.on_rejection {
             Some(hook) => hook(rejection),
-            None => error_response(rejection.code, &rejection.message),
+            None => error_response(rejection.code(), rejection.message()),
         };
-        complete_headers(&mut response, None, rejection.retry_after);
+        complete_headers(&mut response, None, rejection.retry_after());
         response
     }
 
@@ -303,6 +265,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for RateLimit<S> {
 
 enum Subject {
     User(ClerkUser),
+    Machine(ClerkMachine),
     Ip(std::net::IpAddr),
 }
 
@@ -310,6 +273,10 @@ impl Subject {
     fn key(&self) -> RateLimitKey<'_> {
         match self {
             Self::User(user) => RateLimitKey::User(user.user_id()),
+            Self::Machine(machine) => match machine.org_id() {
+                Some(org) => RateLimitKey::Organization(org),
+                None => RateLimitKey::Machine(machine.subject()),
+            },
             Self::Ip(ip) => RateLimitKey::Ip(*ip),
         }
     }
@@ -346,6 +313,16 @@ impl<S> RateLimit<S> {
         if let Some(user) = extensions.get::<ClerkUser>() {
             let limit = self.settings.limits.for_tier(user.tier()).limit();
             return Ok(limit.map(|limit| (Subject::User(user.clone()), limit)));
+        }
+        if let Some(machine) = extensions.get::<ClerkMachine>() {
+            let limits = &self.settings.limits;
+            let limit = match machine.org_id() {
+                Some(_) => limits.for_organization(),
+                None => limits.for_machine(),
+            };
+            return Ok(limit
+                .limit()
+                .map(|limit| (Subject::Machine(machine.clone()), limit)));
         }
         let Some(anonymous) = extensions.get::<AnonymousRequest>() else {
             return Err(

@@ -127,7 +127,8 @@ impl TierLimit {
     }
 }
 
-/// The limit of each tier, a default for tiers not listed, and unlimited tiers.
+/// The limit of each tier, a default for tiers not listed, and unlimited tiers; and the limit
+/// of machine callers and of organization-owned API keys, which have no tier.
 ///
 /// Built in code (`TierLimits::new(Limit::per_minute(60)?).tier("pro", Limit::per_minute(600)?)
 /// .tier("staff", TierLimit::Unlimited)`) or parsed from a string such as `RATE_LIMITS` (see
@@ -136,6 +137,8 @@ impl TierLimit {
 pub struct TierLimits {
     tiers: HashMap<String, TierLimit>,
     default: TierLimit,
+    machines: Option<TierLimit>,
+    organizations: Option<TierLimit>,
 }
 
 impl TierLimits {
@@ -144,7 +147,33 @@ impl TierLimits {
         Self {
             tiers: HashMap::new(),
             default: default.into(),
+            machines: None,
+            organizations: None,
         }
+    }
+
+    /// The limit of each machine (M2M tokens, API keys with a `mch_…` subject), by machine
+    /// id. Default: the default tier's limit.
+    pub fn machines(mut self, limit: impl Into<TierLimit>) -> Self {
+        self.machines = Some(limit.into());
+        self
+    }
+
+    /// The limit of each organization's API keys (subject `org_…`), by organization id.
+    /// Default: the default tier's limit.
+    pub fn organizations(mut self, limit: impl Into<TierLimit>) -> Self {
+        self.organizations = Some(limit.into());
+        self
+    }
+
+    /// The limit of a machine caller.
+    pub fn for_machine(&self) -> TierLimit {
+        self.machines.unwrap_or(self.default)
+    }
+
+    /// The limit of an organization's API keys.
+    pub fn for_organization(&self) -> TierLimit {
+        self.organizations.unwrap_or(self.default)
     }
 
     /// Sets the limit of `tier` (a [`Limit`] or [`TierLimit::Unlimited`]).

@@ -139,7 +139,10 @@ impl MemoryRateLimitStore {
             }
         };
         let (allowed, ahead) = match key {
-            RateLimitKey::User(id) => self.users.with_tat(id, || id.into(), now, step),
+            // Clerk's ids carry their kind (`user_`, `mch_`, `org_`): one map holds all three.
+            RateLimitKey::User(id) | RateLimitKey::Machine(id) | RateLimitKey::Organization(id) => {
+                self.users.with_tat(id, || id.into(), now, step)
+            }
             RateLimitKey::Ip(ip) => self.ips.with_tat(&ip, || ip, now, step),
         };
         Decision::from_gcra(allowed, Duration::from_nanos(ahead), limit)

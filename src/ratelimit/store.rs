@@ -10,8 +10,13 @@ use crate::error::StoreFuture;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RateLimitKey<'a> {
-    /// A synced user, by Clerk user id.
+    /// A synced user, by Clerk user id: the user's sessions, API keys and OAuth tokens
+    /// share it.
     User(&'a str),
+    /// A machine (`mch_…`), by machine id.
+    Machine(&'a str),
+    /// An organization's API keys (`org_…`), by organization id.
+    Organization(&'a str),
     /// An anonymous request, by the client's network: its address with the host bits past
     /// the configured prefix cleared (IPv6 by /64 by default, see
     /// [`crate::ClientAddress`]).
@@ -19,12 +24,14 @@ pub enum RateLimitKey<'a> {
 }
 
 impl RateLimitKey<'_> {
-    /// The key as shared stores write it: a namespace, a colon, the id. `user:<Clerk user id>`
-    /// and `ip:<network address>`; machines and organizations will get `mch:` and `org:`.
-    /// Namespaces keep keys of different kinds apart in one table or keyspace.
+    /// The key as shared stores write it: a namespace, a colon, the id. `user:<Clerk user id>`,
+    /// `mch:<machine id>`, `org:<organization id>` and `ip:<network address>`. Namespaces keep
+    /// keys of different kinds apart in one table or keyspace.
     pub fn storage_key(&self) -> String {
         match self {
             Self::User(id) => format!("user:{id}"),
+            Self::Machine(id) => format!("mch:{id}"),
+            Self::Organization(id) => format!("org:{id}"),
             Self::Ip(ip) => format!("ip:{ip}"),
         }
     }

@@ -11,7 +11,7 @@ mod users;
 pub(crate) use options::SyncOptions;
 pub use options::{FailurePolicy, ProfileSource};
 pub use profile::ProfileClaims;
-pub(crate) use syncer::Syncer;
+pub(crate) use syncer::{Evidence, Syncer};
 pub(crate) use users::SyncedUser;
 #[cfg(test)]
 pub(crate) use users::test_user;

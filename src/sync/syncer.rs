@@ -53,6 +53,20 @@ pub(crate) struct Syncer {
 /// How long the Backend API's `kid`s are trusted before they are read again.
 const BACKEND_KIDS_MAX_AGE: Duration = Duration::from_secs(60);
 
+/// What vouches for the user id being synced, which decides what may be read from it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Evidence<'a> {
+    /// A session token (the JWT): its profile claims are read, and a Backend API 404 counts
+    /// when the token's `kid` is the secret key's instance's.
+    Session(&'a str),
+    /// An OAuth access token in JWT form: no profile fields (machine tokens carry no
+    /// versioned snapshot of the user); a 404 counts as for sessions.
+    MachineJwt(&'a str),
+    /// An opaque token that the Backend API verified with the secret key: no profile fields;
+    /// the instance is the secret key's by construction.
+    Opaque,
+}
+
 /// Keeps a 404 verdict until the token's `exp`.
 struct UntilTokenExpiry;
 
@@ -93,12 +107,12 @@ impl Syncer {
         self.users.is_current(user)
     }
 
-    /// The synced user (its tier), and whether the row is known to exist. `token` is the
-    /// verified token itself, read only to judge a 404 of the Backend API.
+    /// The synced user (its tier), and whether the row is known to exist. `evidence` says
+    /// what vouches for `claims.sub` (see [`Evidence`]).
     pub(crate) async fn ensure(
         &self,
         claims: &SessionClaims,
-        token: &str,
+        evidence: Evidence<'_>,
     ) -> Result<(Arc<SyncedUser>, bool), AuthError> {
         if let Some(user) = self.users.cache.get(claims.sub.as_str()).await {
             Counters::bump(&self.counters.user_cache_hits);
@@ -116,7 +130,7 @@ impl Syncer {
         let result = self
             .users
             .cache
-            .try_get_with(Arc::from(claims.sub.as_str()), self.load(claims, token))
+            .try_get_with(Arc::from(claims.sub.as_str()), self.load(claims, evidence))
             .await;
         match result {
             Ok(user) => {
@@ -132,7 +146,12 @@ impl Syncer {
                     Ok((user.clone(), true))
                 }
                 SyncFailure::Deleted => Err(AuthError::UserDeleted),
-                SyncFailure::DeletedInClerk { until } => {
+                SyncFailure::DeletedInClerk { mut until } => {
+                    // A machine token may live for months: its user is refused for a minute
+                    // at a time, then asked about again.
+                    if !matches!(evidence, Evidence::Session(_)) {
+                        until = until.min(crate::time::unix_now().saturating_add(60));
+                    }
                     self.gone.insert(Arc::from(claims.sub.as_str()), until);
                     Err(AuthError::UserDeleted)
                 }
@@ -154,7 +173,7 @@ impl Syncer {
         &self,
         api: &ClerkApi,
         claims: &SessionClaims,
-        token: &str,
+        evidence: Evidence<'_>,
         deadline: tokio::time::Instant,
     ) -> Result<(), SyncFailure> {
         let user_id = claims.sub.as_str();
@@ -175,7 +194,7 @@ impl Syncer {
                 return Ok(());
             }
             Ok(Err(ApiError::Rejected { status, .. })) if status == http::StatusCode::NOT_FOUND => {
-                return if self.same_instance(api, token).await {
+                return if self.same_instance(api, evidence).await {
                     tracing::info!(user.id = %user_id, "Clerk does not know this user: refused until the token expires");
                     Err(SyncFailure::DeletedInClerk { until: claims.exp })
                 } else {
@@ -213,7 +232,12 @@ impl Syncer {
     /// its `kid` is among `GET /v1/jwks`'s (read at most once a minute while they match). A
     /// secret key of another instance would make every user look deleted, so then a 404 is
     /// not trusted, and the misconfiguration is logged once.
-    async fn same_instance(&self, api: &ClerkApi, token: &str) -> bool {
+    async fn same_instance(&self, api: &ClerkApi, evidence: Evidence<'_>) -> bool {
+        let token = match evidence {
+            Evidence::Session(token) | Evidence::MachineJwt(token) => token,
+            // The Backend API verified the token with this very secret key.
+            Evidence::Opaque => return true,
+        };
         let Some(kid) = crate::token::verify::header_kid(token) else {
             return false;
         };
@@ -255,10 +279,10 @@ impl Syncer {
     async fn load(
         &self,
         claims: &SessionClaims,
-        token: &str,
+        evidence: Evidence<'_>,
     ) -> Result<Arc<SyncedUser>, SyncFailure> {
         let epoch = self.users.epoch();
-        let user = self.upsert(claims, token).await?;
+        let user = self.upsert(claims, evidence).await?;
         if self.users.epoch() == epoch {
             Ok(user)
         } else {
@@ -272,12 +296,15 @@ impl Syncer {
     async fn upsert(
         &self,
         claims: &SessionClaims,
-        token: &str,
+        evidence: Evidence<'_>,
     ) -> Result<Arc<SyncedUser>, SyncFailure> {
         let deadline = tokio::time::Instant::now() + self.options.timeout;
-        let profile = match self.options.profile_source {
-            ProfileSource::Api => UserProfile::new(claims.sub.clone()),
-            ProfileSource::Claims | ProfileSource::ClaimsThenApi => {
+        let profile = match (self.options.profile_source, evidence) {
+            // Machine tokens carry no versioned snapshot of the user: the row gets its id.
+            (_, Evidence::MachineJwt(_) | Evidence::Opaque) | (ProfileSource::Api, _) => {
+                UserProfile::new(claims.sub.clone())
+            }
+            (ProfileSource::Claims | ProfileSource::ClaimsThenApi, Evidence::Session(_)) => {
                 self.options.profile_claims.read(claims)
             }
         };
@@ -295,7 +322,7 @@ impl Syncer {
                 if let Some(api) = &self.options.api
                     && !has_email
                 {
-                    self.enrich(api, claims, token, deadline).await?;
+                    self.enrich(api, claims, evidence, deadline).await?;
                 }
                 Ok(self.users.synced(tier.into()))
             }

@@ -16,6 +16,7 @@ use super::locate::MAX_TOKEN_LEN;
 use crate::error::AuthError;
 use crate::stats::Counters;
 use crate::time::unix_now;
+use crate::token_type::Accepted;
 
 /// What to do with the `azp` (authorized party) claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,6 +38,7 @@ pub enum AuthorizedPartyPolicy {
 const CAT_SESSION: &str = "cl_B7d4PD111AAA";
 const CAT_TEMPLATE: &str = "cl_B7d4PD222AAA";
 const CAT_IGNORE: &str = "cl_I7d4PD111III";
+const CAT_M2M: &str = "cl_B7d4PD333AAA";
 
 /// Settings of a [`Verifier`], filled in by [`crate::ClerkSyncBuilder`].
 pub(crate) struct VerifierOptions {
@@ -57,8 +59,8 @@ pub(crate) struct VerifierOptions {
 /// category (`cl_I7d4PD111III`); anything else is 401 `invalid_token_category`, JWT templates
 /// (`cl_B7d4PD222AAA`) included unless [`crate::ClerkSyncBuilder::accept_jwt_templates`] says
 /// otherwise. A JWT whose `sub` starts with `mch_` (an M2M token) or whose `typ` is `at+jwt`
-/// or `application/at+jwt` (an OAuth access token) is refused the same way, whatever its
-/// `cat`. `exp`, `nbf` and `iat` are checked with the
+/// or `application/at+jwt` (an OAuth access token) is 401 `token_type_not_accepted` for
+/// [`verify`](Self::verify), whatever its `cat`; [`verify_jwt`](Self::verify_jwt) takes them. `exp`, `nbf` and `iat` are checked with the
 /// configured leeway (5 s by default), `iss` against the configured issuer, `azp` by the
 /// [`AuthorizedPartyPolicy`], and `sts: pending` is refused unless allowed. A verified token is
 /// cached until its `exp` (plus leeway), and a cache hit checks `exp` again.
@@ -180,8 +182,12 @@ impl Verifier {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::malformed("the token is longer than 16 KiB"));
         }
+        let session = |token| async move {
+            let (_, claims) = self.verify_uncached(token, Accepted::SESSIONS).await?;
+            Ok(claims)
+        };
         let Some(cache) = &inner.cache else {
-            return self.verify_uncached(token).await;
+            return session(token).await;
         };
         if let Some(claims) = cache.get(token).await {
             if claims.exp.saturating_add(inner.leeway) < unix_now() {
@@ -191,21 +197,43 @@ impl Verifier {
             return Ok(claims);
         }
         cache
-            .try_get_with(token.into(), self.verify_uncached(token))
+            .try_get_with(token.into(), session(token))
             .await
             .map_err(|error| (*error).clone())
     }
 
-    /// Verifies without looking at or filling the token cache (the layer keeps its own).
-    pub(crate) async fn verify_fresh(&self, token: &str) -> Result<Arc<SessionClaims>, AuthError> {
+    /// Verifies a JWT of any type — a session token, or an M2M or OAuth access token in JWT
+    /// form — and returns its type with its claims, without any cache. Sessions pass the
+    /// session rules of [`verify`](Self::verify); an M2M JWT needs the category
+    /// `cl_B7d4PD333AAA` or none; machine JWTs are checked for signature, `exp`, `nbf`, `iat`
+    /// and `iss` like sessions, and not for `azp` or `sts`. Opaque machine tokens (`ak_…`,
+    /// `mt_…`, `oat_…`) are not JWTs: the Backend API verifies them.
+    pub async fn verify_jwt(
+        &self,
+        token: &str,
+    ) -> Result<(TokenType, Arc<SessionClaims>), AuthError> {
+        self.verify_fresh(token, Accepted::ANY).await
+    }
+
+    /// Verifies a JWT of a type in `accepted` without looking at or filling the token cache
+    /// (the layer keeps its own). A type not accepted is refused before any key is fetched.
+    pub(crate) async fn verify_fresh(
+        &self,
+        token: &str,
+        accepted: Accepted,
+    ) -> Result<(TokenType, Arc<SessionClaims>), AuthError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::malformed("the token is longer than 16 KiB"));
         }
-        self.verify_uncached(token).await
+        self.verify_uncached(token, accepted).await
     }
 
     #[tracing::instrument(name = "clerk_sync.verify", skip_all, fields(user.id = tracing::field::Empty))]
-    async fn verify_uncached(&self, token: &str) -> Result<Arc<SessionClaims>, AuthError> {
+    async fn verify_uncached(
+        &self,
+        token: &str,
+        accepted: Accepted,
+    ) -> Result<(TokenType, Arc<SessionClaims>), AuthError> {
         let inner = &self.inner;
         let header = parse_header(token)?;
         if header.alg != "RS256" {
@@ -231,20 +259,42 @@ impl Verifier {
         let claims: SessionClaims = serde_json::from_slice(&payload).map_err(|_| {
             AuthError::malformed("the claims are not JSON, or a claim is missing or mistyped")
         })?;
-        match kind::of_jwt(header.typ.as_deref(), &claims.sub) {
-            TokenType::SessionToken => {}
-            other => return Err(AuthError::TokenTypeNotAccepted(other)),
+        let token_type = kind::of_jwt(header.typ.as_deref(), &claims.sub);
+        if !accepted.contains(token_type) {
+            return Err(AuthError::TokenTypeNotAccepted(token_type));
         }
-        // Stricter than the detection: `typ` is a media type, compared case-insensitively.
-        if header.typ.as_deref().is_some_and(|typ| {
-            typ.eq_ignore_ascii_case("at+jwt") || typ.eq_ignore_ascii_case("application/at+jwt")
-        }) {
-            return Err(AuthError::TokenTypeNotAccepted(TokenType::OAuthToken));
-        }
-        match header.cat.as_deref() {
-            None | Some(CAT_SESSION | CAT_IGNORE) => {}
-            Some(CAT_TEMPLATE) if inner.accept_jwt_templates => {}
-            Some(_) => return Err(AuthError::InvalidTokenCategory),
+        match token_type {
+            TokenType::SessionToken => {
+                // Stricter than the detection: `typ` is a media type, compared
+                // case-insensitively; an access token is never a session.
+                if header.typ.as_deref().is_some_and(|typ| {
+                    typ.eq_ignore_ascii_case("at+jwt")
+                        || typ.eq_ignore_ascii_case("application/at+jwt")
+                }) {
+                    return Err(AuthError::TokenTypeNotAccepted(TokenType::OAuthToken));
+                }
+                match header.cat.as_deref() {
+                    None | Some(CAT_SESSION | CAT_IGNORE) => {}
+                    Some(CAT_TEMPLATE) if inner.accept_jwt_templates => {}
+                    Some(_) => return Err(AuthError::InvalidTokenCategory),
+                }
+            }
+            // As Clerk's SDK: an M2M JWT's category is absent or the M2M one.
+            TokenType::M2mToken => {
+                if header.cat.as_deref().is_some_and(|cat| cat != CAT_M2M) {
+                    return Err(AuthError::InvalidTokenCategory);
+                }
+            }
+            // Clerk's SDK does not look at an OAuth JWT's category; the categories of other
+            // kinds of token are refused here.
+            TokenType::OAuthToken | TokenType::ApiKey => {
+                if matches!(
+                    header.cat.as_deref(),
+                    Some(CAT_SESSION | CAT_TEMPLATE | CAT_M2M)
+                ) {
+                    return Err(AuthError::InvalidTokenCategory);
+                }
+            }
         }
         let key = inner.keys.key_for(&kid).await?;
         let signature = URL_SAFE_NO_PAD
@@ -272,12 +322,15 @@ impl Verifier {
         if claims.sub.trim().is_empty() {
             return Err(AuthError::malformed("the `sub` claim is empty"));
         }
-        self.check_authorized_party(claims.azp.as_deref())?;
-        if claims.sts.as_deref() == Some("pending") && !inner.allow_pending_sessions {
-            return Err(AuthError::SessionPending);
+        // `azp` and `sts` are session claims.
+        if token_type == TokenType::SessionToken {
+            self.check_authorized_party(claims.azp.as_deref())?;
+            if claims.sts.as_deref() == Some("pending") && !inner.allow_pending_sessions {
+                return Err(AuthError::SessionPending);
+            }
         }
         Counters::bump(&inner.counters.tokens_verified);
-        Ok(Arc::new(claims))
+        Ok((token_type, Arc::new(claims)))
     }
 
     fn check_authorized_party(&self, azp: Option<&str>) -> Result<(), AuthError> {

@@ -1,123 +1,30 @@
-//! [`ClerkSync`], the handle the app keeps, and its builder: wiring only. The request
-//! pipeline is [`crate::core`]'s.
+//! [`ClerkSyncBuilder`]: every setting of a [`ClerkSync`], and the wiring that builds it.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::response::Response;
 use tokio::sync::watch;
 
 use crate::clerk_api::{ClerkApi, RetryPolicy};
 use crate::client_addr::ClientAddress;
 use crate::config::ClerkConfig;
-use crate::core::{Core, Mode, RejectionHook};
-use crate::error::{AuthError, ConfigError, StoreError};
+use crate::core::{Core, RejectionHook};
+use crate::error::{AuthError, ConfigError};
 use crate::invalidate::InvalidationChannel;
-use crate::layer::ClerkSyncLayer;
-use crate::secret::WebhookSecret;
-use crate::stats::{Counters, Stats};
+use crate::log_throttle::Throttle;
+use crate::machine::verifier::{MachineOptions, MachineVerifier};
+use crate::stats::Counters;
 use crate::store::UserStore;
 use crate::sync::budget::Budget;
-use crate::sync::{FailurePolicy, ProfileClaims, ProfileSource, SyncOptions, Syncer, listener};
+use crate::sync::{FailurePolicy, ProfileClaims, ProfileSource, SyncOptions, Syncer};
 use crate::token::keys::{KeyOptions, KeyStore};
 use crate::token::verify::VerifierOptions;
 use crate::token::{AuthorizedPartyPolicy, Verifier};
 use crate::token_cache::TokenCache;
 
-/// Verifies Clerk session tokens and keeps users synced; cheap to clone (an `Arc` inside).
-///
-/// Build one per process with [`ClerkSync::builder`], spawn its [`background`](Self::background)
-/// task, then put [`ClerkSync::layer`] in front of authenticated routes.
-#[derive(Clone)]
-pub struct ClerkSync {
-    core: Arc<Core>,
-    webhook_secret: Option<WebhookSecret>,
-}
-
-impl fmt::Debug for ClerkSync {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClerkSync")
-            .field("core", &self.core)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ClerkSync {
-    /// Starts a builder for this Clerk instance, writing users to `store` (for example
-    /// [`crate::PgUserStore`], [`crate::SqliteUserStore`] or [`crate::MemoryUserStore`]).
-    pub fn builder(config: ClerkConfig, store: impl UserStore) -> ClerkSyncBuilder {
-        ClerkSyncBuilder::new(config, Arc::new(store))
-    }
-
-    /// A layer that requires a valid session: requests without one get 401.
-    pub fn layer(&self) -> ClerkSyncLayer {
-        ClerkSyncLayer::new(self.core.clone(), Mode::Required)
-    }
-
-    /// A layer that lets requests without any token through with no [`crate::ClerkUser`]. A
-    /// token that is present must still be valid: a bad or expired one gets 401, so clients
-    /// learn that their session broke instead of silently becoming anonymous.
-    pub fn optional_layer(&self) -> ClerkSyncLayer {
-        ClerkSyncLayer::new(self.core.clone(), Mode::Optional)
-    }
-
-    /// The token verifier, for code outside the layer (WebSocket upgrades, jobs, the CLI).
-    pub fn verifier(&self) -> &Verifier {
-        &self.core.verifier
-    }
-
-    /// The work that runs beside the requests, as a future for the app to spawn once:
-    /// `tokio::spawn(clerk.background())`. It listens on the invalidation channel (evicting
-    /// what other processes publish, and clearing the synced-user cache after a reconnect)
-    /// and forgets webhook delivery ids older than 30 days, hourly. It ends by itself when the
-    /// last layer, webhook router and clone of this handle are gone.
-    ///
-    /// Nothing is spawned behind the app's back: without this task, other processes'
-    /// evictions never reach this one (cached users then live out their TTL), and a
-    /// configuration with a channel logs a warning once, at the first sync.
-    pub fn background(&self) -> impl Future<Output = ()> + Send + 'static {
-        listener::background(
-            &self.core.syncer,
-            self.core.counters.clone(),
-            self.core.alive.subscribe(),
-        )
-    }
-
-    /// Forgets the synced user in this process and publishes the id on the invalidation
-    /// channel, so the next request of that user in every process upserts again and reads its
-    /// tier afresh. Call it after changing a user's tier.
-    ///
-    /// The local eviction always happens; the error says the other processes could not be
-    /// told (their caches expire after the user-cache TTL at the latest).
-    pub async fn invalidate(&self, user_id: &str) -> Result<(), StoreError> {
-        self.core.syncer.invalidate(user_id).await
-    }
-
-    /// A router with one route, `POST path`, that receives Clerk's webhooks (Svix-signed
-    /// `user.created`, `user.updated`, `user.deleted`) and applies them through the store.
-    /// Merge it into your app outside the session layer; it fits a router of any state.
-    /// Needs `CLERK_WEBHOOK_SIGNING_SECRET`.
-    pub fn webhook_router<S>(&self, path: &str) -> Result<Router<S>, ConfigError>
-    where
-        S: Clone + Send + Sync + 'static,
-    {
-        let secret = self.webhook_secret.clone().ok_or_else(|| {
-            ConfigError::new(
-                "CLERK_WEBHOOK_SIGNING_SECRET",
-                "not set: copy the endpoint's signing secret (`whsec_...`) from Clerk's dashboard",
-            )
-        })?;
-        Ok(crate::webhook::router(self.core.clone(), secret, path))
-    }
-
-    /// Counters since this `ClerkSync` was built.
-    pub fn stats(&self) -> Stats {
-        self.core.stats()
-    }
-}
+use super::ClerkSync;
 
 /// Builder for [`ClerkSync`]. Every setter documents its default.
 pub struct ClerkSyncBuilder {
@@ -142,6 +49,7 @@ pub struct ClerkSyncBuilder {
     profile_source: ProfileSource,
     api: Option<ClerkApi>,
     api_budget: (u32, u32),
+    machine: MachineOptions,
     client_address: ClientAddress,
     default_tier: String,
 }
@@ -156,7 +64,7 @@ impl fmt::Debug for ClerkSyncBuilder {
 }
 
 impl ClerkSyncBuilder {
-    fn new(config: ClerkConfig, store: Arc<dyn UserStore>) -> Self {
+    pub(super) fn new(config: ClerkConfig, store: Arc<dyn UserStore>) -> Self {
         Self {
             config,
             store,
@@ -178,6 +86,7 @@ impl ClerkSyncBuilder {
             profile_source: ProfileSource::default(),
             api: None,
             api_budget: (20, 40),
+            machine: MachineOptions::default(),
             client_address: ClientAddress::new(),
             default_tier: "free".to_owned(),
         }
@@ -353,8 +262,35 @@ impl ClerkSyncBuilder {
         self
     }
 
-    /// The Backend API client used for profiles, instead of one built from the config's
-    /// `CLERK_API_URL` and `CLERK_SECRET_KEY`.
+    /// How long a verified opaque machine token (API key, M2M or OAuth token) is trusted
+    /// before the Backend API is asked again: the revocation latency, since a key revoked in
+    /// Clerk keeps working here until then. Never past the token's own expiration. Default:
+    /// 30 s.
+    pub fn machine_token_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.machine.ttl = ttl;
+        self
+    }
+
+    /// How long a machine token that the Backend API refused (unknown, revoked, expired) is
+    /// refused without asking again, so that a client retrying a bad key costs one call per
+    /// interval. Failures of the API itself are never cached. Default: 30 s.
+    pub fn machine_token_negative_ttl(mut self, ttl: Duration) -> Self {
+        self.machine.negative_ttl = ttl;
+        self
+    }
+
+    /// Bounds the Backend API calls for machine tokens not cached yet, per client network
+    /// (by [`ClientAddress`]; one bucket for all without `ConnectInfo`, with a warning): a
+    /// token bucket of `burst` calls refilled at `per_second`. Over it, 429 `rate_limited`
+    /// before any call, so a flood of random keys cannot spend the instance's Backend API
+    /// quota. Default: 10/s, burst 20.
+    pub fn machine_token_budget(mut self, per_second: u32, burst: u32) -> Self {
+        self.machine.budget = (per_second, burst);
+        self
+    }
+
+    /// The Backend API client used for profiles and machine tokens, instead of one built
+    /// from the config's `CLERK_API_URL` and `CLERK_SECRET_KEY`.
     pub fn clerk_api(mut self, api: ClerkApi) -> Self {
         self.api = Some(api);
         self
@@ -392,20 +328,25 @@ impl ClerkSyncBuilder {
                 "the `Required` azp policy needs at least one authorized party",
             ));
         }
+        let base_api = match self.api {
+            Some(api) => Some(api),
+            None => ClerkApi::from_config(&self.config)?,
+        };
+        // Machine tokens: a 429 or 5xx is a 503 at once (the client retries), no retry here.
+        let machine = base_api
+            .clone()
+            .map(|api| MachineVerifier::new(api.with_retry(RetryPolicy::none()), self.machine));
         let api = match self.profile_source {
             ProfileSource::Claims => None,
-            ProfileSource::ClaimsThenApi | ProfileSource::Api => match self.api {
-                Some(api) => Some(api),
-                None => ClerkApi::from_config(&self.config)?,
-            }
-            .map(|api| {
-                api.with_retry(RetryPolicy {
-                    max_retries: 1,
-                    initial_backoff: Duration::from_millis(100),
-                    max_wait: Duration::from_secs(1),
-                })
-            }),
-        };
+            ProfileSource::ClaimsThenApi | ProfileSource::Api => base_api,
+        }
+        .map(|api| {
+            api.with_retry(RetryPolicy {
+                max_retries: 1,
+                initial_backoff: Duration::from_millis(100),
+                max_wait: Duration::from_secs(1),
+            })
+        });
         if self.profile_source == ProfileSource::Api && api.is_none() {
             return Err(ConfigError::new(
                 "CLERK_SECRET_KEY",
@@ -458,6 +399,8 @@ impl ClerkSyncBuilder {
         let (alive, _) = watch::channel(());
         let core = Core {
             verifier,
+            machine,
+            no_secret_key: Throttle::new(Duration::from_secs(60)),
             syncer,
             tokens,
             counters,
