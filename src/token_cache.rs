@@ -371,6 +371,40 @@ mod tests {
     }
 
     #[test]
+    fn opaque_tokens_are_kept_as_digests_and_end_before_their_trust_does() {
+        let cache = TokenCache::new(1000, 5, KeyEpoch::default());
+        let now = 1_000;
+        let key = "ak_3beecc9c60adb5f9b850e91a8ee1e992";
+        cache.insert_opaque(key, session("user_1", 0), (now + 30) * 1000, now);
+        assert_eq!(found_at(&cache, key, now).as_deref(), Some("user_1"));
+        // Another key, even one with the same last 32 bytes: a miss.
+        let twin = "xk_3beecc9c60adb5f9b850e91a8ee1e992";
+        assert!(matches!(cache.get(twin, now, |_| true), Lookup::Absent));
+        // The secret is not stored.
+        let shard = cache.shard(cache.key(key)).map.read().unwrap();
+        assert!(shard.values().all(|s| matches!(s.check, Check::Digest(_))));
+        drop(shard);
+        // The second before `until`, then not at all, and absent (asked again), not expired.
+        assert!(found_at(&cache, key, now + 29).is_some());
+        assert!(matches!(cache.get(key, now + 30, |_| true), Lookup::Absent));
+        // A stale user of an opaque token is absent too: the machine verifier judges again.
+        assert!(matches!(cache.get(key, now, |_| false), Lookup::Absent));
+        // Trust already over: not cached at all.
+        cache.insert_opaque("ak_late", session("user_2", 0), now * 1000, now);
+        assert!(matches!(
+            cache.get("ak_late", now, |_| true),
+            Lookup::Absent
+        ));
+    }
+
+    fn found_at(cache: &TokenCache, token: &str, now: i64) -> Option<String> {
+        match cache.get(token, now, |_| true) {
+            Lookup::Hit(Caller::User(user)) => Some(user.user_id().to_owned()),
+            _ => None,
+        }
+    }
+
+    #[test]
     fn shards_and_buckets_take_different_bits() {
         let cache = TokenCache::new(64_000, 5, KeyEpoch::default());
         // Keys of one shard must still spread over the low bits hashbrown buckets by.

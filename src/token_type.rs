@@ -90,3 +90,26 @@ impl Accepted {
         self.0 & 0b1110 != 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_sets() {
+        let all = [
+            TokenType::SessionToken,
+            TokenType::ApiKey,
+            TokenType::M2mToken,
+            TokenType::OAuthToken,
+        ];
+        assert!(all.iter().all(|t| Accepted::ANY.contains(*t)));
+        assert_eq!(Accepted::of(all), Accepted::ANY);
+        let keys = Accepted::of([TokenType::ApiKey]);
+        assert!(keys.contains(TokenType::ApiKey) && !keys.contains(TokenType::SessionToken));
+        assert!(keys.any_opaque() && !Accepted::SESSIONS.any_opaque());
+        assert_eq!(keys.sessions_only(), Accepted::of([]));
+        assert_eq!(Accepted::ANY.sessions_only(), Accepted::SESSIONS);
+        assert!(!Accepted::of([]).contains(TokenType::SessionToken));
+    }
+}

@@ -285,13 +285,10 @@ impl Verifier {
                     return Err(AuthError::InvalidTokenCategory);
                 }
             }
-            // Clerk's SDK does not look at an OAuth JWT's category; the categories of other
-            // kinds of token are refused here.
+            // Clerk's SDK does not look at an OAuth JWT's category; the template and M2M
+            // categories, which name other kinds of token, are refused here.
             TokenType::OAuthToken | TokenType::ApiKey => {
-                if matches!(
-                    header.cat.as_deref(),
-                    Some(CAT_SESSION | CAT_TEMPLATE | CAT_M2M)
-                ) {
+                if matches!(header.cat.as_deref(), Some(CAT_TEMPLATE | CAT_M2M)) {
                     return Err(AuthError::InvalidTokenCategory);
                 }
             }
