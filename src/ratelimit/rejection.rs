@@ -5,10 +5,10 @@ use std::sync::Arc;
 use axum::response::Response;
 use http::StatusCode;
 
-/// See [`RateLimitLayer::on_rejection`].
+/// See [`RateLimitLayer::on_rejection`](super::RateLimitLayer::on_rejection).
 pub(crate) type RejectionHook = Arc<dyn Fn(&RateLimitRejection) -> Response + Send + Sync>;
 
-/// A rejection of the rate limiter, as [`RateLimitLayer::on_rejection`] sees it.
+/// A rejection of the rate limiter, as [`RateLimitLayer::on_rejection`](super::RateLimitLayer::on_rejection) sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RateLimitRejection {
