@@ -310,6 +310,34 @@ async fn verify_prints_claims_or_the_rejection_code() {
         assert!(!body["message"].as_str().unwrap().is_empty());
     }
 
+    // Machine JWTs, verified with the instance keys: type, subject, scopes and claims.
+    let m2m = issuer
+        .m2m_jwt_for("mch_cli")
+        .claim("scopes", "mch_a mch_b")
+        .build();
+    let (code, body) = verify(&issuer, &m2m, false).await;
+    assert_eq!(code, 0, "{body}");
+    assert_eq!(
+        (body["token_type"].as_str(), body["subject"].as_str()),
+        (Some("m2m_token"), Some("mch_cli"))
+    );
+    assert_eq!(body["scopes"], serde_json::json!(["mch_a", "mch_b"]));
+    let oauth = issuer.oauth_jwt_for("user_cli").build();
+    let (code, body) = verify(&issuer, &oauth, false).await;
+    assert_eq!(code, 0, "{body}");
+    assert_eq!(body["token_type"], "oauth_token");
+    assert_eq!(body["scopes"], serde_json::json!(["profile", "email"]));
+    assert_eq!(body["claims"]["client_id"], "client_dev");
+    let wrong_cat = issuer
+        .m2m_jwt_for("mch_cli")
+        .header("cat", "cl_B7d4PD222AAA")
+        .build();
+    let (code, body) = verify(&issuer, &wrong_cat, false).await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (1, Some("invalid_token_category"))
+    );
+
     // Keys that cannot be fetched are the server's problem: exit 3.
     issuer.stop_jwks();
     let (code, body) = verify(&issuer, &good, false).await;

@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use clerk_sync::clerk_api::RetryPolicy;
 use clerk_sync::{
     BackfillOptions, BackfillReport, ClerkApi, ClerkConfig, PgUserStore, TokenType, Verifier,
+    machine::MachineToken,
 };
 use sqlx::postgres::PgPoolOptions;
 
@@ -36,8 +37,9 @@ enum Command {
     /// Import every Clerk user (CLERK_SECRET_KEY, CLERK_API_URL) into DATABASE_URL.
     Backfill(BackfillArgs),
     /// Verify a token and print it as JSON: a session token with the configured keys (its
-    /// claims), an opaque API key, M2M or OAuth token (`ak_`, `mt_`, `oat_`) through the
-    /// Backend API (CLERK_SECRET_KEY, CLERK_API_URL: its type, subject, scopes and claims).
+    /// claims); an M2M or OAuth JWT with the same keys, and an opaque API key, M2M or OAuth
+    /// token (`ak_`, `mt_`, `oat_`) through the Backend API (CLERK_SECRET_KEY,
+    /// CLERK_API_URL): its type, subject, scopes and claims.
     Verify {
         /// The token; read from standard input when absent or `-`.
         token: Option<String>,
@@ -326,6 +328,20 @@ impl Progress {
     }
 }
 
+/// What `verify` prints of a machine token, opaque or JWT.
+fn machine_json(machine: &MachineToken) -> serde_json::Value {
+    serde_json::json!({
+        "token_type": machine.token_type.as_str(),
+        "id": machine.id,
+        "subject": machine.subject,
+        "scopes": machine.scopes,
+        "claims": machine.claims,
+        "name": machine.name,
+        "client_id": machine.client_id,
+        "expiration": machine.expiration_ms,
+    })
+}
+
 /// An opaque API key, M2M or OAuth token through the Backend API: its type, id, subject,
 /// scopes, claims and expiration, or the rejection the layers would answer.
 async fn verify_machine(
@@ -334,18 +350,7 @@ async fn verify_machine(
 ) -> Result<Result<serde_json::Value, clerk_sync::AuthError>, (u8, String)> {
     let api = ClerkApi::from_env().map_err(|e| (USAGE, e.to_string()))?;
     match api.verify_machine_token(kind, token).await {
-        Ok(verdict) => Ok(verdict.into_result().map(|machine| {
-            serde_json::json!({
-                "token_type": machine.token_type.as_str(),
-                "id": machine.id,
-                "subject": machine.subject,
-                "scopes": machine.scopes,
-                "claims": machine.claims,
-                "name": machine.name,
-                "client_id": machine.client_id,
-                "expiration": machine.expiration_ms,
-            })
-        })),
+        Ok(verdict) => Ok(verdict.into_result().map(|machine| machine_json(&machine))),
         Err(error) => Err((
             UNAVAILABLE,
             format!("the Backend API could not verify the token: {error}"),
@@ -375,9 +380,12 @@ async fn verify(token: Option<String>) -> Outcome {
         Some(kind) => verify_machine(kind, token).await?,
         None => {
             let verifier = Verifier::from_config(&config).map_err(|e| (USAGE, e.to_string()))?;
-            match verifier.verify(token).await {
-                Ok(claims) => Ok(serde_json::to_value(&*claims)
+            match verifier.verify_jwt(token).await {
+                // A session's claims, as before.
+                Ok((TokenType::SessionToken, claims)) => Ok(serde_json::to_value(&*claims)
                     .map_err(|e| (FAILED, format!("cannot print the claims: {e}")))?),
+                // An M2M or OAuth JWT: the same shape as an opaque token's answer.
+                Ok((kind, claims)) => Ok(machine_json(&MachineToken::from_jwt(kind, &claims))),
                 Err(error) => Err(error),
             }
         }

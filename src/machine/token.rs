@@ -38,8 +38,9 @@ impl MachineToken {
     /// them: the id is `jti`; scopes are M2M's space-separated `scopes` (else its `aud`), or
     /// OAuth's `scp` array (else its space-separated `scope`); custom claims are every claim
     /// but `iss`, `sub`, `exp`, `nbf`, `iat` and `jti` (`None` when there are none); the
-    /// expiration is `exp` in milliseconds.
-    pub(crate) fn from_jwt(token_type: TokenType, claims: &SessionClaims) -> Self {
+    /// expiration is `exp` in milliseconds. For the claims of a machine JWT that
+    /// [`crate::Verifier::verify_jwt`] verified.
+    pub fn from_jwt(token_type: TokenType, claims: &SessionClaims) -> Self {
         let custom = &claims.custom;
         let words = |name: &str| {
             custom.get(name).and_then(Value::as_str).map(|value| {
