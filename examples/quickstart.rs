@@ -1,5 +1,6 @@
-//! The quickstart: `GET /healthz` (no auth) and `GET /me` (auth), with the user row read back
-//! from the database.
+//! The quickstart: `GET /healthz` (no auth), `GET /me` (session tokens) with the user row
+//! read back from the database, and `GET /api/me` (any token type: sessions, API keys, M2M
+//! and OAuth tokens; opaque ones verified through `CLERK_SECRET_KEY` and `CLERK_API_URL`).
 //!
 //! ```text
 //! cargo run --example quickstart
@@ -10,7 +11,8 @@
 //! `./clerk-sync-quickstart.db`), and the `CLERK_*` variables of the README. Without any Clerk
 //! key source it starts a local dev issuer and prints a ready-to-paste `curl` line, and a second
 //! one (`GET /dev/users/{user_id}`) that shows the synced row; `GET /dev/token/{user_id}` mints
-//! more tokens.
+//! more tokens. It also starts a local stand-in for the Backend API with one dev API key and
+//! prints a `curl` for `GET /api/me` with it.
 
 mod common;
 

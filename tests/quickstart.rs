@@ -37,26 +37,31 @@ async fn quickstart_runs_on_a_fresh_machine_with_nothing_configured() {
         .spawn()
         .unwrap();
 
-    // Read until the ready-to-paste `curl` line appears.
+    // Read until both ready-to-paste `curl` lines appear: the session's, then the API key's.
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let curl = tokio::time::timeout(Duration::from_secs(60), async {
+    let (curl, api_curl) = tokio::time::timeout(Duration::from_secs(60), async {
         let mut printed = Vec::new();
+        let mut session = None;
         while let Some(line) = lines.next_line().await.unwrap() {
             if line
                 .trim_start()
                 .starts_with("curl -H 'Authorization: Bearer ")
             {
-                return line;
+                match session.take() {
+                    None => session = Some(line),
+                    Some(first) => return (first, line),
+                }
+                continue;
             }
             printed.push(line);
         }
         panic!(
-            "the quickstart exited without a curl line:\n{}",
+            "the quickstart exited without two curl lines:\n{}",
             printed.join("\n")
         );
     })
     .await
-    .expect("no curl line within 60 s");
+    .expect("no curl lines within 60 s");
     // Keep draining the child's output so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
@@ -78,6 +83,38 @@ async fn quickstart_runs_on_a_fresh_machine_with_nothing_configured() {
     let me: serde_json::Value = response.json().await.unwrap();
     assert_eq!(me["user_id"], "user_quickstart");
     assert_eq!(me["tier"], "free");
+
+    // The dev API key on `/api/me`: a user-backed API consumer, synced, with its scopes.
+    let (header, url) = api_curl.trim().rsplit_once("' ").unwrap();
+    let key = header.rsplit_once("Bearer ").unwrap().1;
+    assert!(
+        key.starts_with("ak_") && url.ends_with("/api/me"),
+        "{api_curl}"
+    );
+    let response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let api_me: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(api_me["token_type"], "api_key");
+    assert!(
+        api_me["user_id"].as_str().unwrap().starts_with("user_"),
+        "{api_me}"
+    );
+    assert_eq!(api_me["tier"], "free");
+    assert_eq!(api_me["scopes"], serde_json::json!(["read", "write"]));
+    assert_eq!(api_me["machine_id"], serde_json::Value::Null);
+    // `/me` stays session-only.
+    let response = reqwest::Client::new()
+        .get(url.replace("/api/me", "/me"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
 
     // The row is in the SQLite file the quickstart created in its working directory.
     let file = dir.path().join("clerk-sync-quickstart.db");

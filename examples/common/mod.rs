@@ -1,5 +1,5 @@
 //! What the examples share: the database (SQLite file by default, or `DATABASE_URL`), the
-//! Clerk config (or a local dev issuer), `GET /me`, and serving with credentials kept out of
+//! Clerk config (or a local dev issuer and Backend API), `GET /me`, `GET /api/me`, and serving with credentials kept out of
 //! the request logs.
 #![allow(dead_code)]
 
@@ -13,8 +13,11 @@ use axum::http::StatusCode;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::routing::get;
 use axum::{Json, Router};
-use clerk_sync::testing::DevIssuer;
-use clerk_sync::{ClerkConfig, ClerkSync, ClerkUser, PgUserStore, RateLimitLayer, SqliteUserStore};
+use clerk_sync::testing::{DevIssuer, FakeClerkApi};
+use clerk_sync::{
+    ClerkConfig, ClerkPrincipal, ClerkSync, ClerkUser, PgUserStore, RateLimitLayer,
+    SqliteUserStore, TokenType,
+};
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, SqlitePool};
@@ -95,6 +98,9 @@ pub struct Demo {
     pub clerk: ClerkSync,
     /// Set when no Clerk key source is configured.
     pub dev: Option<Arc<DevIssuer>>,
+    /// With the dev issuer: a local stand-in for the Backend API that knows one API key, and
+    /// that key.
+    pub dev_api: Option<(FakeClerkApi, String)>,
 }
 
 /// Logging, `DATABASE_URL`, migrations, and a `ClerkSync` from the `CLERK_*` variables, or
@@ -111,22 +117,39 @@ pub async fn demo(dev_webhook_secret: Option<&str>) -> Result<Demo, Box<dyn Erro
     let configured = KEY_SOURCES
         .iter()
         .any(|name| std::env::var(name).is_ok_and(|value| !value.trim().is_empty()));
-    let (config, dev) = if configured {
-        (ClerkConfig::from_env()?, None)
+    let (config, dev, dev_api) = if configured {
+        (ClerkConfig::from_env()?, None, None)
     } else {
         let dev = Arc::new(DevIssuer::start().await?);
         let mut config = dev.config();
         if let Some(secret) = dev_webhook_secret {
             config = config.webhook_signing_secret(secret);
         }
-        (config.build()?, Some(dev))
+        // API keys are verified by the Backend API: locally, a fake one that knows one key,
+        // owned by the fake's first user.
+        let fake = FakeClerkApi::start(1).await?;
+        let key = dev_api_key();
+        let answer = FakeClerkApi::api_key_answer(&FakeClerkApi::user_id(0));
+        fake.add_machine_token(&key, TokenType::ApiKey, answer);
+        (config.build()?, Some(dev), Some((fake, key)))
     };
+    let api = dev_api.as_ref().map(|(fake, _)| fake.client());
     let clerk = match &database {
         Database::Postgres(pool) => {
-            ClerkSync::builder(config, PgUserStore::new(pool.clone())).build()?
+            let builder = ClerkSync::builder(config, PgUserStore::new(pool.clone()));
+            match api {
+                Some(api) => builder.clerk_api(api),
+                None => builder,
+            }
+            .build()?
         }
         Database::Sqlite(pool) => {
-            ClerkSync::builder(config, SqliteUserStore::new(pool.clone())).build()?
+            let builder = ClerkSync::builder(config, SqliteUserStore::new(pool.clone()));
+            match api {
+                Some(api) => builder.clerk_api(api),
+                None => builder,
+            }
+            .build()?
         }
     };
     // The invalidation listener and webhook-id pruning: explicit, never hidden in `build`.
@@ -135,28 +158,38 @@ pub async fn demo(dev_webhook_secret: Option<&str>) -> Result<Demo, Box<dyn Erro
         database,
         clerk,
         dev,
+        dev_api,
     })
 }
 
 impl Demo {
-    /// `GET /me` behind the layer, `GET /healthz`, and with a dev issuer `GET /dev/token/{id}`.
+    /// `GET /me` behind the session layer, `GET /api/me` behind a layer that takes every
+    /// token type (API keys, M2M and OAuth tokens too), `GET /healthz`, and with a dev issuer
+    /// `GET /dev/token/{id}`.
     pub fn app(&self) -> Router {
         self.app_with_limiter(None)
     }
 
-    /// Like [`Demo::app`], with `limiter` inside the sync layer on `/me`.
+    /// Like [`Demo::app`], with `limiter` inside the sync layers of `/me` and `/api/me` (a
+    /// user's sessions and API keys share one budget).
     pub fn app_with_limiter(&self, limiter: Option<RateLimitLayer>) -> Router {
         let me = Router::new().route("/me", get(me));
-        let me = match limiter {
+        let api = Router::new().route("/api/me", get(api_me));
+        let any = self.clerk.layer().accepts_any();
+        let (me, api) = match limiter {
             // Outermost first: verify and sync, then limit by the synced tier.
-            Some(limiter) => me.layer(
-                ServiceBuilder::new()
-                    .layer(self.clerk.layer())
-                    .layer(limiter),
+            Some(limiter) => (
+                me.layer(
+                    ServiceBuilder::new()
+                        .layer(self.clerk.layer())
+                        .layer(limiter.clone()),
+                ),
+                api.layer(ServiceBuilder::new().layer(any).layer(limiter)),
             ),
-            None => me.layer(self.clerk.layer()),
+            None => (me.layer(self.clerk.layer()), api.layer(any)),
         };
         let mut app = me
+            .merge(api)
             .route("/healthz", get(|| async { "ok" }))
             .with_state(self.database.clone());
         if let Some(dev) = &self.dev {
@@ -219,6 +252,10 @@ impl Demo {
             println!("  curl http://{addr}/dev/users/user_quickstart");
             println!("more tokens: curl http://{addr}/dev/token/<user_id>");
         }
+        if let Some((_, key)) = &self.dev_api {
+            println!("an API consumer, with a dev API key (any token type works on /api/me):");
+            println!("  curl -H 'Authorization: Bearer {key}' http://{addr}/api/me");
+        }
         hints(addr);
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -246,6 +283,45 @@ async fn me(
         "tier": row.get("tier").cloned().unwrap_or_else(|| user.tier().into()),
         "email": row.get("email").cloned().unwrap_or(Value::Null),
     })))
+}
+
+/// Who called `/api/me`: a user (session, API key or OAuth token; tier from the synced row)
+/// or a machine.
+async fn api_me(
+    State(database): State<Database>,
+    caller: ClerkPrincipal,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let user = caller.user();
+    let tier = match user {
+        Some(user) => {
+            let row = database.user_row(user.user_id()).await.map_err(|error| {
+                tracing::error!(%error, "reading the user row failed");
+                let body = json!({"error": "database_error", "message": "could not read the user"});
+                (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+            })?;
+            row.and_then(|row| row.get("tier").cloned())
+                .unwrap_or_else(|| user.tier().into())
+        }
+        None => Value::Null,
+    };
+    let machine = caller.machine();
+    Ok(Json(json!({
+        "token_type": caller.token_type().as_str(),
+        "subject": caller.subject(),
+        "user_id": user.map(ClerkUser::user_id),
+        "org_id": machine.and_then(|m| m.org_id()),
+        "machine_id": machine.and_then(|m| m.machine_id()),
+        "scopes": caller.scopes(),
+        "tier": tier,
+    })))
+}
+
+/// A fresh dev API key: `ak_` and 32 hex digits from the process's random hasher seeds.
+fn dev_api_key() -> String {
+    use std::hash::BuildHasher;
+    let state = std::collections::hash_map::RandomState::new();
+    let (a, b) = (state.hash_one(1u8), state.hash_one(2u8));
+    format!("ak_{a:016x}{b:016x}")
 }
 
 pub fn unix_now() -> i64 {
