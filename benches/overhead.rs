@@ -23,7 +23,14 @@
 //! - `peer/jwt_authorizer`: the same handler behind `jwt-authorizer` 0.15 (axum 0.7, its
 //!   `RegisteredClaims`, the same PEM key and tokens, issuer checked);
 //! - `layer/both_hit+ratelimit_memory`, `layer/both_hit+ratelimit_postgres`: the both-hit path
-//!   with `RateLimitLayer` inside it, on each store (a limit no request reaches).
+//!   with `RateLimitLayer` inside it, on each store (a limit no request reaches);
+//! - `layer/api_key_hit`: an API key seen before whose user is synced, 10,000 keys of 10,000
+//!   users rotating, on a layer that `accepts` API keys (measured paired with
+//!   `layer/both_hit`; the machine-token TTL is raised to an hour so that no entry expires
+//!   during the run);
+//! - `layer/api_key_miss`: an API key never seen, for a user never seen: one `FakeClerkApi`
+//!   verify round trip on loopback and one upsert; `api_key/round_trip` is that call and an
+//!   upsert of another new user done directly, interleaved with it like `layer/new_user`.
 //!
 //! Everything but `bare`, `verify_only`, `rsa_floor` and the peer needs PostgreSQL (a database
 //! named `clerk_sync_bench` is created next to `DATABASE_URL`'s); without `DATABASE_URL` those
@@ -38,9 +45,10 @@ use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clerk_sync::store::{UserProfile, UserStore};
-use clerk_sync::testing::DevIssuer;
+use clerk_sync::testing::{DevIssuer, FakeClerkApi};
 use clerk_sync::{
-    ClerkSync, ClerkUser, Limit, PgRateLimitStore, PgUserStore, RateLimitLayer, TierLimits,
+    ClerkSync, ClerkUser, Limit, PgRateLimitStore, PgUserStore, ProfileSource, RateLimitLayer,
+    TierLimits, TokenType,
 };
 use criterion::Criterion;
 use sqlx::PgPool;
@@ -234,10 +242,28 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
             .max_connections(8)
             .test_before_acquire(false),
     ));
+    // The Backend API for API keys: the fake on loopback. Profiles from claims only (as
+    // without a secret key): the bench users are unknown to the fake. Unbounded verification
+    // budget (every key comes from one client here) and an hour of trust, so that the hit case
+    // never meets an expired entry.
+    let fake = rt.block_on(FakeClerkApi::start(0)).unwrap();
+    let run = format!("{:x}", unix_now());
+    let keys: Vec<String> = (0..USERS)
+        .map(|i| {
+            let key = format!("ak_{run}{i:024x}");
+            let answer = FakeClerkApi::api_key_answer(&format!("user_bench_{i}"));
+            fake.add_machine_token(&key, TokenType::ApiKey, answer);
+            key
+        })
+        .collect();
     let build = |token_cache: u64| {
         let config = issuer.config().build().unwrap();
         ClerkSync::builder(config, PgUserStore::new(pool.clone()))
             .token_cache_capacity(token_cache)
+            .clerk_api(fake.client())
+            .profile_source(ProfileSource::Claims)
+            .machine_token_budget(u32::MAX, u32::MAX)
+            .machine_token_cache_ttl(Duration::from_secs(3600))
             .build()
             .unwrap()
     };
@@ -265,6 +291,11 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
     let verifying = Router::new()
         .route("/me", get(handler))
         .layer(uncached.layer());
+    let with_keys = Router::new().route("/me", get(handler)).layer(
+        cached
+            .layer()
+            .accepts([TokenType::SessionToken, TokenType::ApiKey]),
+    );
 
     rt.block_on(async {
         for token in &tokens {
@@ -273,7 +304,12 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
             let ok = verifying.clone().oneshot(request(token)).await.unwrap();
             assert!(ok.status().is_success());
         }
+        for key in &keys {
+            let ok = with_keys.clone().oneshot(request(key)).await.unwrap();
+            assert!(ok.status().is_success());
+        }
     });
+    let key_calls_before = fake.verify_requests(TokenType::ApiKey);
     let before = (cached.stats(), uncached.stats());
 
     // The headline ratio, measured paired: every sample of either case runs a block of bare
@@ -294,6 +330,18 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
     };
     group.bench_function("bare", |b| paired(b, false));
     group.bench_function("layer/both_hit", |b| paired(b, true));
+    // A cached API key against a cached session, paired the same way.
+    let mut key_pair = Pair::new("layer/api_key_hit ÷ layer/both_hit", "≤ 1.1");
+    let mut paired = |b: &mut criterion::Bencher<'_>, time_keys: bool| {
+        b.iter_custom(|iters| {
+            let sessions = rt.block_on(block(&layered, &tokens, &mut i, iters));
+            let api_keys = rt.block_on(block(&with_keys, &keys, &mut i, iters));
+            key_pair.add(iters, api_keys, sessions);
+            if time_keys { api_keys } else { sessions }
+        })
+    };
+    group.bench_function("layer/api_key_hit", |b| paired(b, true));
+    let key_calls_after_hits = fake.verify_requests(TokenType::ApiKey);
     group.bench_function("layer/both_hit+ratelimit_memory", |b| {
         b.to_async(&rt).iter(|| {
             i = (i + 1) % USERS;
@@ -340,7 +388,6 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
     // `layer/new_user` request AND one bare upsert of another new user, and times only its
     // own half. Run one after the other, the second case met a bigger table, other
     // checkpoints and other autovacuum runs, and the ratio moved by 10-15% between runs.
-    let run = format!("{:x}", unix_now());
     let mut minted = 0_u64;
     let mut fresh = |n: u64| -> Vec<(String, UserProfile)> {
         (0..n)
@@ -382,7 +429,77 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
     group.sample_size(10);
     group.bench_function("upsert/round_trip", |b| interleaved(b, false));
     group.bench_function("layer/new_user", |b| interleaved(b, true));
+
+    // New API keys of new users, interleaved with the same work done directly: a verify call
+    // to the fake and an upsert of another new user.
+    let direct_api = fake.client();
+    let mut key_minted = 0_u64;
+    let mut fresh_keys = |n: u64| -> Vec<(String, String, UserProfile)> {
+        (0..n)
+            .map(|_| {
+                key_minted += 1;
+                let mut pair = [0, 1].map(|side| {
+                    let key = format!("ak_{run}miss{side}{key_minted:016x}");
+                    let user = format!("user_key_{run}_{side}_{key_minted}");
+                    fake.add_machine_token(
+                        &key,
+                        TokenType::ApiKey,
+                        FakeClerkApi::api_key_answer(&user),
+                    );
+                    (key, user)
+                });
+                let (direct_key, direct_user) = std::mem::take(&mut pair[1]);
+                let (layer_key, _) = std::mem::take(&mut pair[0]);
+                (layer_key, direct_key, UserProfile::new(direct_user))
+            })
+            .collect()
+    };
+    let mut new_keys = 0_u64;
+    let upserts_before_keys = cached.stats().upserts_ok;
+    let mut key_miss_pair = Pair::new("layer/api_key_miss ÷ api_key/round_trip", "≤ 1.2");
+    let mut interleaved = |b: &mut criterion::Bencher<'_>, time_layer: bool| {
+        b.iter_custom(|iters| {
+            let batch = fresh_keys(iters);
+            new_keys += iters;
+            let (layer_time, direct_time) = rt.block_on(async {
+                let (mut layer_time, mut direct_time) = (Duration::ZERO, Duration::ZERO);
+                for (layer_key, direct_key, profile) in &batch {
+                    let started = Instant::now();
+                    let response = with_keys.clone().oneshot(request(layer_key)).await.unwrap();
+                    layer_time += started.elapsed();
+                    assert!(response.status().is_success());
+                    let started = Instant::now();
+                    let verdict = direct_api
+                        .verify_machine_token(TokenType::ApiKey, direct_key)
+                        .await
+                        .unwrap();
+                    assert!(matches!(verdict, clerk_sync::machine::Verdict::Valid(_)));
+                    store.upsert(profile).await.unwrap();
+                    direct_time += started.elapsed();
+                }
+                (layer_time, direct_time)
+            });
+            key_miss_pair.add(iters, layer_time, direct_time);
+            if time_layer { layer_time } else { direct_time }
+        })
+    };
+    group.bench_function("api_key/round_trip", |b| interleaved(b, false));
+    group.bench_function("layer/api_key_miss", |b| interleaved(b, true));
     group.finish();
+    assert_eq!(
+        key_calls_after_hits, key_calls_before,
+        "api_key_hit called the Backend API"
+    );
+    assert_eq!(
+        fake.verify_requests(TokenType::ApiKey) - key_calls_after_hits,
+        2 * new_keys,
+        "one verify call per new key, on each side"
+    );
+    assert_eq!(
+        cached.stats().upserts_ok - upserts_before_keys,
+        new_keys,
+        "one upsert per new key's user"
+    );
     let statements = rt.block_on(commits(&pool)) - commits_before;
     let rows: i64 = rt
         .block_on(
@@ -396,8 +513,8 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
     let (cached_after, uncached_after) = (cached.stats(), uncached.stats());
     assert_eq!(
         cached_after.upserts_ok - upserts_before,
-        new_users,
-        "one upsert per new user"
+        new_users + new_keys,
+        "one upsert per new user (and per new key's user)"
     );
     assert_eq!(
         cached_after.tokens_verified - before.0.tokens_verified,
@@ -423,7 +540,7 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
          {statements} implicit transactions (2 per unnamed statement: prepare and execute round \
          trips)"
     );
-    vec![hit_pair, token_pair, new_user_pair]
+    vec![hit_pair, key_pair, token_pair, new_user_pair, key_miss_pair]
 }
 
 /// The same handler behind jwt-authorizer 0.15 (which is built on axum 0.7).
@@ -476,6 +593,9 @@ fn print_ratios(group_dir: &Path) {
         "layer/both_hit",
         "layer/both_hit+ratelimit_memory",
         "layer/both_hit+ratelimit_postgres",
+        "layer/api_key_hit",
+        "layer/api_key_miss",
+        "api_key/round_trip",
         "layer/new_token_cached_user",
         "layer/new_user",
         "upsert/round_trip",
