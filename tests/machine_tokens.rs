@@ -96,6 +96,35 @@ async fn start(
     let api = fake.client();
     let clerk = clerk(&issuer, store.clone(), |b| tweak(b.clerk_api(api)));
     let router = routes(&clerk, pool.clone());
+    for (token, token_type, answer) in [
+        (
+            "ak_user",
+            TokenType::ApiKey,
+            FakeClerkApi::api_key_answer(&user(0)),
+        ),
+        (
+            "ak_org",
+            TokenType::ApiKey,
+            FakeClerkApi::api_key_answer(ORG),
+        ),
+        (
+            "ak_machine",
+            TokenType::ApiKey,
+            FakeClerkApi::api_key_answer(MACHINE),
+        ),
+        (
+            "mt_machine",
+            TokenType::M2mToken,
+            FakeClerkApi::m2m_answer(MACHINE),
+        ),
+        (
+            "oat_user",
+            TokenType::OAuthToken,
+            FakeClerkApi::oauth_answer(&user(1)),
+        ),
+    ] {
+        fake.add_machine_token(token, token_type, answer);
+    }
     Machines {
         issuer,
         fake,
@@ -154,21 +183,6 @@ async fn assert_refused(m: &Machines, reply: &Reply, status: StatusCode, code: &
 #[sqlx::test]
 async fn each_type_passes_only_the_layers_that_accept_it(pool: PgPool) {
     let m = start(&pool, |b| b).await;
-    m.fake.add_machine_token(
-        "ak_user",
-        TokenType::ApiKey,
-        FakeClerkApi::api_key_answer(&user(0)),
-    );
-    m.fake.add_machine_token(
-        "mt_machine",
-        TokenType::M2mToken,
-        FakeClerkApi::m2m_answer(MACHINE),
-    );
-    m.fake.add_machine_token(
-        "oat_user",
-        TokenType::OAuthToken,
-        FakeClerkApi::oauth_answer(&user(1)),
-    );
     let session = m.issuer.token(&user(2));
     let m2m_jwt = m.issuer.m2m_jwt_for(MACHINE).build();
     let oauth_jwt = m.issuer.oauth_jwt_for(&user(1)).build();
@@ -226,11 +240,6 @@ async fn each_type_passes_only_the_layers_that_accept_it(pool: PgPool) {
 #[sqlx::test]
 async fn machine_tokens_never_come_from_cookies(pool: PgPool) {
     let m = start(&pool, |b| b).await;
-    m.fake.add_machine_token(
-        "ak_user",
-        TokenType::ApiKey,
-        FakeClerkApi::api_key_answer(&user(0)),
-    );
     let m2m_jwt = m.issuer.m2m_jwt_for(MACHINE).build();
     let now = now_ms() / 1000;
     for token in ["ak_user", m2m_jwt.as_str()] {
@@ -260,16 +269,6 @@ async fn api_keys_with_user_org_and_machine_subjects(pool: PgPool) {
     with_claims["claims"] = json!({"foo": "bar"});
     m.fake
         .add_machine_token("ak_user", TokenType::ApiKey, with_claims);
-    m.fake.add_machine_token(
-        "ak_org",
-        TokenType::ApiKey,
-        FakeClerkApi::api_key_answer(ORG),
-    );
-    m.fake.add_machine_token(
-        "ak_machine",
-        TokenType::ApiKey,
-        FakeClerkApi::api_key_answer(MACHINE),
-    );
 
     let reply = call(&m, "/api/me", "ak_user").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
@@ -369,30 +368,23 @@ async fn every_backend_api_refusal_and_failure_has_its_code_and_writes_nothing(p
         TokenType::ApiKey,
         FakeClerkApi::api_key_answer(&user(0)),
     );
-    m.fake.fail_next(1, Fault::ServerError(502));
-    let reply = call(&m, "/api/me", "ak_good").await;
-    assert_refused(
-        &m,
-        &reply,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "verification_unavailable",
-    )
-    .await;
-    assert!(reply.headers.contains_key(header::RETRY_AFTER));
-    m.fake.fail_next(
-        1,
+    for fault in [
+        Fault::ServerError(502),
         Fault::TooManyRequests {
             retry_after_secs: 3,
         },
-    );
-    let reply = call(&m, "/api/me", "ak_good").await;
-    assert_refused(
-        &m,
-        &reply,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "verification_unavailable",
-    )
-    .await;
+    ] {
+        m.fake.fail_next(1, fault);
+        let reply = call(&m, "/api/me", "ak_good").await;
+        assert_refused(
+            &m,
+            &reply,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "verification_unavailable",
+        )
+        .await;
+        assert!(reply.headers.contains_key(header::RETRY_AFTER));
+    }
     let before = m.fake.verify_requests(TokenType::ApiKey);
     assert_eq!(call(&m, "/api/me", "ak_good").await.status, StatusCode::OK);
     assert_eq!(
@@ -690,21 +682,6 @@ async fn a_flood_of_unknown_keys_from_one_client_spends_its_budget_then_gets_429
 #[sqlx::test]
 async fn a_users_api_key_shares_the_users_rate_limit_and_machines_have_their_own(pool: PgPool) {
     let m = start(&pool, |b| b).await;
-    m.fake.add_machine_token(
-        "ak_user",
-        TokenType::ApiKey,
-        FakeClerkApi::api_key_answer(&user(0)),
-    );
-    m.fake.add_machine_token(
-        "ak_org",
-        TokenType::ApiKey,
-        FakeClerkApi::api_key_answer(ORG),
-    );
-    m.fake.add_machine_token(
-        "mt_machine",
-        TokenType::M2mToken,
-        FakeClerkApi::m2m_answer(MACHINE),
-    );
     let session = m.issuer.token(&user(0));
     // Users: 3 a minute, shared by the session and the key.
     for token in [session.as_str(), "ak_user", session.as_str()] {
@@ -735,11 +712,6 @@ async fn a_users_api_key_shares_the_users_rate_limit_and_machines_have_their_own
 #[sqlx::test]
 async fn a_deleted_users_api_key_gets_403_and_writes_nothing(pool: PgPool) {
     let m = start(&pool, |b| b).await;
-    m.fake.add_machine_token(
-        "ak_user",
-        TokenType::ApiKey,
-        FakeClerkApi::api_key_answer(&user(0)),
-    );
     assert_eq!(call(&m, "/api/me", "ak_user").await.status, StatusCode::OK);
     sqlx::query("UPDATE users SET deleted_at = now() WHERE id = $1")
         .bind(user(0))
@@ -788,11 +760,6 @@ async fn a_cached_key_never_outlives_its_expiration(pool: PgPool) {
 #[sqlx::test]
 async fn the_ttl_bounds_how_long_a_revoked_key_keeps_working(pool: PgPool) {
     let m = start(&pool, |b| b.machine_token_cache_ttl(Duration::from_secs(2))).await;
-    m.fake.add_machine_token(
-        "ak_user",
-        TokenType::ApiKey,
-        FakeClerkApi::api_key_answer(&user(0)),
-    );
     assert_eq!(call(&m, "/api/me", "ak_user").await.status, StatusCode::OK);
     let mut revoked = FakeClerkApi::api_key_answer(&user(0));
     revoked["revoked"] = true.into();
