@@ -49,12 +49,16 @@ fn routes(clerk: &ClerkSync, pool: PgPool) -> Router {
         .route("/keys", get(who))
         .layer(clerk.layer().accepts([TokenType::ApiKey]));
     let sessions = Router::new().route("/me", get(who)).layer(clerk.layer());
+    let maybe = Router::new()
+        .route("/maybe", get(maybe))
+        .layer(clerk.optional_layer().accepts_any());
     let limited = Router::new()
         .route("/limited", get(who))
         .layer(RateLimitLayer::per_tier(limits))
         .layer(clerk.layer().accepts_any());
     any.merge(keys)
         .merge(sessions)
+        .merge(maybe)
         .merge(limited)
         .with_state(pool)
 }
@@ -79,6 +83,10 @@ async fn who(State(pool): State<PgPool>, caller: ClerkPrincipal) -> Json<Value> 
         "tier": user.map(ClerkUser::tier),
         "row_exists": row.is_some(),
     }))
+}
+
+async fn maybe(caller: Option<ClerkPrincipal>) -> String {
+    caller.map_or_else(|| "anonymous".to_owned(), |c| c.subject().to_owned())
 }
 
 async fn user_only(user: ClerkUser) -> String {
@@ -294,6 +302,28 @@ async fn api_keys_with_user_org_and_machine_subjects(pool: PgPool) {
         m.pool.ids().await,
         [user(0)],
         "machines and organizations are not users"
+    );
+
+    // The optional layer takes machine tokens too, and passes requests without a token.
+    let body = |request: Request<Body>| async {
+        let response = tower::ServiceExt::oneshot(m.router.clone(), request)
+            .await
+            .unwrap();
+        let bytes = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_bytes().to_vec()).unwrap()
+    };
+    assert_eq!(
+        body(Request::get("/maybe").body(Body::empty()).unwrap()).await,
+        "anonymous"
+    );
+    assert_eq!(body(request("/maybe", "ak_machine", CLIENT)).await, MACHINE);
+    let reply = call(&m, "/maybe", "ak_unknown").await;
+    assert_eq!(
+        error_code(&reply),
+        "invalid_token",
+        "a bad token is no anonymous request"
     );
 
     // A handler that needs a user refuses a machine with 403, and a user passes.
