@@ -222,6 +222,8 @@ pub const ERROR_CODES: &[(&str, StatusCode)] = &[
     // where a user is needed, or the reverse).
     ("clerk_layer_missing", StatusCode::INTERNAL_SERVER_ERROR),
     ("forbidden", StatusCode::FORBIDDEN),
+    // Guards: a role or permission asked without an active organization.
+    ("organization_required", StatusCode::FORBIDDEN),
 ];
 
 /// The row of `rate_limited` in [`ERROR_CODES`].

@@ -8,6 +8,7 @@ use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 
+use crate::authz::{ActiveOrganization, Authorization, Check, Entitlements, FactorAges};
 use crate::machine::MachineToken;
 use crate::token::SessionClaims;
 use crate::token_type::TokenType;
@@ -30,6 +31,8 @@ pub struct ClerkUser {
 #[derive(Debug)]
 struct Principal {
     claims: Arc<SessionClaims>,
+    /// Read from the claims once, when the token is verified (empty for machine tokens).
+    authorization: Authorization,
     /// The machine token behind the request; `None` for a session.
     machine: Option<Arc<MachineToken>>,
     tier: Arc<str>,
@@ -46,8 +49,13 @@ pub(crate) struct Credential {
 
 impl ClerkUser {
     pub(crate) fn new(credential: Credential, tier: Arc<str>, synced: bool) -> Self {
+        let authorization = match credential.machine {
+            None => Authorization::read(&credential.claims),
+            Some(_) => Authorization::default(),
+        };
         Self {
             inner: Arc::new(Principal {
+                authorization,
                 claims: credential.claims,
                 machine: credential.machine,
                 tier,
@@ -106,6 +114,48 @@ impl ClerkUser {
     /// The API key or OAuth token the request came with; `None` for sessions.
     pub fn machine_token(&self) -> Option<&MachineToken> {
         self.inner.machine.as_deref()
+    }
+
+    /// Whether the user has everything `check` asks, with the semantics of Clerk's `has()`:
+    /// a role or permission needs an active organization (and gets the `org:` prefix when
+    /// it lacks one); every dimension asked must pass; an empty check never passes. Machine
+    /// tokens carry no organization, feature, plan or factor claims: every check fails.
+    ///
+    /// ```
+    /// use clerk_sync::ClerkUser;
+    /// use clerk_sync::authz::Check;
+    ///
+    /// fn may_bill(user: &ClerkUser) -> bool {
+    ///     user.has(Check::permission("org:invoices:read").and(Check::plan("o:pro")))
+    /// }
+    /// ```
+    pub fn has(&self, check: impl std::borrow::Borrow<Check>) -> bool {
+        check.borrow().decide(&self.inner.authorization).is_ok()
+    }
+
+    /// The session's active organization (v2 `o`, or v1 `org_*` claims): id, slug, role,
+    /// permissions.
+    pub fn organization(&self) -> Option<&ActiveOrganization> {
+        self.inner.authorization.organization.as_ref()
+    }
+
+    /// The features of the session (`fea`), by scope.
+    pub fn features(&self) -> &Entitlements {
+        &self.inner.authorization.features
+    }
+
+    /// The plans of the session (`pla`), by scope.
+    pub fn plans(&self) -> &Entitlements {
+        &self.inner.authorization.plans
+    }
+
+    /// Minutes since the session's factors were verified (`fva`), when the token says.
+    pub fn factor_ages(&self) -> Option<FactorAges> {
+        self.inner.authorization.factor_ages
+    }
+
+    pub(crate) fn authorization(&self) -> &Authorization {
+        &self.inner.authorization
     }
 
     /// The user's tier as stored in the database (or the default tier when not synced).

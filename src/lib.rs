@@ -9,6 +9,7 @@
 )]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod authz;
 pub mod backfill;
 pub mod clerk_api;
 mod client_addr;
@@ -16,6 +17,7 @@ mod config;
 mod core;
 mod error;
 mod extract;
+mod guard;
 mod handle;
 mod invalidate;
 mod layer;
@@ -42,6 +44,7 @@ pub use client_addr::ClientAddress;
 pub use config::{ClerkConfig, ClerkConfigBuilder, KeySource};
 pub use error::{AuthError, ConfigError, ERROR_CODES};
 pub use extract::{ClerkMachine, ClerkPrincipal, ClerkUser, MissingClerkLayer, PrincipalRejection};
+pub use guard::{Authorized, GuardFuture, GuardRejection, Require, RequireLayer, Requirement};
 pub use handle::{ClerkSync, ClerkSyncBuilder};
 #[cfg(feature = "postgres")]
 pub use invalidate::PgChannel;

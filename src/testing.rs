@@ -35,6 +35,7 @@ use crate::ClerkConfig;
 use crate::config::ClerkConfigBuilder;
 
 mod fake_api;
+mod org_claims;
 use crate::time::unix_now;
 pub use fake_api::{FakeClerkApi, Fault};
 

@@ -58,6 +58,27 @@ impl ClerkSync {
         ClerkSyncLayer::new(self.core.clone(), Mode::Optional)
     }
 
+    /// A guard for routes behind the sync layer: the request passes when its user has what
+    /// `check` asks ([`crate::ClerkUser::has`]); otherwise 403 `forbidden` naming what is
+    /// missing, 403 `organization_required` when a role or permission is asked without an
+    /// active organization, or Clerk's reverification 403 (see
+    /// [`crate::GuardRejection`]).
+    ///
+    /// ```
+    /// # async fn doc(clerk: clerk_sync::ClerkSync) {
+    /// use axum::{Router, routing::get};
+    /// use clerk_sync::authz::Check;
+    ///
+    /// let app: Router = Router::new()
+    ///     .route("/invoices", get(|| async { "invoices" }))
+    ///     .layer(clerk.require(Check::permission("org:invoices:read")))
+    ///     .layer(clerk.layer());
+    /// # }
+    /// ```
+    pub fn require(&self, check: crate::authz::Check) -> crate::RequireLayer {
+        crate::RequireLayer::new(check)
+    }
+
     /// The token verifier, for code outside the layer (WebSocket upgrades, jobs, the CLI).
     pub fn verifier(&self) -> &Verifier {
         &self.core.verifier
