@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Compares this crate's verdicts on machine tokens (and sessions) with Clerk's JS SDK,
+# Compares this crate's verdicts on machine tokens (and sessions), and its has() answers,
+# with Clerk's JS SDK,
 # side by side: installs @clerk/backend from npm into a temporary directory, starts the
 # `machine_verdicts` example (dev issuer, fake Backend API, a layer that accepts every type),
 # and runs scripts/js-sdk/compare.cjs against it. Needs node >= 18 and npm.
@@ -37,3 +38,6 @@ done
 [[ -s $work/fixtures.json ]] || { cat "$work/stderr"; echo "the example printed no fixtures" >&2; exit 2; }
 
 NODE_PATH="$work/node_modules" node "$root/scripts/js-sdk/compare.cjs" "$work/fixtures.json"
+
+# has(): the corpus's recorded answers against @clerk/shared (installed with @clerk/backend).
+NODE_PATH="$work/node_modules" node "$root/scripts/js-sdk/has-corpus.cjs" "$root/tests/fixtures/has_corpus.json" --check
