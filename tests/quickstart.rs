@@ -83,6 +83,41 @@ async fn quickstart_runs_on_a_fresh_machine_with_nothing_configured() {
     let me: serde_json::Value = response.json().await.unwrap();
     assert_eq!(me["user_id"], "user_quickstart");
     assert_eq!(me["tier"], "free");
+    assert_eq!(
+        (
+            me["org_id"].as_str(),
+            me["org_slug"].as_str(),
+            me["org_role"].as_str()
+        ),
+        (
+            Some("org_quickstart"),
+            Some("quickstart"),
+            Some("org:admin")
+        )
+    );
+
+    // The organization routes: a guard and `has()`.
+    let base = url.trim_end_matches("/me");
+    let get = |path: String| {
+        let request = reqwest::Client::new().get(format!("{base}{path}"));
+        async move { request.bearer_auth(token).send().await.unwrap() }
+    };
+    assert_eq!(get("/org/invoices".into()).await.status(), 200);
+    for (query, expected) in [
+        ("permission=org:invoices:read&plan=o:pro", true),
+        ("role=admin&reverification=strict", true),
+        ("role=member", false),
+        ("permission=org:invoices:manage", false),
+        ("", false),
+    ] {
+        let answer: serde_json::Value = get(format!("/authorize?{query}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["has"], expected, "{query}");
+    }
+    assert_eq!(get("/authorize?colour=blue".into()).await.status(), 400);
 
     // The dev API key on `/api/me`: a user-backed API consumer, synced, with its scopes.
     let (header, url) = api_curl.trim().rsplit_once("' ").unwrap();

@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::routing::get;
 use axum::{Json, Router};
+use clerk_sync::authz::{Check, Reverification};
 use clerk_sync::testing::{DevIssuer, FakeClerkApi};
 use clerk_sync::{
     ClerkConfig, ClerkPrincipal, ClerkSync, ClerkUser, PgUserStore, RateLimitLayer,
@@ -188,8 +189,18 @@ impl Demo {
             ),
             None => (me.layer(self.clerk.layer()), api.layer(any)),
         };
+        // Organization routes: a guard, and a live demo of `has()`.
+        let org = Router::new()
+            .route(
+                "/org/invoices",
+                get(|| async { Json(json!({"invoices": []})) })
+                    .layer(self.clerk.require(Check::permission("org:invoices:read"))),
+            )
+            .route("/authorize", get(authorize))
+            .layer(self.clerk.layer());
         let mut app = me
             .merge(api)
+            .merge(org)
             .route("/healthz", get(|| async { "ok" }))
             .with_state(self.database.clone());
         if let Some(dev) = &self.dev {
@@ -252,6 +263,10 @@ impl Demo {
             println!("  curl http://{addr}/dev/users/user_quickstart");
             println!("more tokens: curl http://{addr}/dev/token/<user_id>");
         }
+        if self.dev.is_some() {
+            println!("its organization (org_quickstart, admin, org:invoices:read): try");
+            println!("  GET /org/invoices and /authorize?permission=org:invoices:read&plan=o:pro");
+        }
         if let Some((_, key)) = &self.dev_api {
             println!("an API consumer, with a dev API key (any token type works on /api/me):");
             println!("  curl -H 'Authorization: Bearer {key}' http://{addr}/api/me");
@@ -277,12 +292,59 @@ async fn me(
         (StatusCode::SERVICE_UNAVAILABLE, Json(body))
     })?;
     let row = row.unwrap_or_default();
+    let org = user.organization();
     Ok(Json(json!({
         "user_id": user.user_id(),
         "session_id": user.session_id(),
         "tier": row.get("tier").cloned().unwrap_or_else(|| user.tier().into()),
         "email": row.get("email").cloned().unwrap_or(Value::Null),
+        "org_id": org.map(|o| o.id.as_str()),
+        "org_slug": org.and_then(|o| o.slug.as_deref()),
+        "org_role": org.and_then(|o| o.role.as_deref()),
     })))
+}
+
+/// `GET /authorize?role=…&permission=…&feature=…&plan=…&reverification=…`: `{"has": bool}` for
+/// the caller's session, asking only the parameters given (`reverification` is one of Clerk's
+/// presets: `strict_mfa`, `strict`, `moderate`, `lax`).
+async fn authorize(
+    user: ClerkUser,
+    uri: axum::http::Uri,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let query = uri.query().unwrap_or_default().as_bytes();
+    let mut check = Check::default();
+    for (name, value) in url::form_urlencoded::parse(query) {
+        let value = value.as_ref();
+        let asked = match name.as_ref() {
+            "role" => Check::role(value),
+            "permission" => Check::permission(value),
+            "feature" => Check::feature(value),
+            "plan" => Check::plan(value),
+            "reverification" => Check::reverification(match value {
+                "strict_mfa" => Reverification::StrictMfa,
+                "strict" => Reverification::Strict,
+                "moderate" => Reverification::Moderate,
+                "lax" => Reverification::Lax,
+                _ => {
+                    return Err(bad_request(
+                        "reverification is strict_mfa, strict, moderate or lax",
+                    ));
+                }
+            }),
+            _ => {
+                return Err(bad_request(
+                    "parameters: role, permission, feature, plan, reverification",
+                ));
+            }
+        };
+        check = check.and(asked);
+    }
+    Ok(Json(json!({ "has": user.has(check) })))
+}
+
+fn bad_request(message: &str) -> (StatusCode, Json<Value>) {
+    let body = json!({"error": "bad_request", "message": message});
+    (StatusCode::BAD_REQUEST, Json(body))
 }
 
 /// Who called `/api/me`: a user (session, API key or OAuth token; tier from the synced row)
@@ -330,10 +392,20 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// A dev token valid for an hour (real Clerk tokens live 60 s and are refreshed by the browser).
+/// A dev token valid for an hour (real Clerk tokens live 60 s and are refreshed by the browser),
+/// with an active organization (`org_quickstart`, role admin, `org:invoices:read`), a plan and
+/// a first factor verified a minute ago.
 fn demo_token(dev: &DevIssuer, user_id: &str) -> String {
     dev.token_for(user_id)
         .claim("email", format!("{user_id}@example.com"))
         .claim("exp", unix_now() + 3600)
+        .plans("o:pro")
+        .organization(
+            "org_quickstart",
+            "quickstart",
+            "admin",
+            &["org:invoices:read"],
+        )
+        .factor_ages(1, -1)
         .build()
 }
