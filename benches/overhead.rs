@@ -28,6 +28,9 @@
 //!   users rotating, on a layer that `accepts` API keys (measured paired with
 //!   `layer/both_hit`; the machine-token TTL is raised to an hour so that no entry expires
 //!   during the run);
+//! - `layer/guarded_hit`: the both-hit path (tokens with an active organization and a
+//!   permission, 10,000 users rotating) behind `clerk.require(Check::permission(..))`,
+//!   paired with the same tokens on the unguarded layer;
 //! - `layer/api_key_miss`: an API key never seen, for a user never seen: one `FakeClerkApi`
 //!   verify round trip on loopback and one upsert; `api_key/round_trip` is that call and an
 //!   upsert of another new user done directly, interleaved with it like `layer/new_user`.
@@ -44,6 +47,7 @@ use axum::Router;
 use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use clerk_sync::authz::Check;
 use clerk_sync::store::{UserProfile, UserStore};
 use clerk_sync::testing::{DevIssuer, FakeClerkApi};
 use clerk_sync::{
@@ -291,6 +295,22 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
     let verifying = Router::new()
         .route("/me", get(handler))
         .layer(uncached.layer());
+    // Session tokens with an active organization, for the guard.
+    let org_tokens: Vec<String> = (0..USERS)
+        .map(|i| {
+            issuer
+                .token_for(&format!("user_bench_{i}"))
+                .claim("exp", now + 3600)
+                .organization("org_bench", "bench", "member", &["org:invoices:read"])
+                .build()
+        })
+        .collect();
+    let guarded = Router::new()
+        .route(
+            "/me",
+            get(handler).layer(cached.require(Check::permission("org:invoices:read"))),
+        )
+        .layer(cached.layer());
     let with_keys = Router::new().route("/me", get(handler)).layer(
         cached
             .layer()
@@ -302,6 +322,10 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
             let ok = layered.clone().oneshot(request(token)).await.unwrap();
             assert!(ok.status().is_success());
             let ok = verifying.clone().oneshot(request(token)).await.unwrap();
+            assert!(ok.status().is_success());
+        }
+        for token in &org_tokens {
+            let ok = guarded.clone().oneshot(request(token)).await.unwrap();
             assert!(ok.status().is_success());
         }
         for key in &keys {
@@ -341,6 +365,17 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
         })
     };
     group.bench_function("layer/api_key_hit", |b| paired(b, true));
+    // The guard: the same organization tokens with and without `require`.
+    let mut guard_pair = Pair::new("layer/guarded_hit ÷ unguarded (same tokens)", "≤ 1.1");
+    let mut paired = |b: &mut criterion::Bencher<'_>, time_guarded: bool| {
+        b.iter_custom(|iters| {
+            let plain = rt.block_on(block(&layered, &org_tokens, &mut i, iters));
+            let checked = rt.block_on(block(&guarded, &org_tokens, &mut i, iters));
+            guard_pair.add(iters, checked, plain);
+            if time_guarded { checked } else { plain }
+        })
+    };
+    group.bench_function("layer/guarded_hit", |b| paired(b, true));
     let key_calls_after_hits = fake.verify_requests(TokenType::ApiKey);
     group.bench_function("layer/both_hit+ratelimit_memory", |b| {
         b.to_async(&rt).iter(|| {
@@ -540,7 +575,14 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
          {statements} implicit transactions (2 per unnamed statement: prepare and execute round \
          trips)"
     );
-    vec![hit_pair, key_pair, token_pair, new_user_pair, key_miss_pair]
+    vec![
+        hit_pair,
+        key_pair,
+        guard_pair,
+        token_pair,
+        new_user_pair,
+        key_miss_pair,
+    ]
 }
 
 /// The same handler behind jwt-authorizer 0.15 (which is built on axum 0.7).
@@ -594,6 +636,7 @@ fn print_ratios(group_dir: &Path) {
         "layer/both_hit+ratelimit_memory",
         "layer/both_hit+ratelimit_postgres",
         "layer/api_key_hit",
+        "layer/guarded_hit",
         "layer/api_key_miss",
         "api_key/round_trip",
         "layer/new_token_cached_user",
