@@ -43,8 +43,11 @@ pub enum GuardRejection {
 }
 
 impl GuardRejection {
-    /// Decides `check` for the caller in `extensions`.
-    pub(crate) fn check(extensions: &Extensions, check: &Check) -> Result<ClerkUser, Self> {
+    /// Decides `check` for the caller in `extensions`, and hands back the user.
+    pub(crate) fn check<'e>(
+        extensions: &'e Extensions,
+        check: &Check,
+    ) -> Result<&'e ClerkUser, Self> {
         let Some(user) = extensions.get::<ClerkUser>() else {
             return Err(if extensions.get::<ClerkMachine>().is_some() {
                 Self::NotAUser
@@ -55,7 +58,7 @@ impl GuardRejection {
             });
         };
         match check.decide(user.authorization()) {
-            Ok(()) => Ok(user.clone()),
+            Ok(()) => Ok(user),
             Err(Denial::NoOrganization) => Err(Self::OrganizationRequired),
             Err(Denial::Missing(what)) => Err(Self::Forbidden(what)),
             Err(Denial::Reverification(reverification)) => {
@@ -225,6 +228,6 @@ impl<R: Requirement, S: Send + Sync> FromRequestParts<S> for Authorized<R> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let user = GuardRejection::check(&parts.extensions, &R::check())?;
-        Ok(Self(user, PhantomData))
+        Ok(Self(user.clone(), PhantomData))
     }
 }

@@ -107,18 +107,19 @@ pub struct Check {
 
 impl Check {
     /// The member's role in the active organization (`admin` and `org:admin` are the same).
-    pub fn role(role: impl Into<String>) -> Self {
+    pub fn role(role: impl AsRef<str>) -> Self {
         Self {
-            role: Some(role.into()),
+            // Prefixed once here, so that a check costs no allocation.
+            role: Some(with_org(role.as_ref())),
             ..Self::default()
         }
     }
 
     /// A permission in the active organization (`org:invoices:read`; the `org:` prefix is
     /// added when missing).
-    pub fn permission(permission: impl Into<String>) -> Self {
+    pub fn permission(permission: impl AsRef<str>) -> Self {
         Self {
-            permission: Some(permission.into()),
+            permission: Some(with_org(permission.as_ref())),
             ..Self::default()
         }
     }
@@ -179,15 +180,14 @@ impl Check {
             };
             if let Some(role) = &self.role {
                 let held = org.role.as_deref().filter(|r| !r.is_empty());
-                if held.is_none_or(|held| with_org(held) != with_org(role)) {
-                    return Err(Denial::Missing(format!("the role {}", with_org(role))));
+                if held.is_none_or(|held| without_org(held) != without_org(role)) {
+                    return Err(Denial::Missing(format!("the role {role}")));
                 }
             }
-            if let Some(permission) = &self.permission {
-                let wanted = with_org(permission);
-                if !org.permissions.contains(&wanted) {
-                    return Err(Denial::Missing(format!("the permission {wanted}")));
-                }
+            if let Some(permission) = &self.permission
+                && !org.permissions.contains(permission)
+            {
+                return Err(Denial::Missing(format!("the permission {permission}")));
             }
         }
         for (asked, claim, kind) in [
@@ -222,11 +222,17 @@ pub(crate) enum Denial {
 
 /// `org:` once at the front, however many the value had (Clerk's `prefixWithOrg`).
 fn with_org(value: &str) -> String {
+    format!("org:{}", without_org(value))
+}
+
+/// The value without its leading `org:` prefixes: two values are equal under Clerk's
+/// `prefixWithOrg` exactly when these are.
+fn without_org(value: &str) -> &str {
     let mut rest = value;
     while let Some(stripped) = rest.strip_prefix("org:") {
         rest = stripped;
     }
-    format!("org:{rest}")
+    rest
 }
 
 /// Clerk's `checkForFeatureOrPlan`: `scope:id` looks in that scope only, a bare `id` in both;
