@@ -28,11 +28,13 @@ pub struct ClerkUser {
     inner: Arc<Principal>,
 }
 
+/// `repr(C)`, the authorization first: see [`Authorization`]'s layout.
 #[derive(Debug)]
+#[repr(C)]
 struct Principal {
-    claims: Arc<SessionClaims>,
     /// Read from the claims once, when the token is verified (empty for machine tokens).
     authorization: Authorization,
+    claims: Arc<SessionClaims>,
     /// The machine token behind the request; `None` for a session.
     machine: Option<Arc<MachineToken>>,
     tier: Arc<str>,

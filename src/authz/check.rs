@@ -1,7 +1,7 @@
 //! [`Check`]: what a caller must have — role, permission, feature, plan, a recent enough
 //! verification — and how `has()` decides it, with `@clerk/shared`'s semantics.
 
-use super::claims::{Authorization, Entitlements, FactorAges};
+use super::claims::{Authorization, Entitlements, FactorAges, without_org};
 
 /// How strongly a session must have been verified recently, for [`Reverification::Custom`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,17 +175,18 @@ impl Check {
             ));
         }
         if org_asked {
-            let Some(org) = &authz.organization else {
+            let Some(index) = &authz.org_index else {
                 return Err(Denial::NoOrganization);
             };
-            if let Some(role) = &self.role {
-                let held = org.role.as_deref().filter(|r| !r.is_empty());
-                if held.is_none_or(|held| without_org(held) != without_org(role)) {
-                    return Err(Denial::Missing(format!("the role {role}")));
-                }
+            let mut lines = index.split('\n');
+            let held_role = lines.next().unwrap_or_default();
+            if let Some(role) = &self.role
+                && (held_role.is_empty() || held_role != without_org(role))
+            {
+                return Err(Denial::Missing(format!("the role {role}")));
             }
             if let Some(permission) = &self.permission
-                && !org.permissions.contains(permission)
+                && !lines.any(|held| held == permission)
             {
                 return Err(Denial::Missing(format!("the permission {permission}")));
             }
@@ -223,16 +224,6 @@ pub(crate) enum Denial {
 /// `org:` once at the front, however many the value had (Clerk's `prefixWithOrg`).
 fn with_org(value: &str) -> String {
     format!("org:{}", without_org(value))
-}
-
-/// The value without its leading `org:` prefixes: two values are equal under Clerk's
-/// `prefixWithOrg` exactly when these are.
-fn without_org(value: &str) -> &str {
-    let mut rest = value;
-    while let Some(stripped) = rest.strip_prefix("org:") {
-        rest = stripped;
-    }
-    rest
 }
 
 /// Clerk's `checkForFeatureOrPlan`: `scope:id` looks in that scope only, a bare `id` in both;
