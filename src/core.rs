@@ -150,7 +150,12 @@ impl Core {
             // The cookie rule holds for cached sessions too: a browser that signed out since is
             // signed out here.
             Lookup::Hit(Caller::User(user)) => {
-                match signed_in(mode, located.check_client_uat(user.claims().iat)) {
+                // Header tokens need no claims here: the claims are not read on their hit.
+                let cookie_rule = match located.source() {
+                    Source::Header => Ok(()),
+                    cookie => cookie.check_client_uat(user.claims().iat),
+                };
+                match signed_in(mode, cookie_rule) {
                     Ok(true) => Decision::Hit(Caller::User(user)),
                     Ok(false) => Decision::Anonymous,
                     Err(error) => self.rejected(error),

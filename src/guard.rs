@@ -1,9 +1,7 @@
 //! [`RequireLayer`]: a route guard over [`Check`], and [`Authorized`], the same as an
 //! extractor (beside `authz`, which `extract` needs: the guard needs both).
 
-use std::future::Future;
 use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -11,14 +9,13 @@ use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{Extensions, Request, StatusCode};
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::authz::{Check, Denial, Reverification};
 use crate::error::{AuthError, error_response};
 use crate::extract::{AnonymousRequest, ClerkMachine, ClerkUser, MissingClerkLayer};
-use crate::response_state::LayerState;
+use crate::layer::ResponseFuture;
 
 /// Why a guard refused a request, as a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,7 +145,8 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = GuardFuture<S::Future, S::Error>;
+    // The sync layer's response future: the same two states (the inner call, or an answer).
+    type Future = ResponseFuture<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -156,39 +154,9 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         match GuardRejection::check(request.extensions(), &self.check) {
-            Ok(_) => GuardFuture {
-                state: LayerState::inner(self.inner.call(request), ()),
-            },
-            Err(rejection) => GuardFuture {
-                state: LayerState::ready(rejection.into_response()),
-            },
+            Ok(_) => ResponseFuture::inner(self.inner.call(request)),
+            Err(rejection) => ResponseFuture::ready(rejection.into_response()),
         }
-    }
-}
-
-pin_project! {
-    /// Response future of [`Require`].
-    pub struct GuardFuture<F, E> {
-        #[pin]
-        state: LayerState<F, E, ()>,
-    }
-}
-
-impl<F, E> std::fmt::Debug for GuardFuture<F, E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuardFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, R, E> Future for GuardFuture<F, E>
-where
-    F: Future<Output = Result<R, E>>,
-    R: IntoResponse,
-{
-    type Output = Result<Response, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().state.poll_with(cx, |_, ()| {})
     }
 }
 

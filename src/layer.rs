@@ -211,7 +211,7 @@ where
 }
 
 pin_project! {
-    /// Response future of [`ClerkSyncService`].
+    /// Response future of [`ClerkSyncService`] and of the guard ([`crate::Require`]).
     pub struct ResponseFuture<F, E> {
         #[pin]
         state: LayerState<F, E, ()>,
@@ -219,13 +219,13 @@ pin_project! {
 }
 
 impl<F, E> ResponseFuture<F, E> {
-    fn inner(future: F) -> Self {
+    pub(crate) fn inner(future: F) -> Self {
         Self {
             state: LayerState::inner(future, ()),
         }
     }
 
-    fn ready(response: Response) -> Self {
+    pub(crate) fn ready(response: Response) -> Self {
         Self {
             state: LayerState::ready(response),
         }

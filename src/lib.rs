@@ -44,7 +44,7 @@ pub use client_addr::ClientAddress;
 pub use config::{ClerkConfig, ClerkConfigBuilder, KeySource};
 pub use error::{AuthError, ConfigError, ERROR_CODES};
 pub use extract::{ClerkMachine, ClerkPrincipal, ClerkUser, MissingClerkLayer, PrincipalRejection};
-pub use guard::{Authorized, GuardFuture, GuardRejection, Require, RequireLayer, Requirement};
+pub use guard::{Authorized, GuardRejection, Require, RequireLayer, Requirement};
 pub use handle::{ClerkSync, ClerkSyncBuilder};
 #[cfg(feature = "postgres")]
 pub use invalidate::PgChannel;

@@ -192,8 +192,8 @@ impl Check {
             }
         }
         for (asked, claim, kind) in [
-            (&self.feature, &authz.features, "feature"),
-            (&self.plan, &authz.plans, "plan"),
+            (&self.feature, &authz.details.features, "feature"),
+            (&self.plan, &authz.details.plans, "plan"),
         ] {
             if let Some(asked) = asked
                 && !entitled(claim, asked)
@@ -202,7 +202,7 @@ impl Check {
             }
         }
         if let Some(reverification) = self.reverification
-            && !reverification.passes(authz.factor_ages)
+            && !reverification.passes(authz.details.factor_ages)
         {
             return Err(Denial::Reverification(reverification));
         }

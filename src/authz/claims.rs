@@ -43,15 +43,20 @@ pub struct Entitlements {
 
 /// Everything `has()` decides on, read once per verified token.
 ///
-/// `repr(C)` with the role-and-permission index first: inside [`crate::ClerkUser`]'s shared
-/// allocation it sits next to the reference count that every request touches, so a guard
-/// reads one more cache line (the index's text), not the organization's scattered strings.
+/// Read lazily, on the first check of a token (see `ClerkUser`); small, with the
+/// role-and-permission index that guards read inline (its text one allocation away) and the
+/// rest boxed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[repr(C)]
 pub(crate) struct Authorization {
     /// The active organization's role (without `org:`) and permissions, one per line, in one
     /// allocation; `None` without an active organization.
     pub(crate) org_index: Option<Box<str>>,
+    pub(crate) details: Box<Details>,
+}
+
+/// The parts of [`Authorization`] that are read less often.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Details {
     pub(crate) organization: Option<ActiveOrganization>,
     pub(crate) features: Entitlements,
     pub(crate) plans: Entitlements,
@@ -85,10 +90,12 @@ impl Authorization {
         });
         Self {
             org_index,
-            organization,
-            features,
-            plans: scoped(custom.get("pla")),
-            factor_ages: custom.get("fva").and_then(factor_ages),
+            details: Box::new(Details {
+                organization,
+                features,
+                plans: scoped(custom.get("pla")),
+                factor_ages: custom.get("fva").and_then(factor_ages),
+            }),
         }
     }
 }

@@ -106,7 +106,7 @@ mod tests {
         }))
         .unwrap();
         let authorization = Authorization::read(&claims);
-        let org = authorization.organization.unwrap();
+        let org = authorization.details.organization.clone().unwrap();
         assert_eq!(
             (org.id.as_str(), org.slug.as_deref(), org.role.as_deref()),
             ("org_1", Some("acme"), Some("org:admin"))
@@ -119,10 +119,10 @@ mod tests {
                 "org:dashboard:manage"
             ]
         );
-        assert_eq!(authorization.features.user, ["profile"]);
-        assert_eq!(authorization.plans.org, ["pro"]);
+        assert_eq!(authorization.details.features.user, ["profile"]);
+        assert_eq!(authorization.details.plans.org, ["pro"]);
         assert_eq!(
-            authorization.factor_ages,
+            authorization.details.factor_ages,
             Some(FactorAges {
                 first: Some(3),
                 second: None

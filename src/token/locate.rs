@@ -59,12 +59,7 @@ impl<'a> Located<'a> {
         }
     }
 
-    /// See [`Source::check_client_uat`].
-    pub(crate) fn check_client_uat(self, iat: i64) -> Result<(), AuthError> {
-        self.source().check_client_uat(iat)
-    }
-
-    /// The part of [`check_client_uat`](Self::check_client_uat) that needs no claims: a cookie
+    /// The part of [`Source::check_client_uat`] that needs no claims: a cookie
     /// token beside a signed-out `__client_uat` is refused before any verification.
     pub(crate) fn check_signed_in(self) -> Result<(), AuthError> {
         match self {
@@ -264,18 +259,18 @@ mod tests {
             token: "t",
             client_uat,
         };
-        assert_eq!(cookie(100).check_client_uat(100), Ok(()));
-        assert_eq!(cookie(99).check_client_uat(100), Ok(()));
+        assert_eq!(cookie(100).source().check_client_uat(100), Ok(()));
+        assert_eq!(cookie(99).source().check_client_uat(100), Ok(()));
         for (uat, iat) in [(0, 100), (-1, 100), (101, 100)] {
             assert_eq!(
-                cookie(uat).check_client_uat(iat),
+                cookie(uat).source().check_client_uat(iat),
                 Err(AuthError::SessionOutdated),
                 "{uat} vs {iat}"
             );
         }
         assert_eq!(cookie(0).check_signed_in(), Err(AuthError::SessionOutdated));
         assert_eq!(cookie(5).check_signed_in(), Ok(()));
-        assert_eq!(Located::Header("t").check_client_uat(1), Ok(()));
+        assert_eq!(Located::Header("t").source().check_client_uat(1), Ok(()));
         assert_eq!(Located::Header("t").check_signed_in(), Ok(()));
     }
 
