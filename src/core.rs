@@ -221,43 +221,43 @@ impl Core {
             }
         };
         let exp = credential.claims.exp;
-        let Some(machine) = credential.machine.clone() else {
+        let evidence = if credential.machine.is_none() {
             // A cookie token minted before the browser's last session change is outdated;
             // under the optional layer the request is anonymous. Checked before anything is
             // written.
             if !signed_in(mode, pending.source.check_client_uat(credential.claims.iat))? {
                 return Ok(None);
             }
-            let (user, synced) = self
-                .syncer
-                .ensure(&credential.claims, Evidence::Session(token))
-                .await?;
-            let answer = ClerkUser::new(credential, user.tier.clone(), synced);
-            if synced && let Some(tokens) = &self.tokens {
-                let cached = Cached::User(answer.clone(), user);
-                tokens.insert(token, cached, exp, unix_now(), pending.key_epoch);
-            }
-            return Ok(Some(Caller::User(answer)));
-        };
-        let caller = if is_user(&machine.subject) {
-            let (user, synced) = self
-                .syncer
-                .ensure(&credential.claims, Evidence::MachineJwt(token))
-                .await?;
-            let answer = ClerkUser::new(credential, user.tier.clone(), synced);
-            let cached = synced.then(|| Cached::User(answer.clone(), user));
-            (Caller::User(answer), cached)
+            Evidence::Session(token)
         } else {
-            let machine = ClerkMachine::new(machine);
-            (
-                Caller::Machine(machine.clone()),
-                Some(Cached::Machine(machine)),
-            )
+            Evidence::MachineJwt(token)
         };
-        if let (Some(tokens), Some(cached)) = (&self.tokens, caller.1) {
+        let (caller, cached) = self.admit(credential, evidence).await?;
+        if let (Some(tokens), Some(cached)) = (&self.tokens, cached) {
             tokens.insert(token, cached, exp, unix_now(), pending.key_epoch);
         }
-        Ok(Some(caller.0))
+        Ok(Some(caller))
+    }
+
+    /// The caller a verified token stands for: its user, synced (and what to cache, `None`
+    /// when the sync only passed under the fail-open policy), or a machine or organization,
+    /// which is not written anywhere.
+    async fn admit(
+        &self,
+        credential: Credential,
+        evidence: Evidence<'_>,
+    ) -> Result<(Caller, Option<Cached>), AuthError> {
+        if let Some(machine) = credential.machine.as_ref().filter(|m| !is_user(&m.subject)) {
+            let machine = ClerkMachine::new(machine.clone());
+            return Ok((
+                Caller::Machine(machine.clone()),
+                Some(Cached::Machine(machine)),
+            ));
+        }
+        let (user, synced) = self.syncer.ensure(&credential.claims, evidence).await?;
+        let answer = ClerkUser::new(credential, user.tier.clone(), synced);
+        let cached = synced.then(|| Cached::User(answer.clone(), user));
+        Ok((Caller::User(answer), cached))
     }
 
     /// An opaque machine token: the Backend API's verdict (cached, budgeted), then its user
@@ -283,25 +283,11 @@ impl Core {
         };
         let trusted = verifier.verify(token_type, token, client).await?;
         let now = unix_now();
-        let (caller, cached) = if is_user(&trusted.token.subject) {
-            let credential = Credential {
-                claims: Arc::new(trusted.token.session_view(now)),
-                machine: Some(trusted.token),
-            };
-            let (user, synced) = self
-                .syncer
-                .ensure(&credential.claims, Evidence::Opaque)
-                .await?;
-            let answer = ClerkUser::new(credential, user.tier.clone(), synced);
-            let cached = synced.then(|| Cached::User(answer.clone(), user));
-            (Caller::User(answer), cached)
-        } else {
-            let machine = ClerkMachine::new(trusted.token);
-            (
-                Caller::Machine(machine.clone()),
-                Some(Cached::Machine(machine)),
-            )
+        let credential = Credential {
+            claims: Arc::new(trusted.token.session_view(now)),
+            machine: Some(trusted.token),
         };
+        let (caller, cached) = self.admit(credential, Evidence::Opaque).await?;
         if let (Some(tokens), Some(cached)) = (&self.tokens, cached) {
             tokens.insert_opaque(token, cached, trusted.until_ms, now);
         }
