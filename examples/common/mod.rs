@@ -320,17 +320,14 @@ async fn authorize(
             "permission" => Check::permission(value),
             "feature" => Check::feature(value),
             "plan" => Check::plan(value),
-            "reverification" => Check::reverification(match value {
-                "strict_mfa" => Reverification::StrictMfa,
-                "strict" => Reverification::Strict,
-                "moderate" => Reverification::Moderate,
-                "lax" => Reverification::Lax,
-                _ => {
+            "reverification" => match Reverification::preset(value) {
+                Some(preset) => Check::reverification(preset),
+                None => {
                     return Err(bad_request(
                         "reverification is strict_mfa, strict, moderate or lax",
                     ));
                 }
-            }),
+            },
             _ => {
                 return Err(bad_request(
                     "parameters: role, permission, feature, plan, reverification",

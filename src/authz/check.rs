@@ -47,6 +47,17 @@ pub enum Reverification {
 }
 
 impl Reverification {
+    /// The preset of Clerk's name: `strict_mfa`, `strict`, `moderate` or `lax`.
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "strict_mfa" => Some(Self::StrictMfa),
+            "strict" => Some(Self::Strict),
+            "moderate" => Some(Self::Moderate),
+            "lax" => Some(Self::Lax),
+            _ => None,
+        }
+    }
+
     /// The level and the age in minutes, as Clerk's presets define them.
     pub fn requirement(self) -> (FactorLevel, u32) {
         match self {

@@ -34,13 +34,9 @@ mod tests {
             check = check.and(Check::plan(plan));
         }
         let reverification = match params.get("reverification") {
-            Some(Value::String(preset)) => Some(match preset.as_str() {
-                "strict_mfa" => Reverification::StrictMfa,
-                "strict" => Reverification::Strict,
-                "moderate" => Reverification::Moderate,
-                "lax" => Reverification::Lax,
-                other => panic!("preset {other}"),
-            }),
+            Some(Value::String(preset)) => {
+                Some(Reverification::preset(preset).unwrap_or_else(|| panic!("preset {preset}")))
+            }
             Some(custom) => Some(Reverification::Custom {
                 level: match custom["level"].as_str() {
                     Some("first_factor") => FactorLevel::FirstFactor,
