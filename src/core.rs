@@ -29,12 +29,12 @@ use tokio::sync::watch;
 
 use crate::client_addr::ClientAddress;
 use crate::error::{AuthError, complete_headers};
-use crate::extract::{AnonymousRequest, ClerkMachine, ClerkUser, Credential};
+use crate::extract::{AnonymousRequest, ClerkMachine, ClerkUser, Credential, OrgStanding};
 use crate::log_throttle::Throttle;
 use crate::machine::MachineToken;
 use crate::machine::verifier::MachineVerifier;
 use crate::stats::{Counters, Stats};
-use crate::sync::{Evidence, Syncer};
+use crate::sync::{Evidence, OrgSync, Syncer};
 use crate::time::unix_now;
 use crate::token::Verifier;
 use crate::token::locate::{Located, Source, locate};
@@ -139,8 +139,11 @@ impl Core {
         let Some(tokens) = &self.tokens else {
             return Decision::Pending(pending(located, accepted, opaque, None, 0));
         };
-        match tokens.get(located.token(), unix_now(), |user| {
+        match tokens.get(located.token(), unix_now(), |user, answer| {
             self.syncer.is_current(user)
+                && answer
+                    .synced_organization()
+                    .is_none_or(|org| self.syncer.organization_is_current(org))
         }) {
             // A cached machine JWT is of a type this layer may not take (the cache is shared
             // by every layer of one `ClerkSync`).
@@ -255,8 +258,23 @@ impl Core {
             ));
         }
         let (user, synced) = self.syncer.ensure(&credential.claims, evidence).await?;
-        let answer = ClerkUser::new(credential, user.tier.clone(), synced);
-        let cached = synced.then(|| Cached::User(answer.clone(), user));
+        // Sessions only: machine tokens carry no organization claims.
+        let organization = match evidence {
+            Evidence::Session(_) if synced => {
+                self.syncer
+                    .ensure_organization(&credential.claims, &user)
+                    .await?
+            }
+            _ => OrgSync::None,
+        };
+        let cacheable = synced && !matches!(organization, OrgSync::Failed);
+        let standing = match organization {
+            OrgSync::Synced(org) => OrgStanding::Synced(org),
+            OrgSync::Refused => OrgStanding::Refused,
+            OrgSync::None | OrgSync::NotKept | OrgSync::Failed => OrgStanding::Claims,
+        };
+        let answer = ClerkUser::new(credential, user.tier.clone(), synced, standing);
+        let cached = cacheable.then(|| Cached::User(answer.clone(), user));
         Ok((Caller::User(answer), cached))
     }
 

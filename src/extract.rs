@@ -10,6 +10,7 @@ use http::request::Parts;
 
 use crate::authz::{ActiveOrganization, Authorization, Check, Entitlements, FactorAges};
 use crate::machine::MachineToken;
+use crate::sync::SyncedUser;
 use crate::token::SessionClaims;
 use crate::token_type::TokenType;
 
@@ -30,6 +31,9 @@ pub struct ClerkUser {
 
 #[derive(Debug)]
 struct Principal {
+    /// First: read by every hit of the verified-token cache (is the organization current?),
+    /// beside the reference counts that the hit touches anyway.
+    organization: OrgStanding,
     claims: Arc<SessionClaims>,
     /// Read from the claims on the first `has()` or guard (empty for machine tokens): hits that
     /// no guard looks at never pay for it (allocated up front, it slowed every hit by ~5%,
@@ -41,6 +45,20 @@ struct Principal {
     synced: bool,
 }
 
+/// What the sync made of a session's active organization.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum OrgStanding {
+    /// No active organization, or one that is not synced (the store keeps none, or failed
+    /// under the open policy): the claims stand as they are.
+    #[default]
+    Claims,
+    /// Organization and membership rows exist: the organization's synced entry (its tier).
+    Synced(Arc<SyncedUser>),
+    /// Deleted here (the organization, or the membership after the token was issued): the
+    /// session has no organization.
+    Refused,
+}
+
 /// What a verified token says, before its user is synced: kept by the token cache so that a
 /// session whose user was evicted is synced again without verifying again.
 #[derive(Debug, Clone)]
@@ -50,9 +68,15 @@ pub(crate) struct Credential {
 }
 
 impl ClerkUser {
-    pub(crate) fn new(credential: Credential, tier: Arc<str>, synced: bool) -> Self {
+    pub(crate) fn new(
+        credential: Credential,
+        tier: Arc<str>,
+        synced: bool,
+        organization: OrgStanding,
+    ) -> Self {
         Self {
             inner: Arc::new(Principal {
+                organization,
                 authorization: OnceLock::new(),
                 claims: credential.claims,
                 machine: credential.machine,
@@ -132,7 +156,9 @@ impl ClerkUser {
     }
 
     /// The session's active organization (v2 `o`, or v1 `org_*` claims): id, slug, role,
-    /// permissions.
+    /// permissions. `None` too when the organization is deleted here, or the membership was
+    /// deleted (by a webhook) after the token was issued: then every organization check
+    /// fails.
     pub fn organization(&self) -> Option<&ActiveOrganization> {
         self.authorization().details.organization.as_ref()
     }
@@ -154,10 +180,31 @@ impl ClerkUser {
 
     pub(crate) fn authorization(&self) -> &Authorization {
         let inner = &*self.inner;
-        inner.authorization.get_or_init(|| match inner.machine {
-            None => Authorization::read(&inner.claims),
-            Some(_) => Authorization::default(),
-        })
+        inner
+            .authorization
+            .get_or_init(|| match (&inner.machine, &inner.organization) {
+                (None, OrgStanding::Refused) => {
+                    Authorization::read(&inner.claims).without_organization()
+                }
+                (None, _) => Authorization::read(&inner.claims),
+                (Some(_), _) => Authorization::default(),
+            })
+    }
+
+    /// The synced entry of the active organization, when it is synced.
+    pub(crate) fn synced_organization(&self) -> Option<&SyncedUser> {
+        match &self.inner.organization {
+            OrgStanding::Synced(organization) => Some(organization),
+            OrgStanding::Claims | OrgStanding::Refused => None,
+        }
+    }
+
+    /// The active organization's tier as stored in `organizations.tier`, when the session has
+    /// an active organization whose row is synced (`None` without one, or when the store
+    /// keeps no organizations). The rate limiter's organization keying reads it.
+    pub fn organization_tier(&self) -> Option<&str> {
+        self.synced_organization()
+            .map(|organization| &*organization.tier)
     }
 
     /// The user's tier as stored in the database (or the default tier when not synced).

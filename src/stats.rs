@@ -13,6 +13,8 @@ pub(crate) struct Counters {
     pub(crate) user_cache_misses: AtomicU64,
     pub(crate) upserts_ok: AtomicU64,
     pub(crate) upserts_failed: AtomicU64,
+    pub(crate) organization_writes: AtomicU64,
+    pub(crate) membership_writes: AtomicU64,
     pub(crate) api_fetches: AtomicU64,
     pub(crate) api_failures: AtomicU64,
     pub(crate) api_budget_skips: AtomicU64,
@@ -45,6 +47,8 @@ impl Counters {
             user_cache_misses: load(&self.user_cache_misses),
             upserts_ok: load(&self.upserts_ok),
             upserts_failed: load(&self.upserts_failed),
+            organization_writes: load(&self.organization_writes),
+            membership_writes: load(&self.membership_writes),
             api_fetches: load(&self.api_fetches),
             api_failures: load(&self.api_failures),
             api_budget_skips: load(&self.api_budget_skips),
@@ -77,6 +81,12 @@ pub struct Stats {
     pub upserts_ok: u64,
     /// Upserts that failed or timed out.
     pub upserts_failed: u64,
+    /// Organization upserts of the request path that reached the store (once per
+    /// organization and cache lifetime, shared by concurrent first requests), failed or not.
+    pub organization_writes: u64,
+    /// Membership upserts of the request path that reached the store (once per member and
+    /// cache lifetime), failed or not.
+    pub membership_writes: u64,
     /// Backend API `GET /v1/users/{id}` calls made to enrich a profile.
     pub api_fetches: u64,
     /// Those calls that failed (after their retries) or timed out, and 404s that were not
@@ -96,7 +106,8 @@ pub struct Stats {
     pub webhooks_ignored: u64,
     /// Webhook deliveries answered with an error.
     pub webhooks_rejected: u64,
-    /// Users evicted because another process (or this one) published an invalidation.
+    /// Users and organizations evicted because another process (or this one) published an
+    /// invalidation.
     pub invalidations_received: u64,
     /// Times the invalidation listener (re)connected.
     pub listener_connects: u64,

@@ -196,7 +196,7 @@ impl TokenCache {
         &self,
         token: &str,
         now: i64,
-        is_current: impl FnOnce(&SyncedUser) -> bool,
+        is_current: impl FnOnce(&SyncedUser, &ClerkUser) -> bool,
     ) -> Lookup {
         let key = self.key(token);
         let shard = self.shard(key);
@@ -221,7 +221,7 @@ impl TokenCache {
             };
         }
         let hit = match &session.cached {
-            Cached::User(answer, user) if !is_current(user) => {
+            Cached::User(answer, user) if !is_current(user, answer) => {
                 return match session.check {
                     Check::Token(_) => Lookup::Stale(answer.credential(), session.key_epoch),
                     // An opaque token's trust is the machine verifier's to judge again (from
@@ -319,7 +319,8 @@ mod tests {
             claims: Arc::new(claims),
             machine: None,
         };
-        Cached::User(ClerkUser::new(credential, "free".into(), true), user())
+        let answer = ClerkUser::new(credential, "free".into(), true, Default::default());
+        Cached::User(answer, user())
     }
 
     fn user() -> Arc<SyncedUser> {
@@ -327,7 +328,7 @@ mod tests {
     }
 
     fn found(cache: &TokenCache, token: &str) -> Option<String> {
-        match cache.get(token, 100, |_| true) {
+        match cache.get(token, 100, |_, _| true) {
             Lookup::Hit(Caller::User(user)) => Some(user.user_id().to_owned()),
             _ => None,
         }
@@ -342,8 +343,14 @@ mod tests {
         assert_eq!(cache.hits(), 1);
         // Same tail (same signature), other payload: a miss, not the cached claims.
         let forged = format!("{}.sig-{}", "b".repeat(100), "x".repeat(40));
-        assert!(matches!(cache.get(&forged, 100, |_| true), Lookup::Absent));
-        assert!(matches!(cache.get("other", 100, |_| true), Lookup::Absent));
+        assert!(matches!(
+            cache.get(&forged, 100, |_, _| true),
+            Lookup::Absent
+        ));
+        assert!(matches!(
+            cache.get("other", 100, |_, _| true),
+            Lookup::Absent
+        ));
         assert_eq!(cache.hits(), 1, "misses are not hits");
     }
 
@@ -353,14 +360,14 @@ mod tests {
         cache.insert("token-1", session("user_1", 200), 200, 100, 0);
         // Within the leeway, then past it.
         assert!(matches!(
-            cache.get("token-1", 205, |_| true),
+            cache.get("token-1", 205, |_, _| true),
             Lookup::Hit(_)
         ));
         assert!(matches!(
-            cache.get("token-1", 206, |_| true),
+            cache.get("token-1", 206, |_, _| true),
             Lookup::Expired
         ));
-        match cache.get("token-1", 100, |_| false) {
+        match cache.get("token-1", 100, |_, _| false) {
             Lookup::Stale(credential, epoch) => {
                 assert_eq!(credential.claims.sub, "user_1");
                 assert_eq!(epoch, 0);
@@ -379,26 +386,29 @@ mod tests {
         assert_eq!(found_at(&cache, key, now).as_deref(), Some("user_1"));
         // Another key, even one with the same last 32 bytes: a miss.
         let twin = "xk_3beecc9c60adb5f9b850e91a8ee1e992";
-        assert!(matches!(cache.get(twin, now, |_| true), Lookup::Absent));
+        assert!(matches!(cache.get(twin, now, |_, _| true), Lookup::Absent));
         // The secret is not stored.
         let shard = cache.shard(cache.key(key)).map.read().unwrap();
         assert!(shard.values().all(|s| matches!(s.check, Check::Digest(_))));
         drop(shard);
         // The second before `until`, then not at all, and absent (asked again), not expired.
         assert!(found_at(&cache, key, now + 29).is_some());
-        assert!(matches!(cache.get(key, now + 30, |_| true), Lookup::Absent));
+        assert!(matches!(
+            cache.get(key, now + 30, |_, _| true),
+            Lookup::Absent
+        ));
         // A stale user of an opaque token is absent too: the machine verifier judges again.
-        assert!(matches!(cache.get(key, now, |_| false), Lookup::Absent));
+        assert!(matches!(cache.get(key, now, |_, _| false), Lookup::Absent));
         // Trust already over: not cached at all.
         cache.insert_opaque("ak_late", session("user_2", 0), now * 1000, now);
         assert!(matches!(
-            cache.get("ak_late", now, |_| true),
+            cache.get("ak_late", now, |_, _| true),
             Lookup::Absent
         ));
     }
 
     fn found_at(cache: &TokenCache, token: &str, now: i64) -> Option<String> {
-        match cache.get(token, now, |_| true) {
+        match cache.get(token, now, |_, _| true) {
             Lookup::Hit(Caller::User(user)) => Some(user.user_id().to_owned()),
             _ => None,
         }

@@ -158,7 +158,7 @@ async fn channel_messages_evict_users_and_a_reconnect_clears_the_cache() {
     assert_eq!(reply.body["tier"], "pro");
     assert_eq!(store.calls(), 3);
 
-    // Organization ids and anything else evict no user.
+    // An organization id evicts that organization (no user); anything else, nothing.
     channel.send(ChannelEvent::Message("org_acme".into()));
     channel.send(ChannelEvent::Message("garbage".into()));
     // A lost subscription keeps serving the cache; being back clears it.
@@ -171,8 +171,8 @@ async fn channel_messages_evict_users_and_a_reconnect_clears_the_cache() {
     wait_for(&clerk, "the reconnect", |s| s.listener_connects == 2).await;
     assert_eq!(
         clerk.stats().invalidations_received,
-        1,
-        "org_ and garbage evict no one"
+        2,
+        "org_acme counted as an organization eviction, garbage not at all"
     );
     for token in [&ada, &bo] {
         get_with_token(&router, "/me", Some(token)).await;

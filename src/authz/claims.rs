@@ -98,6 +98,23 @@ impl Authorization {
             }),
         }
     }
+
+    /// The same without the active organization and what belongs to it (its role,
+    /// permissions, and the `o:` features and plans): for a session whose organization was
+    /// deleted here, or whose membership was deleted after the token was issued.
+    pub(crate) fn without_organization(mut self) -> Self {
+        self.org_index = None;
+        let details = &mut *self.details;
+        details.organization = None;
+        details.features.org.clear();
+        details.plans.org.clear();
+        self
+    }
+}
+
+/// The session's active organization, as [`Authorization::read`] reads it.
+pub(crate) fn active_organization(claims: &SessionClaims) -> Option<ActiveOrganization> {
+    Authorization::read(claims).details.organization
 }
 
 /// The value without its leading `org:` prefixes: two values are equal under Clerk's

@@ -7,8 +7,8 @@ mod claims;
 
 pub(crate) use check::Denial;
 pub use check::{Check, FactorLevel, Reverification};
-pub(crate) use claims::Authorization;
 pub use claims::{ActiveOrganization, Entitlements, FactorAges};
+pub(crate) use claims::{Authorization, active_organization};
 
 #[cfg(test)]
 mod tests {

@@ -4,9 +4,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::memory_orgs::{MemoryMembership, MemoryOrganization, OrgTables};
 use super::{
-    ImportCounts, InvalidationChannel, StoreFuture, UpsertOutcome, UserChange, UserProfile,
-    UserStore, WebhookOutcome,
+    ImportCounts, InvalidationChannel, MembershipOutcome, MembershipSnapshot, OrganizationChange,
+    OrganizationOutcome, OrganizationProfile, OrganizationStore, StoreFuture, UpsertOutcome,
+    UserChange, UserProfile, UserStore, WebhookOutcome,
 };
 use crate::time::unix_now;
 
@@ -24,6 +26,7 @@ pub struct MemoryUserStore {
 struct State {
     users: HashMap<String, MemoryUser>,
     deliveries: HashMap<String, Instant>,
+    orgs: OrgTables,
 }
 
 /// One user as [`MemoryUserStore`] holds it (what a row of the SQL `users` table holds).
@@ -108,6 +111,42 @@ impl MemoryUserStore {
             }
             None => false,
         }
+    }
+}
+
+impl MemoryUserStore {
+    /// The organization with this id, deleted or not.
+    pub fn organization(&self, id: &str) -> Option<MemoryOrganization> {
+        self.state().orgs.orgs.get(id).cloned()
+    }
+
+    /// The membership of `user_id` in `organization_id`, deleted or not.
+    pub fn membership(&self, organization_id: &str, user_id: &str) -> Option<MemoryMembership> {
+        let key = (organization_id.to_owned(), user_id.to_owned());
+        self.state().orgs.memberships.get(&key).cloned()
+    }
+
+    /// Sets an organization's tier; `false` if unknown. Call [`crate::ClerkSync::invalidate`]
+    /// with its id after it.
+    pub fn set_organization_tier(&self, id: &str, tier: &str) -> bool {
+        match self.state().orgs.orgs.get_mut(id) {
+            Some(org) => {
+                tier.clone_into(&mut org.tier);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records a delivery id; `false` when it was seen before.
+    fn fresh_delivery(state: &mut State, delivery_id: &str) -> bool {
+        if state.deliveries.contains_key(delivery_id) {
+            return false;
+        }
+        state
+            .deliveries
+            .insert(delivery_id.to_owned(), Instant::now());
+        true
     }
 }
 
@@ -243,12 +282,9 @@ impl UserStore for MemoryUserStore {
         change: &'a UserChange,
     ) -> StoreFuture<'a, WebhookOutcome> {
         let mut state = self.state();
-        let outcome = if state.deliveries.contains_key(delivery_id) {
+        let outcome = if !Self::fresh_delivery(&mut state, delivery_id) {
             WebhookOutcome::Duplicate
         } else {
-            state
-                .deliveries
-                .insert(delivery_id.to_owned(), Instant::now());
             match change {
                 UserChange::Upsert(profile) => match state.upsert(profile, false) {
                     UpsertOutcome::Deleted => WebhookOutcome::UserDeleted,
@@ -309,5 +345,94 @@ impl UserStore for MemoryUserStore {
     /// None: the store lives in one process.
     fn invalidation_channel(&self) -> Option<Arc<dyn InvalidationChannel>> {
         None
+    }
+
+    fn organizations(&self) -> Option<&dyn OrganizationStore> {
+        Some(self)
+    }
+}
+
+impl OrganizationStore for MemoryUserStore {
+    fn ensure_organization<'a>(
+        &'a self,
+        organization: &'a OrganizationProfile,
+    ) -> StoreFuture<'a, OrganizationOutcome> {
+        let written = self.state().orgs.upsert(organization, true, false);
+        let outcome = match written.written {
+            Some((tier, inserted)) => OrganizationOutcome::Active { tier, inserted },
+            None => OrganizationOutcome::Deleted,
+        };
+        Box::pin(async move { Ok(outcome) })
+    }
+
+    fn ensure_membership<'a>(
+        &'a self,
+        membership: &'a MembershipSnapshot,
+    ) -> StoreFuture<'a, MembershipOutcome> {
+        let outcome = match self.state().orgs.membership(membership, false) {
+            Some(inserted) => MembershipOutcome::Active { inserted },
+            None => MembershipOutcome::Refused,
+        };
+        Box::pin(async move { Ok(outcome) })
+    }
+
+    fn apply_webhook<'a>(
+        &'a self,
+        delivery_id: &'a str,
+        change: &'a OrganizationChange,
+    ) -> StoreFuture<'a, WebhookOutcome> {
+        let mut state = self.state();
+        let outcome = if !Self::fresh_delivery(&mut state, delivery_id) {
+            WebhookOutcome::Duplicate
+        } else {
+            let orgs = &mut state.orgs;
+            match change {
+                OrganizationChange::Upsert(org) => {
+                    if orgs.upsert(org, false, false).deleted {
+                        WebhookOutcome::OrganizationDeleted
+                    } else {
+                        WebhookOutcome::Applied
+                    }
+                }
+                OrganizationChange::Delete {
+                    organization_id,
+                    version_ms,
+                } => {
+                    orgs.delete(organization_id, *version_ms);
+                    WebhookOutcome::Applied
+                }
+                OrganizationChange::UpsertMembership(org, membership) => {
+                    if orgs.upsert(org, false, false).deleted {
+                        WebhookOutcome::OrganizationDeleted
+                    } else {
+                        orgs.membership(membership, false);
+                        WebhookOutcome::Applied
+                    }
+                }
+                OrganizationChange::DeleteMembership(org, membership) => {
+                    orgs.upsert(org, false, false);
+                    orgs.delete_membership(membership);
+                    WebhookOutcome::Applied
+                }
+            }
+        };
+        drop(state);
+        Box::pin(async move { Ok(outcome) })
+    }
+
+    fn import_organizations<'a>(
+        &'a self,
+        organizations: &'a [OrganizationProfile],
+    ) -> StoreFuture<'a, ImportCounts> {
+        let counts = self.state().orgs.import_organizations(organizations);
+        Box::pin(async move { Ok(counts) })
+    }
+
+    fn import_memberships<'a>(
+        &'a self,
+        memberships: &'a [(OrganizationProfile, MembershipSnapshot)],
+    ) -> StoreFuture<'a, ImportCounts> {
+        let counts = self.state().orgs.import_memberships(memberships);
+        Box::pin(async move { Ok(counts) })
     }
 }

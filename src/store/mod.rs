@@ -9,16 +9,27 @@
 pub use crate::error::{StoreError, StoreFuture};
 pub use crate::invalidate::{ChannelEvent, ChannelStream, InvalidationChannel};
 pub use memory::{MemoryUser, MemoryUserStore};
+pub use memory_orgs::{MemoryMembership, MemoryOrganization};
+pub use organization::{
+    MembershipOutcome, MembershipSnapshot, OrganizationChange, OrganizationOutcome,
+    OrganizationProfile, OrganizationStore,
+};
 pub use profile::UserProfile;
 
 mod memory;
+mod memory_orgs;
+pub(crate) mod organization;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+#[cfg(feature = "postgres")]
+mod postgres_orgs;
 pub(crate) mod profile;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod sql;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
+#[cfg(feature = "sqlite")]
+mod sqlite_orgs;
 
 use std::sync::Arc;
 
@@ -84,6 +95,14 @@ pub trait UserStore: Send + Sync + 'static {
     /// `NOTIFY` for PostgreSQL; `None` for a store that one process uses alone (SQLite,
     /// memory). A wrapper returns its inner store's.
     fn invalidation_channel(&self) -> Option<Arc<dyn InvalidationChannel>>;
+
+    /// The organization and membership tables, when this store keeps them (the three stores
+    /// of this crate do). The default, `None`, leaves organizations out of sync: the layer
+    /// trusts a token's organization claims as they are and writes nothing for them, and the
+    /// `organization.*` webhooks are answered `ignored`. A wrapper returns its inner store's.
+    fn organizations(&self) -> Option<&dyn OrganizationStore> {
+        None
+    }
 }
 
 /// A change to one user, from a webhook event.
@@ -121,6 +140,9 @@ pub enum WebhookOutcome {
     Duplicate,
     /// An upsert for a deleted user: recorded, nothing changed.
     UserDeleted,
+    /// An upsert of a deleted organization, or of a membership in one: recorded, nothing
+    /// changed.
+    OrganizationDeleted,
 }
 
 /// What [`UserStore::import`] did with a batch.
@@ -135,6 +157,19 @@ pub struct ImportCounts {
     pub unchanged: u64,
     /// Users whose row is deleted: skipped, never revived.
     pub deleted: u64,
+}
+
+impl ImportCounts {
+    /// Counts one row of an organization import: `written` is `Some(inserted)` when the row
+    /// was written; otherwise `refused` tells a deleted row from an unchanged one.
+    pub(crate) fn record(&mut self, written: Option<bool>, refused: bool) {
+        match written {
+            Some(true) => self.inserted += 1,
+            Some(false) => self.updated += 1,
+            None if refused => self.deleted += 1,
+            None => self.unchanged += 1,
+        }
+    }
 }
 
 impl std::ops::AddAssign for ImportCounts {

@@ -8,10 +8,11 @@ use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
+use super::postgres_orgs::PgOrganizations;
 use super::sql;
 use super::{
-    ImportCounts, InvalidationChannel, StoreFuture, UpsertOutcome, UserChange, UserProfile,
-    UserStore, WebhookOutcome,
+    ImportCounts, InvalidationChannel, OrganizationStore, StoreFuture, UpsertOutcome, UserChange,
+    UserProfile, UserStore, WebhookOutcome,
 };
 use crate::error::ConfigError;
 use crate::invalidate::PgChannel;
@@ -41,7 +42,8 @@ fn encoded_len(profile: &UserProfile) -> usize {
 /// so the app's own sqlx migrations and ours never see each other as "missing".
 const MIGRATIONS_TABLE: &str = "_clerk_sync_migrations";
 
-/// Creates or updates the tables this crate needs (`users`, `clerk_webhook_events`).
+/// Creates or updates the tables this crate needs (`users`, `clerk_webhook_events`,
+/// `clerk_rate_limits`, `organizations`, `organization_memberships`).
 ///
 /// Safe to call at every start; concurrent callers are serialised by sqlx's migration lock.
 pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
@@ -69,6 +71,7 @@ pub struct PgUserStore {
     upsert_sql: Arc<str>,
     delete_sql: Arc<str>,
     import_sql: Arc<str>,
+    organizations: PgOrganizations,
 }
 
 impl fmt::Debug for PgUserStore {
@@ -156,11 +159,15 @@ impl PgUserStore {
     }
 
     fn build(pool: PgPool, table: &str) -> Self {
-        let fields = sql::versioned_field_updates();
-        let any_applies = sql::any_field_applies();
-        let version_columns = sql::version_columns();
+        let fields = sql::versioned_field_updates(&sql::PROFILE_COLUMNS);
+        let any_applies = sql::any_field_applies(&sql::PROFILE_COLUMNS);
+        let version_columns = sql::version_columns(&sql::PROFILE_COLUMNS);
         let version = "to_timestamp($7::bigint / 1000.0)";
-        let version_values = sql::version_values(|at| format!("${}::text", at + 2), version);
+        let version_values = sql::version_values(
+            &sql::PROFILE_COLUMNS,
+            |at| format!("${}::text", at + 2),
+            version,
+        );
         // `$8` says whether this is a visit (the layer) or not (a webhook).
         let upsert_sql = format!(
             "INSERT INTO {table} AS u \
@@ -178,7 +185,7 @@ impl PgUserStore {
         );
         // A delete of an unknown user leaves a tombstone, so a late `user.created` cannot
         // create it; an existing row keeps its id and tier and loses its personal fields.
-        let cleared = sql::cleared_fields();
+        let cleared = sql::cleared_fields(&sql::PROFILE_COLUMNS);
         let delete_sql = format!(
             "INSERT INTO {table} AS u (id, clerk_updated_at, deleted_at) \
              VALUES ($1, to_timestamp($2::bigint / 1000.0), now()) \
@@ -190,10 +197,13 @@ impl PgUserStore {
         // A page in one statement: the arrays become rows, the conflict update only fires
         // when the snapshot changes the row, and the deleted rows among the ids are counted
         // from the statement's snapshot (a live row is never deleted by this statement).
-        let changes = sql::import_update_condition("IS DISTINCT FROM");
+        let changes = sql::import_update_condition(&sql::PROFILE_COLUMNS, "IS DISTINCT FROM");
         let import_version = "to_timestamp(version_ms / 1000.0)";
-        let import_version_values =
-            sql::version_values(|at| sql::PROFILE_COLUMNS[at].to_owned(), import_version);
+        let import_version_values = sql::version_values(
+            &sql::PROFILE_COLUMNS,
+            |at| sql::PROFILE_COLUMNS[at].to_owned(),
+            import_version,
+        );
         let import_sql = format!(
             "WITH input AS ( \
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
@@ -220,6 +230,7 @@ impl PgUserStore {
              FROM written"
         );
         Self {
+            organizations: PgOrganizations::new(pool.clone()),
             pool,
             table: table.into(),
             upsert_sql: upsert_sql.into(),
@@ -387,5 +398,11 @@ impl UserStore for PgUserStore {
 
     fn invalidation_channel(&self) -> Option<Arc<dyn InvalidationChannel>> {
         Some(Arc::new(PgChannel::new(self.pool.clone())))
+    }
+
+    /// The `organizations` and `organization_memberships` tables created by [`migrate`]
+    /// (also beside a custom users table: memberships hold the user id without a foreign key).
+    fn organizations(&self) -> Option<&dyn OrganizationStore> {
+        Some(&self.organizations)
     }
 }

@@ -49,6 +49,9 @@ where
 pub(super) const PROFILE_COLUMNS: [&str; 5] =
     ["email", "first_name", "last_name", "username", "image_url"];
 
+/// The organization columns a snapshot may fill, each with its `<name>_version` column.
+pub(super) const ORGANIZATION_COLUMNS: [&str; 3] = ["slug", "name", "image_url"];
+
 /// Every column a user store writes or reads, for checking a custom table.
 #[cfg(feature = "postgres")]
 pub(super) const REQUIRED_COLUMNS: [&str; 17] = [
@@ -84,8 +87,8 @@ pub(super) fn field_applies(name: &str) -> String {
 
 /// `SET` clauses for the profile fields and their versions, field by field (see
 /// [`field_applies`]). The same SQL in PostgreSQL and SQLite (`SET` reads the old row).
-pub(super) fn versioned_field_updates() -> String {
-    PROFILE_COLUMNS
+pub(super) fn versioned_field_updates(columns: &[&str]) -> String {
+    columns
         .iter()
         .map(|name| {
             let applies = field_applies(name);
@@ -100,17 +103,17 @@ pub(super) fn versioned_field_updates() -> String {
 }
 
 /// `true` when the snapshot sets at least one field.
-pub(super) fn any_field_applies() -> String {
-    PROFILE_COLUMNS
+pub(super) fn any_field_applies(columns: &[&str]) -> String {
+    columns
         .iter()
         .map(|name| field_applies(name))
         .collect::<Vec<_>>()
         .join(" OR ")
 }
 
-/// The names of the version columns, in [`PROFILE_COLUMNS`] order, for an `INSERT` list.
-pub(super) fn version_columns() -> String {
-    PROFILE_COLUMNS
+/// The names of the version columns of `columns`, in order, for an `INSERT` list.
+pub(super) fn version_columns(columns: &[&str]) -> String {
+    columns
         .iter()
         .map(|name| format!("{name}_version"))
         .collect::<Vec<_>>()
@@ -119,8 +122,12 @@ pub(super) fn version_columns() -> String {
 
 /// The values of the version columns of a new row: `version` for each field that `value`
 /// (a field name to the dialect's expression of its new value) says is known, else NULL.
-pub(super) fn version_values(value: impl Fn(usize) -> String, version: &str) -> String {
-    (0..PROFILE_COLUMNS.len())
+pub(super) fn version_values(
+    columns: &[&str],
+    value: impl Fn(usize) -> String,
+    version: &str,
+) -> String {
+    (0..columns.len())
         .map(|at| format!("CASE WHEN {} IS NOT NULL THEN {version} END", value(at)))
         .collect::<Vec<_>>()
         .join(", ")
@@ -129,8 +136,8 @@ pub(super) fn version_values(value: impl Fn(usize) -> String, version: &str) -> 
 /// The `WHERE` of an import's `DO UPDATE`: the row is live and the snapshot changes a field's
 /// value or version, so a re-import of the same data writes nothing and counts as unchanged.
 /// `distinct` is the dialect's null-safe "differs" operator.
-pub(super) fn import_update_condition(distinct: &str) -> String {
-    let changed = PROFILE_COLUMNS
+pub(super) fn import_update_condition(columns: &[&str], distinct: &str) -> String {
+    let changed = columns
         .iter()
         .map(|name| {
             format!(
@@ -145,10 +152,45 @@ pub(super) fn import_update_condition(distinct: &str) -> String {
 }
 
 /// `SET` clauses of a delete: the personal fields and their versions cleared.
-pub(super) fn cleared_fields() -> String {
-    PROFILE_COLUMNS
+pub(super) fn cleared_fields(columns: &[&str]) -> String {
+    columns
         .iter()
         .map(|name| format!("{name} = NULL, {name}_version = NULL"))
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// The current time in milliseconds, but never the same value twice in this process: the
+/// upsert tells an insert from an update by `created_at = <this call's now>`, which two calls
+/// in the same millisecond would otherwise share. Drifts ahead of the clock by at most the
+/// number of upserts in one millisecond.
+#[cfg(feature = "sqlite")]
+pub(super) fn unique_now_ms() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = crate::time::unix_now_ms().max(last.saturating_add(1));
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(actual) => last = actual,
+        }
+    }
+}
+
+/// `GREATEST` that ignores NULLs, as PostgreSQL's does.
+#[cfg(feature = "sqlite")]
+pub(super) const GREATEST_VERSION: &str = "CASE WHEN u.clerk_updated_at IS NULL THEN excluded.clerk_updated_at \
+     WHEN excluded.clerk_updated_at IS NULL THEN u.clerk_updated_at \
+     ELSE MAX(u.clerk_updated_at, excluded.clerk_updated_at) END";
+
+/// SQLite's `GREATEST(a, b)` ignoring NULLs, for any two expressions.
+#[cfg(feature = "sqlite")]
+pub(super) fn greatest(a: &str, b: &str) -> String {
+    format!("CASE WHEN {a} IS NULL THEN {b} WHEN {b} IS NULL THEN {a} ELSE MAX({a}, {b}) END")
+}
+
+/// Whether a membership snapshot's role applies to row `m`: it carries one (NULL never
+/// erases) and is not older than the role's version. Both dialects.
+pub(super) const ROLE_APPLIES: &str = "(excluded.role IS NOT NULL AND (m.role_version IS NULL \
+     OR excluded.clerk_updated_at >= m.role_version))";

@@ -1,17 +1,17 @@
 //! [`SqliteUserStore`]: the embedded backend, and [`migrate_sqlite`].
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{SqliteConnection, SqlitePool};
 
-use super::sql;
+use super::sql::{self, GREATEST_VERSION, unique_now_ms};
+use super::sqlite_orgs::SqliteOrganizations;
 use super::{
-    ImportCounts, InvalidationChannel, StoreFuture, UpsertOutcome, UserChange, UserProfile,
-    UserStore, WebhookOutcome,
+    ImportCounts, InvalidationChannel, OrganizationStore, StoreFuture, UpsertOutcome, UserChange,
+    UserProfile, UserStore, WebhookOutcome,
 };
 use crate::time::unix_now_ms;
 
@@ -19,33 +19,13 @@ use crate::time::unix_now_ms;
 const MIGRATIONS_TABLE: &str = "_clerk_sync_migrations";
 
 /// Creates or updates the tables this crate needs in a SQLite database (`users`,
-/// `clerk_webhook_events`); the mirror of [`crate::migrate`].
+/// `clerk_webhook_events`, `organizations`, `organization_memberships`); the mirror of
+/// [`crate::migrate`].
 pub async fn migrate_sqlite(pool: &SqlitePool) -> Result<(), MigrateError> {
     let mut migrator: Migrator = sqlx::migrate!("migrations/sqlite");
     migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
     migrator.run(pool).await
 }
-
-/// The current time in milliseconds, but never the same value twice in this process: the
-/// upsert tells an insert from an update by `created_at = <this call's now>`, which two calls
-/// in the same millisecond would otherwise share. Drifts ahead of the clock by at most the
-/// number of upserts in one millisecond.
-fn unique_now_ms() -> i64 {
-    static LAST: AtomicI64 = AtomicI64::new(0);
-    let mut last = LAST.load(Ordering::Relaxed);
-    loop {
-        let next = unix_now_ms().max(last.saturating_add(1));
-        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return next,
-            Err(actual) => last = actual,
-        }
-    }
-}
-
-/// `GREATEST` that ignores NULLs, as PostgreSQL's does.
-const GREATEST_VERSION: &str = "CASE WHEN u.clerk_updated_at IS NULL THEN excluded.clerk_updated_at \
-     WHEN excluded.clerk_updated_at IS NULL THEN u.clerk_updated_at \
-     ELSE MAX(u.clerk_updated_at, excluded.clerk_updated_at) END";
 
 /// Stores users in a SQLite file: the embedded default, for development and for apps that run
 /// on one machine. Same rules as [`crate::PgUserStore`] (one statement, versioned, tier on
@@ -59,6 +39,7 @@ pub struct SqliteUserStore {
     upsert_sql: String,
     delete_sql: String,
     import_sql: String,
+    organizations: SqliteOrganizations,
 }
 
 impl std::fmt::Debug for SqliteUserStore {
@@ -70,10 +51,11 @@ impl std::fmt::Debug for SqliteUserStore {
 impl SqliteUserStore {
     /// A store on an existing pool; run [`migrate_sqlite`] on it first.
     pub fn new(pool: SqlitePool) -> Self {
-        let fields = sql::versioned_field_updates();
-        let any_applies = sql::any_field_applies();
-        let version_columns = sql::version_columns();
-        let version_values = sql::version_values(|at| format!("?{}", at + 2), "?7");
+        let fields = sql::versioned_field_updates(&sql::PROFILE_COLUMNS);
+        let any_applies = sql::any_field_applies(&sql::PROFILE_COLUMNS);
+        let version_columns = sql::version_columns(&sql::PROFILE_COLUMNS);
+        let version_values =
+            sql::version_values(&sql::PROFILE_COLUMNS, |at| format!("?{}", at + 2), "?7");
         // ?8: is this a visit (the layer) or not (a webhook); ?9: now, in milliseconds.
         let upsert_sql = format!(
             "INSERT INTO users AS u \
@@ -90,7 +72,7 @@ impl SqliteUserStore {
              RETURNING tier, created_at = ?9 AND updated_at = ?9 AS inserted, \
                  email IS NOT NULL AS has_email"
         );
-        let cleared = sql::cleared_fields();
+        let cleared = sql::cleared_fields(&sql::PROFILE_COLUMNS);
         let delete_sql = format!(
             "INSERT INTO users AS u (id, clerk_updated_at, deleted_at, created_at, updated_at) \
              VALUES (?1, ?2, ?3, ?3, ?3) \
@@ -99,7 +81,7 @@ impl SqliteUserStore {
                  deleted_at = COALESCE(u.deleted_at, ?3), \
                  clerk_updated_at = {GREATEST_VERSION}"
         );
-        let changes = sql::import_update_condition("IS NOT");
+        let changes = sql::import_update_condition(&sql::PROFILE_COLUMNS, "IS NOT");
         // ?8: now, in milliseconds. A row comes back only when it was inserted or changed.
         let import_sql = format!(
             "INSERT INTO users AS u \
@@ -114,6 +96,7 @@ impl SqliteUserStore {
              RETURNING 1"
         );
         Self {
+            organizations: SqliteOrganizations::new(pool.clone()),
             pool,
             upsert_sql,
             delete_sql,
@@ -273,5 +256,11 @@ impl UserStore for SqliteUserStore {
     /// None: a SQLite database belongs to one machine, usually one process.
     fn invalidation_channel(&self) -> Option<std::sync::Arc<dyn InvalidationChannel>> {
         None
+    }
+
+    /// The `organizations` and `organization_memberships` tables created by
+    /// [`migrate_sqlite`].
+    fn organizations(&self) -> Option<&dyn OrganizationStore> {
+        Some(&self.organizations)
     }
 }

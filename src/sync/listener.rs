@@ -25,12 +25,15 @@ pub(crate) fn background(
 ) -> impl Future<Output = ()> + Send + 'static {
     syncer.mark_listening();
     let channel = syncer.channel().cloned();
-    let users = syncer.users().clone();
+    let caches = Caches {
+        users: syncer.users().clone(),
+        orgs: syncer.organization_cache().clone(),
+    };
     let store = syncer.store().clone();
     async move {
         let listening = async move {
             match channel {
-                Some(channel) => listen(channel, users, counters).await,
+                Some(channel) => listen(channel, caches, counters).await,
                 None => std::future::pending().await,
             }
         };
@@ -58,11 +61,7 @@ pub(crate) fn background(
 /// message, and clears the whole cache each time the channel is listening again after a loss
 /// (messages may have been missed meanwhile; not on the first subscription, which races with
 /// the first requests and can only have missed the moment after start-up).
-async fn listen(
-    channel: Arc<dyn InvalidationChannel>,
-    users: SyncedUsers,
-    counters: Arc<Counters>,
-) {
+async fn listen(channel: Arc<dyn InvalidationChannel>, caches: Caches, counters: Arc<Counters>) {
     let mut events = channel.listen();
     let mut subscribed_before = false;
     // An outage logs its first failure, then one line a minute with the count.
@@ -71,9 +70,10 @@ async fn listen(
         match event {
             ChannelEvent::Listening => {
                 if subscribed_before {
-                    users.clear();
+                    caches.users.clear();
+                    caches.orgs.clear();
                     tracing::info!(
-                        "invalidation listener is back; the synced-user cache was cleared"
+                        "invalidation listener is back; the synced-user and organization caches were cleared"
                     );
                 } else {
                     tracing::debug!("invalidation listener subscribed");
@@ -81,7 +81,7 @@ async fn listen(
                 subscribed_before = true;
                 Counters::bump(&counters.listener_connects);
             }
-            ChannelEvent::Message(id) => evict(&users, &counters, &id).await,
+            ChannelEvent::Message(id) => evict(&caches, &counters, &id).await,
             ChannelEvent::Lost(error) => {
                 if let Some(count) = lost.hit() {
                     tracing::warn!(%error, failures = count, "invalidation listener lost its channel; retrying");
@@ -91,14 +91,20 @@ async fn listen(
     }
 }
 
-/// One message: a bare Clerk id.
-async fn evict(users: &SyncedUsers, counters: &Counters, id: &str) {
+/// The caches the listener evicts from (clones sharing the syncer's).
+struct Caches {
+    users: SyncedUsers,
+    orgs: SyncedUsers,
+}
+
+/// One message: a bare Clerk id, a user's or an organization's.
+async fn evict(caches: &Caches, counters: &Counters, id: &str) {
     if id.starts_with("user_") {
         Counters::bump(&counters.invalidations_received);
-        users.evict(id).await;
+        caches.users.evict(id).await;
     } else if id.starts_with("org_") {
-        // Organizations are not cached yet: nothing to evict.
-        tracing::debug!(organization.id = id, "organization invalidation ignored");
+        Counters::bump(&counters.invalidations_received);
+        caches.orgs.evict(id).await;
     } else {
         tracing::debug!(
             message = id,

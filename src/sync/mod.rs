@@ -4,12 +4,14 @@
 pub(crate) mod budget;
 pub(crate) mod listener;
 mod options;
+mod orgs;
 mod profile;
 mod syncer;
 mod users;
 
 pub(crate) use options::SyncOptions;
 pub use options::{FailurePolicy, ProfileSource};
+pub(crate) use orgs::OrgSync;
 pub use profile::ProfileClaims;
 pub(crate) use syncer::{Evidence, Syncer};
 pub(crate) use users::SyncedUser;

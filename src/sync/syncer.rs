@@ -5,13 +5,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::options::{FailurePolicy, ProfileSource, SyncOptions};
+use super::orgs::{OrgSync, Organizations};
 use super::users::{SyncedUser, SyncedUsers};
 use crate::clerk_api::{ApiError, ClerkApi};
 use crate::error::AuthError;
 use crate::invalidate::InvalidationChannel;
 use crate::log_throttle::Throttle;
 use crate::stats::Counters;
-use crate::store::{StoreError, UpsertOutcome, UserChange, UserProfile, UserStore, WebhookOutcome};
+use crate::store::{
+    OrganizationChange, StoreError, UpsertOutcome, UserChange, UserProfile, UserStore,
+    WebhookOutcome,
+};
 use crate::token::SessionClaims;
 
 #[derive(Debug, Clone)]
@@ -39,6 +43,7 @@ pub(crate) struct Syncer {
     /// An outage logs its first failed upsert at `error`, then one line a minute.
     upsert_failures: Throttle,
     users: SyncedUsers,
+    organizations: Organizations,
     options: SyncOptions,
     counters: Arc<Counters>,
     /// Users the Backend API answered 404 for: user id → the token's `exp`, until which the
@@ -91,6 +96,7 @@ impl Syncer {
             not_listening_warned: AtomicBool::new(false),
             upsert_failures: Throttle::new(Duration::from_secs(60)),
             users: SyncedUsers::new(options.capacity, options.ttl),
+            organizations: Organizations::new(options.capacity, options.ttl),
             gone: moka::sync::Cache::builder()
                 .max_capacity(options.capacity)
                 .expire_after(UntilTokenExpiry)
@@ -105,6 +111,31 @@ impl Syncer {
     /// `true` while `user` is still the cached, current state of that user.
     pub(crate) fn is_current(&self, user: &SyncedUser) -> bool {
         self.users.is_current(user)
+    }
+
+    /// `true` while `organization` (an entry of [`ensure_organization`](Self::ensure_organization))
+    /// is still current.
+    pub(crate) fn organization_is_current(&self, organization: &SyncedUser) -> bool {
+        self.organizations.orgs().is_current(organization)
+    }
+
+    /// Makes sure the session's active organization and membership rows exist (after its
+    /// user's, `user` being its synced entry): see [`Organizations`].
+    pub(crate) async fn ensure_organization(
+        &self,
+        claims: &SessionClaims,
+        user: &Arc<SyncedUser>,
+    ) -> Result<OrgSync, AuthError> {
+        self.organizations
+            .ensure(
+                self.store.organizations(),
+                claims,
+                user,
+                &self.users,
+                &self.options,
+                &self.counters,
+            )
+            .await
     }
 
     /// The synced user (its tier), and whether the row is known to exist. `evidence` says
@@ -355,9 +386,20 @@ impl Syncer {
     /// Evicts the user here, then publishes the id for the other processes (when there is
     /// a channel). The local eviction always happens; the error says the others could not be
     /// told.
-    pub(crate) async fn invalidate(&self, user_id: &str) -> Result<(), StoreError> {
-        self.users.evict(user_id).await;
-        self.publish(user_id).await
+    pub(crate) async fn invalidate(&self, id: &str) -> Result<(), StoreError> {
+        self.evict(id).await;
+        self.publish(id).await
+    }
+
+    /// Evicts a user (`user_…`, and with it their memberships and cached sessions) or an
+    /// organization (`org_…`, and with it every membership and cached session that holds it)
+    /// from this process's caches.
+    pub(crate) async fn evict(&self, id: &str) {
+        if id.starts_with("org_") {
+            self.organizations.orgs().evict(id).await;
+        } else {
+            self.users.evict(id).await;
+        }
     }
 
     async fn publish(&self, id: &str) -> Result<(), StoreError> {
@@ -397,6 +439,34 @@ impl Syncer {
         Ok(outcome)
     }
 
+    /// Applies a verified organization or membership webhook change, as
+    /// [`apply_webhook`](Self::apply_webhook) does for users; then evicts and publishes the
+    /// organization (organization events) or the member (membership events: their cached
+    /// sessions are synced again). `Ok(None)`: the store keeps no organizations.
+    #[tracing::instrument(skip_all, fields(organization.id = change.organization_id(), delivery.id = delivery_id))]
+    pub(crate) async fn apply_organization_webhook(
+        &self,
+        delivery_id: &str,
+        change: &OrganizationChange,
+    ) -> Result<Option<WebhookOutcome>, StoreError> {
+        let Some(store) = self.store.organizations() else {
+            return Ok(None);
+        };
+        let applied = tokio::time::timeout(
+            self.options.timeout,
+            store.apply_webhook(delivery_id, change),
+        )
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Other("the webhook write timed out".into())));
+        let outcome =
+            applied.inspect_err(|error| tracing::error!(%error, "webhook write failed"))?;
+        let evicted = change.user_id().unwrap_or(change.organization_id());
+        self.invalidate(evicted)
+            .await
+            .inspect_err(|error| tracing::error!(%error, "webhook applied, but the invalidation could not be published"))?;
+        Ok(Some(outcome))
+    }
+
     /// The handle's background task is listening on the channel.
     pub(crate) fn mark_listening(&self) {
         self.listening.store(true, Ordering::Relaxed);
@@ -427,6 +497,11 @@ impl Syncer {
     /// The cache, for the invalidation listener.
     pub(crate) fn users(&self) -> &SyncedUsers {
         &self.users
+    }
+
+    /// The organization cache, for the invalidation listener.
+    pub(crate) fn organization_cache(&self) -> &SyncedUsers {
+        self.organizations.orgs()
     }
 
     pub(crate) fn cached_users(&self) -> u64 {

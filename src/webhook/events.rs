@@ -23,8 +23,9 @@ use super::svix::verify;
 use crate::core::Core;
 use crate::secret::WebhookSecret;
 use crate::stats::Counters;
+use crate::store::organization::{ClerkMembershipObject, ClerkOrganizationObject};
 use crate::store::profile::ClerkUserObject;
-use crate::store::{UserChange, WebhookOutcome};
+use crate::store::{OrganizationChange, UserChange, WebhookOutcome};
 use crate::time::unix_now;
 
 /// Largest accepted body; Clerk's user events are a few KiB.
@@ -58,6 +59,7 @@ impl Delivery {
             Self::Processed(WebhookOutcome::Applied) => "applied",
             Self::Processed(WebhookOutcome::Duplicate) => "duplicate",
             Self::Processed(WebhookOutcome::UserDeleted) => "user_deleted",
+            Self::Processed(WebhookOutcome::OrganizationDeleted) => "organization_deleted",
             Self::Ignored => "ignored",
         }
     }
@@ -66,9 +68,7 @@ impl Delivery {
         match self {
             Self::Processed(WebhookOutcome::Applied) => &counters.webhooks_applied,
             Self::Processed(WebhookOutcome::Duplicate) => &counters.webhooks_duplicate,
-            Self::Processed(WebhookOutcome::UserDeleted) | Self::Ignored => {
-                &counters.webhooks_ignored
-            }
+            Self::Processed(_) | Self::Ignored => &counters.webhooks_ignored,
         }
     }
 }
@@ -132,6 +132,7 @@ async fn process(
     tracing::Span::current().record("delivery.id", delivery_id.as_str());
     let malformed = |error: serde_json::Error| WebhookError::MalformedPayload(error.to_string());
     let event: Event = serde_json::from_slice(&bytes).map_err(malformed)?;
+    let version_ms = event.timestamp.map(seconds_or_millis_to_millis);
     let change = match event.kind.as_str() {
         "user.created" | "user.updated" => {
             let user: ClerkUserObject = serde_json::from_value(event.data).map_err(malformed)?;
@@ -145,8 +146,37 @@ async fn process(
             };
             UserChange::Delete {
                 user_id,
-                version_ms: event.timestamp.map(seconds_or_millis_to_millis),
+                version_ms,
             }
+        }
+        kind if kind.starts_with("organization") => {
+            let Some(change) = organization_change(kind, event.data, version_ms)? else {
+                tracing::debug!(event = kind, delivery_id, "webhook event type ignored");
+                return Ok(Delivery::Ignored);
+            };
+            let outcome = state
+                .core
+                .syncer
+                .apply_organization_webhook(&delivery_id, &change)
+                .await
+                .map_err(|_| WebhookError::StoreUnavailable)?;
+            let Some(outcome) = outcome else {
+                tracing::debug!(
+                    event = kind,
+                    delivery_id,
+                    "the user store keeps no organizations; ignored"
+                );
+                return Ok(Delivery::Ignored);
+            };
+            tracing::info!(
+                organization.id = change.organization_id(),
+                user.id = change.user_id(),
+                event = kind,
+                delivery_id,
+                status = Delivery::Processed(outcome).status(),
+                "webhook delivery processed"
+            );
+            return Ok(Delivery::Processed(outcome));
         }
         other => {
             tracing::debug!(event = other, delivery_id, "webhook event type ignored");
@@ -167,6 +197,49 @@ async fn process(
         "webhook delivery processed"
     );
     Ok(Delivery::Processed(outcome))
+}
+
+/// The change an `organization.*` or `organizationMembership.*` event stands for; `None` for
+/// the other organization events (domains, invitations, roles) and a deletion without an id.
+fn organization_change(
+    kind: &str,
+    data: serde_json::Value,
+    version_ms: Option<i64>,
+) -> Result<Option<OrganizationChange>, WebhookError> {
+    let malformed = |error: serde_json::Error| WebhookError::MalformedPayload(error.to_string());
+    let membership = |data: serde_json::Value, version: Option<i64>| {
+        let object: ClerkMembershipObject = serde_json::from_value(data).map_err(malformed)?;
+        object.into_snapshots(version).ok_or_else(|| {
+            WebhookError::MalformedPayload("a membership without public_user_data.user_id".into())
+        })
+    };
+    Ok(Some(match kind {
+        "organization.created" | "organization.updated" => {
+            let org: ClerkOrganizationObject = serde_json::from_value(data).map_err(malformed)?;
+            OrganizationChange::Upsert(org.into_profile())
+        }
+        "organization.deleted" => {
+            let deleted: DeletedObject = serde_json::from_value(data).map_err(malformed)?;
+            let Some(organization_id) = deleted.id.filter(|id| !id.is_empty()) else {
+                return Ok(None);
+            };
+            OrganizationChange::Delete {
+                organization_id,
+                version_ms,
+            }
+        }
+        "organizationMembership.created" | "organizationMembership.updated" => {
+            let (org, member) = membership(data, None)?;
+            OrganizationChange::UpsertMembership(org, member)
+        }
+        // The deletion is as new as the event (the object's `updated_at` is its last change
+        // before it).
+        "organizationMembership.deleted" => {
+            let (org, member) = membership(data, version_ms)?;
+            OrganizationChange::DeleteMembership(org, member)
+        }
+        _ => return Ok(None),
+    }))
 }
 
 /// Clerk documents the event `timestamp` in seconds; accept milliseconds too.
