@@ -2,6 +2,7 @@
 //! on a miss (and enriches from the Backend API), its options, and the invalidation listener.
 
 pub(crate) mod budget;
+mod evidence;
 pub(crate) mod listener;
 mod options;
 mod orgs;
@@ -9,11 +10,12 @@ mod profile;
 mod syncer;
 mod users;
 
+pub(crate) use evidence::Evidence;
 pub(crate) use options::SyncOptions;
 pub use options::{FailurePolicy, ProfileSource};
 pub(crate) use orgs::OrgSync;
 pub use profile::ProfileClaims;
-pub(crate) use syncer::{Evidence, Syncer};
+pub(crate) use syncer::Syncer;
 pub(crate) use users::SyncedUser;
 #[cfg(test)]
 pub(crate) use users::test_user;
