@@ -350,7 +350,11 @@ impl ClerkApi {
     }
 
     /// One GET with the retry rules; the body of the first `2xx`.
-    async fn get(&self, url: &str, query: &[(&str, &str)]) -> Result<bytes::Bytes, ApiError> {
+    pub(crate) async fn get(
+        &self,
+        url: &str,
+        query: &[(&str, &str)],
+    ) -> Result<bytes::Bytes, ApiError> {
         self.send(|| self.client.get(url).query(query)).await
     }
 

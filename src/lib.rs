@@ -38,7 +38,9 @@ mod token_cache;
 mod token_type;
 mod webhook;
 
-pub use backfill::{BackfillOptions, BackfillReport, backfill};
+pub use backfill::{
+    BackfillOptions, BackfillReport, OrganizationBackfillReport, backfill, backfill_organizations,
+};
 pub use clerk_api::{ApiError, ClerkApi};
 pub use client_addr::ClientAddress;
 pub use config::{ClerkConfig, ClerkConfigBuilder, KeySource};

@@ -140,6 +140,26 @@ async fn backfill_imports_reports_and_is_idempotent(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn backfill_organizations_adds_both_walks_to_the_report(pool: PgPool) {
+    let url = database_url(&pool).await;
+    let fake = FakeClerkApi::start(3).await.unwrap();
+    fake.add_organization("org_a", "a", "A");
+    fake.add_membership("org_a", &FakeClerkApi::user_id(0), "org:admin");
+    let (code, report) = backfill_json(&url, &fake, &["--organizations"]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["inserted"], 3);
+    assert_eq!(report["organizations"]["inserted"], 1, "{report}");
+    assert_eq!(report["memberships"]["inserted"], 1, "{report}");
+    let role: String = sqlx::query_scalar(
+        "SELECT role FROM organization_memberships WHERE organization_id = 'org_a'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(role, "org:admin");
+}
+
+#[sqlx::test(migrations = false)]
 async fn backfill_exits_1_when_a_page_fails_and_keeps_the_rest(pool: PgPool) {
     let url = database_url(&pool).await;
     let fake = FakeClerkApi::start(250).await.unwrap();

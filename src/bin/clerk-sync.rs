@@ -81,6 +81,11 @@ struct BackfillArgs {
     /// one page at a time).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=32))]
     concurrency: u32,
+    /// After the users, import every organization (`GET /v1/organizations`) and membership
+    /// (`GET /v1/organization_memberships`) into `organizations` and
+    /// `organization_memberships`.
+    #[arg(long)]
+    organizations: bool,
 }
 
 fn main() -> ExitCode {
@@ -211,6 +216,14 @@ async fn backfill(args: BackfillArgs) -> Outcome {
     })
     .await;
     progress.finish();
+    let organizations = if args.organizations {
+        let walked = clerk_sync::backfill_organizations(&api, store.as_ref(), options, |_| {})
+            .await
+            .map_err(|e| (USAGE, e.to_string()))?;
+        Some(walked)
+    } else {
+        None
+    };
     let peak_rss_kib = peak_rss_kib();
     if args.json {
         let mut value = serde_json::to_value(&report).unwrap_or_default();
@@ -220,12 +233,44 @@ async fn backfill(args: BackfillArgs) -> Outcome {
                 report.users_per_second().round().into(),
             );
             object.insert("peak_rss_kib".into(), peak_rss_kib.into());
+            if let Some(walked) = &organizations {
+                object.insert(
+                    "organizations".into(),
+                    serde_json::to_value(&walked.organizations).unwrap_or_default(),
+                );
+                object.insert(
+                    "memberships".into(),
+                    serde_json::to_value(&walked.memberships).unwrap_or_default(),
+                );
+            }
         }
         println!("{value}");
     } else {
         print_summary(&report, peak_rss_kib);
+        if let Some(walked) = &organizations {
+            for (name, walk) in [
+                ("organizations", &walked.organizations),
+                ("memberships", &walked.memberships),
+            ] {
+                println!(
+                    "{name}: fetched {}, inserted {}, updated {}, unchanged {}, skipped {} \
+                     (deleted here), failed {}{}",
+                    walk.fetched,
+                    walk.inserted,
+                    walk.updated,
+                    walk.unchanged,
+                    walk.skipped_deleted,
+                    walk.failed,
+                    if walk.aborted { ", stopped early" } else { "" }
+                );
+            }
+        }
     }
-    Ok(if report.is_success() { 0 } else { FAILED })
+    let success = report.is_success()
+        && organizations
+            .as_ref()
+            .is_none_or(clerk_sync::OrganizationBackfillReport::is_success);
+    Ok(if success { 0 } else { FAILED })
 }
 
 fn print_summary(report: &BackfillReport, peak_rss_kib: Option<u64>) {

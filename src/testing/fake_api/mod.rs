@@ -18,6 +18,7 @@ use tokio::task::AbortHandle;
 use crate::clerk_api::{ClerkApi, RetryPolicy};
 
 mod machine;
+mod orgs;
 mod users;
 
 /// `created_at` of user 0, Unix milliseconds (2023-11-14); user `i` was created `i` seconds
@@ -39,7 +40,9 @@ pub enum Fault {
 }
 
 /// A local stand-in for Clerk's Backend API: `GET /v1/users`, `GET /v1/users/{id}`,
-/// `GET /v1/jwks` and the three machine-token verify endpoints (`POST /api_keys/verify`,
+/// `GET /v1/jwks`, `GET /v1/organizations` and `GET /v1/organization_memberships` (over what
+/// [`add_organization`](Self::add_organization) and [`add_membership`](Self::add_membership)
+/// put there, `{"data", "total_count"}` pages by `limit`/`offset`/`order_by`), and the three machine-token verify endpoints (`POST /api_keys/verify`,
 /// `/m2m_tokens/verify`, `/oauth_applications/access_tokens/verify`, with and without `/v1`)
 /// on `127.0.0.1:<random port>`.
 ///
@@ -80,6 +83,8 @@ struct FakeState {
     /// Per verify endpoint (API keys, M2M, OAuth).
     verify_requests: [AtomicU64; 3],
     unversioned_verify_requests: AtomicU64,
+    orgs: Mutex<orgs::Orgs>,
+    org_list_requests: AtomicU64,
 }
 
 impl std::fmt::Debug for FakeClerkApi {
@@ -119,13 +124,17 @@ impl FakeClerkApi {
             machine_tokens: RwLock::new(HashMap::new()),
             verify_requests: Default::default(),
             unversioned_verify_requests: AtomicU64::new(0),
+            orgs: Mutex::new(orgs::Orgs::default()),
+            org_list_requests: AtomicU64::new(0),
         });
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let app = Router::new()
             .route("/v1/users", get(users::list_users))
             .route("/v1/users/{id}", get(users::get_user))
-            .route("/v1/jwks", get(jwks));
+            .route("/v1/jwks", get(jwks))
+            .route("/v1/organizations", get(orgs::list_organizations))
+            .route("/v1/organization_memberships", get(orgs::list_memberships));
         let app = machine::routes(app).with_state(state.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

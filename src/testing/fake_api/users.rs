@@ -15,7 +15,7 @@ use super::{
 };
 use crate::clerk_api::MAX_PAGE_SIZE;
 
-fn invalid_param(name: &str, long_message: &str) -> Response {
+pub(super) fn invalid_param(name: &str, long_message: &str) -> Response {
     let mut response = clerk_errors(
         StatusCode::UNPROCESSABLE_ENTITY,
         "form_param_value_invalid",
@@ -58,7 +58,7 @@ fn percent_decode(value: &str) -> String {
 }
 
 /// The first value of each query parameter (Clerk keeps the first `order_by` too).
-fn query_params(uri: &Uri) -> HashMap<String, String> {
+pub(super) fn query_params(uri: &Uri) -> HashMap<String, String> {
     let mut params = HashMap::new();
     for pair in uri
         .query()

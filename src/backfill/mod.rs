@@ -6,6 +6,10 @@
 //! on separate connections, so the database's round-trip latency is overlapped instead of
 //! paid page after page.
 
+mod organizations;
+
+pub use organizations::{OrganizationBackfillReport, backfill_organizations};
+
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;

@@ -1,0 +1,152 @@
+//! The organization routes of [`super::FakeClerkApi`]: `GET /v1/organizations` and
+//! `GET /v1/organization_memberships`, paged by `limit`/`offset` as Clerk pages them, over
+//! organizations and memberships the test adds (and removes, to play a deletion mid-walk).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::users::{invalid_param, query_params};
+use super::{BASE_MS, FakeClerkApi, FakeState, gate, lock};
+use crate::clerk_api::MAX_PAGE_SIZE;
+
+/// What the fake holds: organizations and memberships in creation order.
+#[derive(Default)]
+pub(super) struct Orgs {
+    organizations: Vec<Value>,
+    memberships: Vec<Value>,
+    created: i64,
+    /// An organization deleted once this many list requests were answered.
+    scheduled_removal: Option<(u64, String)>,
+}
+
+fn organization_object(id: &str, slug: &str, name: &str, at: i64) -> Value {
+    json!({
+        "object": "organization", "id": id, "name": name, "slug": slug,
+        "image_url": format!("https://img.clerk.com/{id}"), "has_image": false,
+        "members_count": 0, "max_allowed_memberships": 5, "admin_delete_enabled": true,
+        "public_metadata": {}, "private_metadata": {}, "created_by": null,
+        "created_at": at, "updated_at": at
+    })
+}
+
+impl FakeClerkApi {
+    /// Adds an organization (created after every one added before).
+    pub fn add_organization(&self, id: &str, slug: &str, name: &str) {
+        let mut orgs = lock(&self.state.orgs);
+        orgs.created += 1;
+        let at = BASE_MS + orgs.created * 1000;
+        orgs.organizations
+            .push(organization_object(id, slug, name, at));
+    }
+
+    /// Adds `user_id` to the organization `organization_id` (added before) with `role`.
+    pub fn add_membership(&self, organization_id: &str, user_id: &str, role: &str) {
+        let mut orgs = lock(&self.state.orgs);
+        orgs.created += 1;
+        let at = BASE_MS + orgs.created * 1000;
+        let organization = orgs
+            .organizations
+            .iter()
+            .find(|org| org["id"] == organization_id)
+            .cloned()
+            .unwrap_or_else(|| organization_object(organization_id, "", "", at));
+        orgs.memberships.push(json!({
+            "object": "organization_membership", "id": format!("orgmem_{organization_id}_{user_id}"),
+            "role": role, "role_name": role, "permissions": [], "public_metadata": {},
+            "private_metadata": {}, "organization": organization,
+            "public_user_data": {"user_id": user_id, "first_name": null, "last_name": null,
+                                 "profile_image_url": "", "image_url": "", "has_image": false,
+                                 "identifier": format!("{user_id}@example.com")},
+            "created_at": at, "updated_at": at
+        }));
+    }
+
+    /// Deletes an organization and its memberships, as Clerk would.
+    pub fn remove_organization(&self, id: &str) {
+        let mut orgs = lock(&self.state.orgs);
+        orgs.organizations.retain(|org| org["id"] != id);
+        orgs.memberships
+            .retain(|member| member["organization"]["id"] != id);
+    }
+
+    /// Deletes the organization `id` (as [`remove_organization`](Self::remove_organization))
+    /// right after the `after`-th organization list request is answered: a deletion in the
+    /// middle of a walk.
+    pub fn remove_organization_after(&self, after: u64, id: &str) {
+        lock(&self.state.orgs).scheduled_removal = Some((after, id.to_owned()));
+    }
+
+    /// `GET /v1/organizations` and `GET /v1/organization_memberships` requests received.
+    pub fn organization_list_requests(&self) -> u64 {
+        self.state.org_list_requests.load(Ordering::SeqCst)
+    }
+}
+
+/// One page of `items` by `limit`, `offset` and `order_by` (`created_at` with `+`/`-`;
+/// default `-created_at`, as Clerk's), as `{"data": [...], "total_count": n}`.
+fn page(items: &[Value], uri: &Uri) -> Response {
+    let params = query_params(uri);
+    let limit = match params.get("limit").map(|v| v.parse::<usize>()) {
+        None => 10,
+        Some(Ok(limit)) if (1..=MAX_PAGE_SIZE as usize).contains(&limit) => limit,
+        Some(_) => return invalid_param("limit", "limit must be an integer between 1 and 500"),
+    };
+    let offset = match params.get("offset").map(|v| v.parse::<usize>()) {
+        None => 0,
+        Some(Ok(offset)) => offset,
+        Some(Err(_)) => return invalid_param("offset", "offset must be an integer >= 0"),
+    };
+    let descending = match params.get("order_by").map(String::as_str) {
+        None | Some("-created_at") => true,
+        Some("+created_at" | "created_at") => false,
+        Some(_) => return invalid_param("order_by", "this fake orders by created_at only"),
+    };
+    let ordered: Vec<&Value> = if descending {
+        items.iter().rev().collect()
+    } else {
+        items.iter().collect()
+    };
+    let data: Vec<&Value> = ordered.into_iter().skip(offset).take(limit).collect();
+    axum::Json(json!({ "data": data, "total_count": items.len() })).into_response()
+}
+
+pub(super) async fn list_organizations(
+    State(state): State<Arc<FakeState>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    state.org_list_requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(response) = gate(&state, &headers).await {
+        return response;
+    }
+    let served = state.org_list_requests.load(Ordering::SeqCst);
+    let mut orgs = lock(&state.orgs);
+    let response = page(&orgs.organizations, &uri);
+    if let Some((after, id)) = orgs.scheduled_removal.clone()
+        && served >= after
+    {
+        orgs.scheduled_removal = None;
+        orgs.organizations.retain(|org| org["id"] != id.as_str());
+        orgs.memberships
+            .retain(|member| member["organization"]["id"] != id.as_str());
+    }
+    response
+}
+
+pub(super) async fn list_memberships(
+    State(state): State<Arc<FakeState>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    state.org_list_requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(response) = gate(&state, &headers).await {
+        return response;
+    }
+    let orgs = lock(&state.orgs);
+    page(&orgs.memberships, &uri)
+}
