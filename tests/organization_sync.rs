@@ -309,11 +309,84 @@ async fn organization_webhooks_out_of_order_and_a_deleted_organization(pool: PgP
         .await,
         0
     );
+    // A membership event without a user id is refused (Svix retries it) and writes nothing.
+    let mut broken = membership_event(
+        "organizationMembership.created",
+        "org_new",
+        "user_x",
+        "org:member",
+        now() * 1000,
+    );
+    broken["data"]["public_user_data"] = json!({"first_name": "X"});
+    let reply = deliver(&router, "msg_broken", &broken).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&reply), "malformed_webhook");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM organizations WHERE id = 'org_new'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM clerk_webhook_events WHERE svix_id = 'msg_broken'"
+        )
+        .await,
+        0
+    );
     // A late update cannot bring it back.
     let late = json!({"type": "organization.updated", "object": "event", "timestamp": now() + 10,
                       "data": organization_object("org_acme", "acme", "Back", (now() + 10) * 1000)});
     assert_eq!(
         deliver(&router, "msg_late", &late).await.body["status"],
         "organization_deleted"
+    );
+}
+
+/// A user store that keeps no organizations (its `organizations()` is the default `None`).
+struct UsersOnly(PgUserStore);
+
+impl clerk_sync::store::UserStore for UsersOnly {
+    fn upsert<'a>(
+        &'a self,
+        profile: &'a clerk_sync::store::UserProfile,
+    ) -> clerk_sync::store::StoreFuture<'a, clerk_sync::store::UpsertOutcome> {
+        self.0.upsert(profile)
+    }
+
+    fn invalidation_channel(
+        &self,
+    ) -> Option<std::sync::Arc<dyn clerk_sync::store::InvalidationChannel>> {
+        None
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_store_without_organizations_trusts_the_claims_and_writes_none(pool: PgPool) {
+    clerk_sync::migrate(&pool).await.unwrap();
+    let issuer = DevIssuer::start().await.unwrap();
+    let clerk = clerk(&issuer, UsersOnly(PgUserStore::new(pool.clone())), |b| b);
+    let router = app(&clerk, pool.clone());
+    let token = member_token(&issuer, "user_ada", "org_acme", now());
+    assert_eq!(
+        get_with_token(&router, "/invoices", Some(&token))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let reply = get_with_token(&router, "/org", Some(&token)).await;
+    assert_eq!(reply.body["org_id"], "org_acme");
+    assert_eq!(reply.body["org_tier"], Value::Null);
+    assert_eq!(count(&pool, "SELECT count(*) FROM organizations").await, 0);
+    assert_eq!(clerk.stats().organization_writes, 0);
+    // Its organization webhooks are acknowledged and ignored.
+    let created = json!({"type": "organization.created", "object": "event", "timestamp": now(),
+                         "data": organization_object("org_acme", "acme", "Acme", now() * 1000)});
+    assert_eq!(
+        deliver(&router, "msg_c", &created).await.body["status"],
+        "ignored"
     );
 }

@@ -292,6 +292,62 @@ async fn tier_upgrade_applies_on_the_next_request_after_invalidate(pool: PgPool)
 }
 
 #[sqlx::test(migrations = false)]
+async fn members_share_their_organizations_budget_under_its_tier(pool: PgPool) {
+    let (issuer, clerk, _) = sync_and_clerk(&pool).await;
+    let limiter =
+        RateLimitLayer::per_tier(limits(Limit::per_minute(3).unwrap())).per_organization();
+    let router = limited_app(&clerk, limiter);
+    let member = |user: &str, org: &str| {
+        issuer
+            .token_for(user)
+            .claim("v", 2)
+            .organization(org, "acme", "member", &[])
+            .build()
+    };
+    let (ada, bo) = (
+        member("user_ada", "org_acme"),
+        member("user_bo", "org_acme"),
+    );
+    let mut codes = Vec::new();
+    for token in [&ada, &bo, &ada, &bo] {
+        codes.push(
+            get_with_token(&router, "/me", Some(token))
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert_eq!(codes, [200, 200, 200, 429], "one budget for both members");
+    // Another organization, and a user without one, have their own budgets.
+    let other = member("user_cy", "org_other");
+    assert_eq!(
+        get_with_token(&router, "/me", Some(&other)).await.status,
+        StatusCode::OK
+    );
+    let solo = issuer.token("user_ada");
+    assert_eq!(
+        get_with_token(&router, "/me", Some(&solo)).await.status,
+        StatusCode::OK
+    );
+    // The organization's tier, not the member's, sets the limit.
+    assert_eq!(
+        header_u64(
+            &get_with_token(&router, "/me", Some(&other)).await,
+            "ratelimit-limit"
+        ),
+        3
+    );
+    sqlx::query("UPDATE organizations SET tier = 'pro' WHERE id = 'org_other'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    clerk.invalidate("org_other").await.unwrap();
+    let reply = get_with_token(&router, "/me", Some(&other)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(header_u64(&reply, "ratelimit-limit"), 600);
+}
+
+#[sqlx::test(migrations = false)]
 async fn wrong_layer_order_is_a_500_that_says_how_to_fix_it(pool: PgPool) {
     let (issuer, clerk, store) = sync_and_clerk(&pool).await;
     // Router::layer: the last call is outermost, so here the limiter runs first.

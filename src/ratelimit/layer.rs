@@ -93,6 +93,8 @@ struct Settings {
     on_store_failure: StoreFailurePolicy,
     failures: Arc<FailureReport>,
     on_rejection: Option<RejectionHook>,
+    /// Members of an active organization share its budget, under its tier.
+    per_organization: bool,
 }
 
 impl Settings {
@@ -201,6 +203,7 @@ impl RateLimitLayer {
                 on_store_failure: StoreFailurePolicy::default(),
                 failures: Arc::default(),
                 on_rejection: None,
+                per_organization: false,
             },
         }
     }
@@ -215,6 +218,18 @@ impl RateLimitLayer {
     /// How anonymous requests are treated. Default: [`AnonymousPolicy::PassThrough`].
     pub fn anonymous(mut self, policy: AnonymousPolicy) -> Self {
         self.settings.anonymous = policy;
+        self
+    }
+
+    /// Keys a session with an active organization by that organization (`org:<id>`, the key
+    /// an organization's API keys already use) under the organization's tier
+    /// ([`ClerkUser::organization_tier`], `organizations.tier`): its members share one
+    /// budget. Without an active organization a user keeps their own key and tier; when the
+    /// store keeps no organizations (the organization's tier is unknown), the organization's
+    /// key is used under the member's own tier. Default: off (every user has their own
+    /// budget).
+    pub fn per_organization(mut self) -> Self {
+        self.settings.per_organization = true;
         self
     }
 
@@ -265,6 +280,8 @@ impl<S: std::fmt::Debug> std::fmt::Debug for RateLimit<S> {
 
 enum Subject {
     User(ClerkUser),
+    /// A member, paying from their active organization's budget.
+    Member(ClerkUser),
     Machine(ClerkMachine),
     Ip(std::net::IpAddr),
 }
@@ -273,6 +290,10 @@ impl Subject {
     fn key(&self) -> RateLimitKey<'_> {
         match self {
             Self::User(user) => RateLimitKey::User(user.user_id()),
+            Self::Member(user) => match user.organization() {
+                Some(org) => RateLimitKey::Organization(&org.id),
+                None => RateLimitKey::User(user.user_id()),
+            },
             Self::Machine(machine) => match machine.org_id() {
                 Some(org) => RateLimitKey::Organization(org),
                 None => RateLimitKey::Machine(machine.subject()),
@@ -311,7 +332,13 @@ impl<S> RateLimit<S> {
     fn subject<B>(&self, request: &Request<B>) -> Result<Option<(Subject, Limit)>, &'static str> {
         let extensions = request.extensions();
         if let Some(user) = extensions.get::<ClerkUser>() {
-            let limit = self.settings.limits.for_tier(user.tier()).limit();
+            let limits = &self.settings.limits;
+            if self.settings.per_organization && user.organization().is_some() {
+                let tier = user.organization_tier().unwrap_or(user.tier());
+                let limit = limits.for_tier(tier).limit();
+                return Ok(limit.map(|limit| (Subject::Member(user.clone()), limit)));
+            }
+            let limit = limits.for_tier(user.tier()).limit();
             return Ok(limit.map(|limit| (Subject::User(user.clone()), limit)));
         }
         if let Some(machine) = extensions.get::<ClerkMachine>() {

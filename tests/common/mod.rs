@@ -135,6 +135,10 @@ impl<S: UserStore> UserStore for CountingStore<S> {
     fn invalidation_channel(&self) -> Option<Arc<dyn InvalidationChannel>> {
         self.inner.invalidation_channel()
     }
+
+    fn organizations(&self) -> Option<&dyn clerk_sync::store::OrganizationStore> {
+        self.inner.organizations()
+    }
 }
 
 /// An invalidation channel the test plays: [`send`](Self::send) feeds the listener's stream,
