@@ -95,6 +95,7 @@ async fn quickstart_runs_on_a_fresh_machine_with_nothing_configured() {
             Some("org:admin")
         )
     );
+    assert_eq!(me["org_tier"], "free", "the organization row was synced");
 
     // The organization routes: a guard and `has()`.
     let base = url.trim_end_matches("/me");

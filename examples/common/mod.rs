@@ -301,6 +301,8 @@ async fn me(
         "org_id": org.map(|o| o.id.as_str()),
         "org_slug": org.and_then(|o| o.slug.as_deref()),
         "org_role": org.and_then(|o| o.role.as_deref()),
+        // From the `organizations` row the layer wrote before this handler ran.
+        "org_tier": user.organization_tier(),
     })))
 }
 
