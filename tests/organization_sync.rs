@@ -390,3 +390,135 @@ async fn a_store_without_organizations_trusts_the_claims_and_writes_none(pool: P
         "ignored"
     );
 }
+
+/// Users in memory; an organization store whose every write fails (a database outage).
+struct OrgsDown {
+    users: clerk_sync::MemoryUserStore,
+    orgs: FailingOrgs,
+}
+
+struct FailingOrgs;
+
+fn down<'a, T: Send + 'a>() -> clerk_sync::store::StoreFuture<'a, T> {
+    Box::pin(async {
+        Err(clerk_sync::store::StoreError::Other(
+            "connection refused".into(),
+        ))
+    })
+}
+
+impl clerk_sync::store::OrganizationStore for FailingOrgs {
+    fn ensure_organization<'a>(
+        &'a self,
+        _: &'a clerk_sync::store::OrganizationProfile,
+    ) -> clerk_sync::store::StoreFuture<'a, clerk_sync::store::OrganizationOutcome> {
+        down()
+    }
+
+    fn ensure_membership<'a>(
+        &'a self,
+        _: &'a clerk_sync::store::MembershipSnapshot,
+    ) -> clerk_sync::store::StoreFuture<'a, clerk_sync::store::MembershipOutcome> {
+        down()
+    }
+
+    fn apply_webhook<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a clerk_sync::store::OrganizationChange,
+    ) -> clerk_sync::store::StoreFuture<'a, clerk_sync::store::WebhookOutcome> {
+        down()
+    }
+
+    fn import_organizations<'a>(
+        &'a self,
+        _: &'a [clerk_sync::store::OrganizationProfile],
+    ) -> clerk_sync::store::StoreFuture<'a, clerk_sync::store::ImportCounts> {
+        down()
+    }
+
+    fn import_memberships<'a>(
+        &'a self,
+        _: &'a [(
+            clerk_sync::store::OrganizationProfile,
+            clerk_sync::store::MembershipSnapshot,
+        )],
+    ) -> clerk_sync::store::StoreFuture<'a, clerk_sync::store::ImportCounts> {
+        down()
+    }
+}
+
+impl clerk_sync::store::UserStore for OrgsDown {
+    fn upsert<'a>(
+        &'a self,
+        profile: &'a clerk_sync::store::UserProfile,
+    ) -> clerk_sync::store::StoreFuture<'a, clerk_sync::store::UpsertOutcome> {
+        self.users.upsert(profile)
+    }
+
+    fn invalidation_channel(
+        &self,
+    ) -> Option<std::sync::Arc<dyn clerk_sync::store::InvalidationChannel>> {
+        None
+    }
+
+    fn organizations(&self) -> Option<&dyn clerk_sync::store::OrganizationStore> {
+        Some(&self.orgs)
+    }
+}
+
+/// The layer only (no database to read back): the org routes of `app` need none here.
+fn guarded(clerk: &ClerkSync) -> Router {
+    Router::new()
+        .route(
+            "/invoices",
+            get(|user: ClerkUser| async move {
+                Json(json!({"synced_org_tier": user.organization_tier(), "synced": user.synced()}))
+            })
+            .layer(clerk.require(Check::permission("org:invoices:read"))),
+        )
+        .layer(clerk.layer())
+        .merge(clerk.webhook_router(WEBHOOK_PATH).unwrap())
+}
+
+#[tokio::test]
+async fn a_failing_organization_write_follows_the_failure_policy() {
+    let issuer = DevIssuer::start().await.unwrap();
+    let users = clerk_sync::MemoryUserStore::new();
+    let store = OrgsDown {
+        users: users.clone(),
+        orgs: FailingOrgs,
+    };
+    let closed = clerk(&issuer, store, |b| b);
+    let router = guarded(&closed);
+    let token = member_token(&issuer, "user_ada", "org_acme", now());
+    // Fail closed (the default): 503 with the JSON body, no handler.
+    let reply = get_with_token(&router, "/invoices", Some(&token)).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_code(&reply), "sync_unavailable");
+    assert!(reply.headers.contains_key("retry-after"));
+    // A webhook that cannot be written is a 503 too, so Svix retries it.
+    let created = json!({"type": "organization.created", "object": "event", "timestamp": now(),
+                         "data": organization_object("org_acme", "acme", "Acme", now() * 1000)});
+    let reply = deliver(&router, "msg_c", &created).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_code(&reply), "sync_unavailable");
+
+    // Fail open: the request passes on the token's claims, nothing is cached, and the next
+    // request tries again.
+    let open = clerk(
+        &issuer,
+        OrgsDown {
+            users,
+            orgs: FailingOrgs,
+        },
+        |b| b.failure_policy(clerk_sync::FailurePolicy::Open),
+    );
+    let router = guarded(&open);
+    for _ in 0..2 {
+        let reply = get_with_token(&router, "/invoices", Some(&token)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        assert_eq!(reply.body["synced_org_tier"], Value::Null);
+    }
+    assert_eq!(open.stats().organization_writes, 2, "retried, not cached");
+}
