@@ -8,7 +8,7 @@ use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
-use super::postgres_orgs::PgOrganizations;
+use super::postgres_orgs::{PgOrganizations, record_delivery};
 use super::sql;
 use super::{
     ImportCounts, InvalidationChannel, OrganizationStore, StoreFuture, UpsertOutcome, UserChange,
@@ -259,16 +259,7 @@ impl PgUserStore {
         change: &UserChange,
     ) -> Result<WebhookOutcome, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let fresh = sqlx::query(
-            "INSERT INTO clerk_webhook_events (svix_id) VALUES ($1) ON CONFLICT DO NOTHING",
-        )
-        .persistent(false)
-        .bind(delivery_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !fresh {
+        if !record_delivery(&mut tx, delivery_id).await? {
             tx.rollback().await?;
             return Ok(WebhookOutcome::Duplicate);
         }

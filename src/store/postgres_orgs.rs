@@ -116,6 +116,22 @@ const DELETE_MEMBERSHIP: &str = "INSERT INTO organization_memberships AS m \
      WHERE excluded.deleted_version IS NULL OR m.clerk_updated_at IS NULL \
         OR excluded.deleted_version >= m.clerk_updated_at";
 
+/// Records a webhook delivery id in `clerk_webhook_events` (shared by users and
+/// organizations); `false` when it was recorded before (a redelivery).
+pub(super) async fn record_delivery(
+    conn: &mut PgConnection,
+    delivery_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO clerk_webhook_events (svix_id) VALUES ($1) ON CONFLICT DO NOTHING",
+    )
+    .persistent(false)
+    .bind(delivery_id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// The organization tables of a [`crate::PgUserStore`]'s database.
 #[derive(Clone, Debug)]
 pub(crate) struct PgOrganizations {
@@ -182,16 +198,7 @@ impl PgOrganizations {
         change: &OrganizationChange,
     ) -> Result<WebhookOutcome, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let fresh = sqlx::query(
-            "INSERT INTO clerk_webhook_events (svix_id) VALUES ($1) ON CONFLICT DO NOTHING",
-        )
-        .persistent(false)
-        .bind(delivery_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !fresh {
+        if !record_delivery(&mut tx, delivery_id).await? {
             tx.rollback().await?;
             return Ok(WebhookOutcome::Duplicate);
         }

@@ -8,7 +8,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{SqliteConnection, SqlitePool};
 
 use super::sql::{self, GREATEST_VERSION, unique_now_ms};
-use super::sqlite_orgs::SqliteOrganizations;
+use super::sqlite_orgs::{SqliteOrganizations, record_delivery};
 use super::{
     ImportCounts, InvalidationChannel, OrganizationStore, StoreFuture, UpsertOutcome, UserChange,
     UserProfile, UserStore, WebhookOutcome,
@@ -151,18 +151,7 @@ impl SqliteUserStore {
     ) -> Result<WebhookOutcome, sqlx::Error> {
         let now = unix_now_ms();
         let mut tx = self.pool.begin().await?;
-        // A write first, so the transaction takes the write lock at once (no read-to-write
-        // upgrade that SQLite would refuse under contention).
-        let fresh = sqlx::query(
-            "INSERT OR IGNORE INTO clerk_webhook_events (svix_id, received_at) VALUES (?1, ?2)",
-        )
-        .bind(delivery_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !fresh {
+        if !record_delivery(&mut tx, delivery_id, now).await? {
             tx.rollback().await?;
             return Ok(WebhookOutcome::Duplicate);
         }

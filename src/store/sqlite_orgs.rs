@@ -109,6 +109,24 @@ static DELETE_MEMBERSHIP: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Records a webhook delivery id (shared by users and organizations); `false` when it was
+/// recorded before. A write first in its transaction, so the transaction takes the write lock
+/// at once (no read-to-write upgrade, which SQLite refuses under contention).
+pub(super) async fn record_delivery(
+    conn: &mut SqliteConnection,
+    delivery_id: &str,
+    now_ms: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT OR IGNORE INTO clerk_webhook_events (svix_id, received_at) VALUES (?1, ?2)",
+    )
+    .bind(delivery_id)
+    .bind(now_ms)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// The organization tables of a [`crate::SqliteUserStore`]'s database.
 #[derive(Clone, Debug)]
 pub(crate) struct SqliteOrganizations {
@@ -186,17 +204,7 @@ impl SqliteOrganizations {
     ) -> Result<WebhookOutcome, sqlx::Error> {
         let now = unique_now_ms();
         let mut tx = self.pool.begin().await?;
-        // A write first, so the transaction takes the write lock at once.
-        let fresh = sqlx::query(
-            "INSERT OR IGNORE INTO clerk_webhook_events (svix_id, received_at) VALUES (?1, ?2)",
-        )
-        .bind(delivery_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !fresh {
+        if !record_delivery(&mut tx, delivery_id, now).await? {
             tx.rollback().await?;
             return Ok(WebhookOutcome::Duplicate);
         }

@@ -120,13 +120,29 @@ pub(super) async fn list_organizations(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    state.org_list_requests.fetch_add(1, Ordering::SeqCst);
-    if let Some(response) = gate(&state, &headers).await {
+    list(&state, &headers, &uri, true).await
+}
+
+pub(super) async fn list_memberships(
+    State(state): State<Arc<FakeState>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    list(&state, &headers, &uri, false).await
+}
+
+/// One list request: counted, gated, paged; a scheduled removal of an organization happens
+/// after its answer.
+async fn list(state: &FakeState, headers: &HeaderMap, uri: &Uri, organizations: bool) -> Response {
+    let served = state.org_list_requests.fetch_add(1, Ordering::SeqCst) + 1;
+    if let Some(response) = gate(state, headers).await {
         return response;
     }
-    let served = state.org_list_requests.load(Ordering::SeqCst);
     let mut orgs = lock(&state.orgs);
-    let response = page(&orgs.organizations, &uri);
+    if !organizations {
+        return page(&orgs.memberships, uri);
+    }
+    let response = page(&orgs.organizations, uri);
     if let Some((after, id)) = orgs.scheduled_removal.clone()
         && served >= after
     {
@@ -136,17 +152,4 @@ pub(super) async fn list_organizations(
             .retain(|member| member["organization"]["id"] != id.as_str());
     }
     response
-}
-
-pub(super) async fn list_memberships(
-    State(state): State<Arc<FakeState>>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
-    state.org_list_requests.fetch_add(1, Ordering::SeqCst);
-    if let Some(response) = gate(&state, &headers).await {
-        return response;
-    }
-    let orgs = lock(&state.orgs);
-    page(&orgs.memberships, &uri)
 }
