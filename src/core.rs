@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use crate::client_addr::ClientAddress;
 use crate::error::{AuthError, complete_headers};
-use crate::extract::{AnonymousRequest, ClerkMachine, ClerkUser, Credential, OrgStanding};
+use crate::extract::{AnonymousRequest, ClerkMachine, ClerkUser, Credential};
 use crate::log_throttle::Throttle;
 use crate::machine::MachineToken;
 use crate::machine::verifier::MachineVerifier;
@@ -265,15 +265,10 @@ impl Core {
                     .ensure_organization(&credential.claims, &user)
                     .await?
             }
-            _ => OrgSync::None,
+            _ => OrgSync::NONE,
         };
-        let cacheable = synced && !matches!(organization, OrgSync::Failed);
-        let standing = match organization {
-            OrgSync::Synced(org) => OrgStanding::Synced(org),
-            OrgSync::Refused => OrgStanding::Refused,
-            OrgSync::None | OrgSync::NotKept | OrgSync::Failed => OrgStanding::Claims,
-        };
-        let answer = ClerkUser::new(credential, user.tier.clone(), synced, standing);
+        let cacheable = synced && organization.cacheable;
+        let answer = ClerkUser::new(credential, user.tier.clone(), synced, organization.standing);
         let cached = cacheable.then(|| Cached::User(answer.clone(), user));
         Ok((Caller::User(answer), cached))
     }

@@ -10,7 +10,7 @@ use http::request::Parts;
 
 use crate::authz::{ActiveOrganization, Authorization, Check, Entitlements, FactorAges};
 use crate::machine::MachineToken;
-use crate::sync::SyncedUser;
+use crate::sync::{OrgStanding, SyncedUser};
 use crate::token::SessionClaims;
 use crate::token_type::TokenType;
 
@@ -43,20 +43,6 @@ struct Principal {
     machine: Option<Arc<MachineToken>>,
     tier: Arc<str>,
     synced: bool,
-}
-
-/// What the sync made of a session's active organization.
-#[derive(Debug, Clone, Default)]
-pub(crate) enum OrgStanding {
-    /// No active organization, or one that is not synced (the store keeps none, or failed
-    /// under the open policy): the claims stand as they are.
-    #[default]
-    Claims,
-    /// Organization and membership rows exist: the organization's synced entry (its tier).
-    Synced(Arc<SyncedUser>),
-    /// Deleted here (the organization, or the membership after the token was issued): the
-    /// session has no organization.
-    Refused,
 }
 
 /// What a verified token says, before its user is synced: kept by the token cache so that a

@@ -13,7 +13,7 @@ mod users;
 pub(crate) use evidence::Evidence;
 pub(crate) use options::SyncOptions;
 pub use options::{FailurePolicy, ProfileSource};
-pub(crate) use orgs::OrgSync;
+pub(crate) use orgs::{OrgStanding, OrgSync};
 pub use profile::ProfileClaims;
 pub(crate) use syncer::Syncer;
 pub(crate) use users::SyncedUser;

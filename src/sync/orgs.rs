@@ -26,20 +26,42 @@ use crate::store::{
 };
 use crate::token::SessionClaims;
 
-/// What the sync made of a session's active organization.
-#[derive(Debug, Clone)]
-pub(crate) enum OrgSync {
-    /// The token names no active organization.
-    None,
-    /// Organization and membership rows exist; the organization's synced entry (its tier).
+/// What the sync made of a session's active organization, handed to its `ClerkUser`.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum OrgStanding {
+    /// No active organization, or one that is not synced (the store keeps none, or failed
+    /// under the open policy): the claims stand as they are.
+    #[default]
+    Claims,
+    /// Organization and membership rows exist: the organization's synced entry (its tier).
     Synced(Arc<SyncedUser>),
-    /// The organization is deleted here, or the membership was deleted after the token was
-    /// issued: the session has no organization (nothing was written).
+    /// Deleted here (the organization, or the membership after the token was issued): the
+    /// session has no organization, and nothing was written.
     Refused,
-    /// The store keeps no organizations: the claims are trusted as they are.
-    NotKept,
-    /// The store failed and the failure policy is open: claims trusted, nothing cached.
-    Failed,
+}
+
+/// The outcome of [`Organizations::ensure`].
+#[derive(Debug, Clone)]
+pub(crate) struct OrgSync {
+    pub(crate) standing: OrgStanding,
+    /// `false` when the store failed under the open policy: the claims passed this once, the
+    /// session is not cached, and the next request tries again.
+    pub(crate) cacheable: bool,
+}
+
+impl OrgSync {
+    /// No organization to sync (none in the token, or a caller that carries none).
+    pub(crate) const NONE: Self = Self {
+        standing: OrgStanding::Claims,
+        cacheable: true,
+    };
+
+    fn settled(standing: OrgStanding) -> Self {
+        Self {
+            standing,
+            cacheable: true,
+        }
+    }
 }
 
 /// A synced membership: current while both its user and its organization are.
@@ -96,7 +118,7 @@ impl Organizations {
         counters: &Counters,
     ) -> Result<OrgSync, AuthError> {
         let Some(active) = crate::authz::active_organization(claims) else {
-            return Ok(OrgSync::None);
+            return Ok(OrgSync::NONE);
         };
         let Some(store) = store else {
             if !self.not_kept_warned.swap(true, Ordering::Relaxed) {
@@ -105,7 +127,7 @@ impl Organizations {
                      organization claims are trusted as they are and nothing is written for them"
                 );
             }
-            return Ok(OrgSync::NotKept);
+            return Ok(OrgSync::NONE);
         };
         let version_ms = claims.iat.checked_mul(1000);
         let key: MembershipKey = (
@@ -114,7 +136,9 @@ impl Organizations {
         );
         if let Some(known) = self.memberships.get(&key).await {
             if users.is_current(&known.user) && self.orgs.is_current(&known.organization) {
-                return Ok(OrgSync::Synced(known.organization.clone()));
+                return Ok(OrgSync::settled(OrgStanding::Synced(
+                    known.organization.clone(),
+                )));
             }
             self.memberships.invalidate(&key).await;
         }
@@ -148,12 +172,17 @@ impl Organizations {
             }
         };
         match self.memberships.try_get_with(key, load).await {
-            Ok(membership) => Ok(OrgSync::Synced(membership.organization.clone())),
+            Ok(membership) => Ok(OrgSync::settled(OrgStanding::Synced(
+                membership.organization.clone(),
+            ))),
             Err(failure) => match *failure {
-                Failure::Refused => Ok(OrgSync::Refused),
+                Failure::Refused => Ok(OrgSync::settled(OrgStanding::Refused)),
                 Failure::Unavailable => match options.failure_policy {
                     FailurePolicy::Closed => Err(AuthError::SyncUnavailable),
-                    FailurePolicy::Open => Ok(OrgSync::Failed),
+                    FailurePolicy::Open => Ok(OrgSync {
+                        standing: OrgStanding::Claims,
+                        cacheable: false,
+                    }),
                 },
             },
         }
