@@ -8,12 +8,13 @@
 //! Reads the quickstart's variables plus:
 //! - `RATE_LIMITS`: comma-separated `tier=<count>/<s|m|h|d>` or `tier=unlimited`; `*` sets the
 //!   limit of tiers not listed (unlimited when absent). Default `free=60/m,pro=600/m`.
-//! - `RATE_LIMIT_STORE`: `memory` (default, one process) or `postgres` (one limit shared by
-//!   every process, in the `clerk_rate_limits` table).
+//! - `RATE_LIMIT_STORE`: `memory` (default, one process), `redis` (one limit shared by every
+//!   process, in the Redis at `REDIS_URL`, default `redis://127.0.0.1:6379`) or `postgres`
+//!   (shared, in the `clerk_rate_limits` table).
 
 mod common;
 
-use clerk_sync::{PgRateLimitStore, RateLimitLayer, TierLimits};
+use clerk_sync::{PgRateLimitStore, RateLimitLayer, RedisRateLimitStore, TierLimits};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,9 +32,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (Ok("postgres"), common::Database::Sqlite(_)) => {
             return Err("RATE_LIMIT_STORE=postgres needs a postgres:// DATABASE_URL".into());
         }
+        (Ok("redis"), _) => {
+            let store = RedisRateLimitStore::new(&common::redis_url())?;
+            // Optional: fail here rather than with the first request when Redis is down.
+            store.ping().await?;
+            println!("rate limits: Redis at REDIS_URL");
+            RateLimitLayer::with_store(limits, store)
+        }
         (Ok("memory") | Err(_), _) => RateLimitLayer::per_tier(limits),
         (Ok(other), _) => {
-            return Err(format!("RATE_LIMIT_STORE: `{other}` is not memory or postgres").into());
+            return Err(
+                format!("RATE_LIMIT_STORE: `{other}` is not memory, redis or postgres").into(),
+            );
         }
     };
     demo.serve(demo.app_with_limiter(Some(limiter)), |_| {})

@@ -5,7 +5,8 @@
 //! cargo run --example webhooks
 //! ```
 //!
-//! Reads the same variables as the quickstart plus `CLERK_WEBHOOK_SIGNING_SECRET`. Without a
+//! Reads the same variables as the quickstart (`INVALIDATION=redis` publishes every webhook's
+//! eviction on Redis for the other processes) plus `CLERK_WEBHOOK_SIGNING_SECRET`. Without a
 //! Clerk key source it runs against a local dev issuer with a dev signing secret, and prints a
 //! signed `curl` that delivers a `user.updated` event the way Clerk (through Svix) would.
 

@@ -24,6 +24,8 @@ mod layer;
 mod log_throttle;
 pub mod machine;
 pub mod ratelimit;
+#[cfg(feature = "redis")]
+mod redis_conn;
 mod response_state;
 mod rsa;
 mod secret;
@@ -50,9 +52,13 @@ pub use guard::{Authorized, GuardRejection, Require, RequireLayer, Requirement};
 pub use handle::{ClerkSync, ClerkSyncBuilder};
 #[cfg(feature = "postgres")]
 pub use invalidate::PgChannel;
+#[cfg(feature = "redis")]
+pub use invalidate::RedisChannel;
 pub use layer::{ClerkSyncLayer, ClerkSyncService, ResponseFuture};
 #[cfg(feature = "postgres")]
 pub use ratelimit::PgRateLimitStore;
+#[cfg(feature = "redis")]
+pub use ratelimit::RedisRateLimitStore;
 pub use ratelimit::{Limit, MemoryRateLimitStore, RateLimitLayer, TierLimit, TierLimits};
 pub use secret::Secret;
 pub use stats::Stats;

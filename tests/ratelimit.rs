@@ -1,4 +1,5 @@
-//! The rate limiter behind the sync layer, on both stores, against real PostgreSQL.
+//! The rate limiter behind the sync layer, on every store, against the real PostgreSQL (and
+//! the real Redis for the Redis store; more of it in `tests/redis.rs`).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -19,7 +20,7 @@ use clerk_sync::store::StoreFuture;
 use clerk_sync::testing::DevIssuer;
 use clerk_sync::{
     ClerkSync, ClerkUser, ClientAddress, Limit, PgRateLimitStore, PgUserStore, RateLimitLayer,
-    TierLimit, TierLimits,
+    RedisRateLimitStore, TierLimit, TierLimits,
 };
 use common::{Capture, CountingStore, Reply, clerk, error_code, get_with_token, send};
 use http::{Request, StatusCode, header};
@@ -115,6 +116,40 @@ async fn postgres_store_admits_exactly_the_limit(pool: PgPool) {
     let limiter = RateLimitLayer::with_store(limits(limit), PgRateLimitStore::new(pool.clone()));
     let router = limited_app(&clerk, limiter);
     exactly_n_then_429_then_refill(&router, &issuer.token("user_pg")).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn redis_store_admits_exactly_the_limit(pool: PgPool) {
+    let (issuer, clerk, _) = sync_and_clerk(&pool).await;
+    let limit = Limit::new(3, Duration::from_secs(2)).unwrap();
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("clerk_sync_test:exact:{}:", std::process::id());
+    let store = RedisRateLimitStore::new(&url).unwrap().key_prefix(&prefix);
+    let limiter = RateLimitLayer::with_store(limits(limit), store);
+    let router = limited_app(&clerk, limiter.clone());
+    exactly_n_then_429_then_refill(&router, &issuer.token("user_redis")).await;
+    assert_eq!(limiter.stats().store_failures, 0);
+
+    // One key, named `<prefix>{user:<id>}`, expiring when the budget is full again.
+    let mut redis = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!("{prefix}{{user:user_redis}}");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!((1..=2000).contains(&ttl), "PTTL {ttl} ms");
+    tokio::time::sleep(Duration::from_millis(u64::try_from(ttl).unwrap() + 50)).await;
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "nothing left to clean once the budget is back");
 }
 
 #[sqlx::test(migrations = false)]

@@ -16,8 +16,8 @@ use axum::{Json, Router};
 use clerk_sync::authz::{Check, Reverification};
 use clerk_sync::testing::{DevIssuer, FakeClerkApi};
 use clerk_sync::{
-    ClerkConfig, ClerkPrincipal, ClerkSync, ClerkUser, PgUserStore, RateLimitLayer,
-    SqliteUserStore, TokenType,
+    ClerkConfig, ClerkPrincipal, ClerkSync, ClerkSyncBuilder, ClerkUser, PgUserStore,
+    RateLimitLayer, RedisChannel, SqliteUserStore, TokenType,
 };
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
@@ -135,23 +135,26 @@ pub async fn demo(dev_webhook_secret: Option<&str>) -> Result<Demo, Box<dyn Erro
         (config.build()?, Some(dev), Some((fake, key)))
     };
     let api = dev_api.as_ref().map(|(fake, _)| fake.client());
+    let invalidation = invalidation()?;
+    let finish = |builder: ClerkSyncBuilder| {
+        let builder = match api {
+            Some(api) => builder.clerk_api(api),
+            None => builder,
+        };
+        match invalidation {
+            Some(channel) => builder.invalidation(channel),
+            None => builder,
+        }
+        .build()
+    };
     let clerk = match &database {
         Database::Postgres(pool) => {
-            let builder = ClerkSync::builder(config, PgUserStore::new(pool.clone()));
-            match api {
-                Some(api) => builder.clerk_api(api),
-                None => builder,
-            }
-            .build()?
+            finish(ClerkSync::builder(config, PgUserStore::new(pool.clone())))?
         }
-        Database::Sqlite(pool) => {
-            let builder = ClerkSync::builder(config, SqliteUserStore::new(pool.clone()));
-            match api {
-                Some(api) => builder.clerk_api(api),
-                None => builder,
-            }
-            .build()?
-        }
+        Database::Sqlite(pool) => finish(ClerkSync::builder(
+            config,
+            SqliteUserStore::new(pool.clone()),
+        ))?,
     };
     // The invalidation listener and webhook-id pruning: explicit, never hidden in `build`.
     tokio::spawn(clerk.background());
@@ -161,6 +164,25 @@ pub async fn demo(dev_webhook_secret: Option<&str>) -> Result<Demo, Box<dyn Erro
         dev,
         dev_api,
     })
+}
+
+/// `REDIS_URL`, default `redis://127.0.0.1:6379`.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// `INVALIDATION`: `store` (default: the store's own, `LISTEN`/`NOTIFY` for PostgreSQL) or
+/// `redis` (pub/sub on `REDIS_URL`, for PostgreSQL behind a transaction pooler).
+fn invalidation() -> Result<Option<RedisChannel>, Box<dyn Error>> {
+    match std::env::var("INVALIDATION").as_deref() {
+        Err(_) | Ok("" | "store") => Ok(None),
+        Ok("redis") => {
+            let channel = RedisChannel::new(&redis_url())?;
+            println!("invalidation: Redis pub/sub on REDIS_URL, channel clerk_sync_users");
+            Ok(Some(channel))
+        }
+        Ok(other) => Err(format!("INVALIDATION: `{other}` is not store or redis").into()),
+    }
 }
 
 impl Demo {

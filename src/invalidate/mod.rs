@@ -1,5 +1,5 @@
 //! Cache invalidation across processes: the [`InvalidationChannel`] trait and its PostgreSQL
-//! (`LISTEN`/`NOTIFY`) implementation.
+//! (`LISTEN`/`NOTIFY`) and Redis (`PUBLISH`/`SUBSCRIBE`) implementations.
 //!
 //! A message is a bare Clerk id: `user_…` evicts that user from every process's synced-user
 //! cache (and so every cached session of theirs), `org_…` an organization (membership changes
@@ -12,8 +12,13 @@
 #[cfg(feature = "postgres")]
 mod postgres;
 
+#[cfg(feature = "redis")]
+mod redis_pubsub;
+
 #[cfg(feature = "postgres")]
 pub use postgres::PgChannel;
+#[cfg(feature = "redis")]
+pub use redis_pubsub::RedisChannel;
 
 use crate::error::{StoreError, StoreFuture};
 

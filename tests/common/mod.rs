@@ -21,7 +21,7 @@ use http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceExt;
@@ -308,12 +308,17 @@ pub fn error_code(reply: &Reply) -> String {
     code
 }
 
-/// A loopback TCP proxy in front of PostgreSQL that a test can cut and restore. While cut,
-/// open connections are closed and new ones are accepted and dropped at once.
+/// A loopback TCP proxy in front of PostgreSQL or Redis that a test can cut and restore.
+/// While cut, open connections are closed and new ones are accepted and dropped at once. It
+/// counts the bytes clients sent upstream, and keeps the local address of each upstream
+/// connection (the address the server sees, for `CLIENT KILL ADDR`).
 pub struct TcpProxy {
     pub addr: SocketAddr,
     up: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
     generation: watch::Sender<u64>,
+    sent: Arc<AtomicU64>,
+    upstream_addrs: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -322,10 +327,13 @@ impl TcpProxy {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
+        let stalled = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0u64);
+        let sent = Arc::new(AtomicU64::new(0));
+        let upstream_addrs = Arc::new(std::sync::Mutex::new(Vec::new()));
         let task = {
-            let up = up.clone();
-            let generation = generation.clone();
+            let (up, stalled, generation) = (up.clone(), stalled.clone(), generation.clone());
+            let (sent, upstream_addrs) = (sent.clone(), upstream_addrs.clone());
             tokio::spawn(async move {
                 while let Ok((mut client, _)) = listener.accept().await {
                     if !up.load(Ordering::SeqCst) {
@@ -333,12 +341,36 @@ impl TcpProxy {
                         continue;
                     }
                     let mut cut = generation.subscribe();
+                    let (sent, upstream_addrs) = (sent.clone(), upstream_addrs.clone());
+                    let stalled = stalled.clone();
                     tokio::spawn(async move {
                         let Ok(mut server) = TcpStream::connect(upstream).await else {
                             return;
                         };
+                        if let Ok(local) = server.local_addr() {
+                            upstream_addrs.lock().unwrap().push(local);
+                        }
+                        let (mut from_client, mut to_client) = client.split();
+                        let (mut from_server, mut to_server) = server.split();
+                        let upward = async {
+                            let mut buffer = [0u8; 8192];
+                            loop {
+                                let n = from_client.read(&mut buffer).await?;
+                                if n == 0 {
+                                    return Ok::<_, std::io::Error>(());
+                                }
+                                // A partition: the bytes wait (as TCP retransmits them)
+                                // until it heals.
+                                while stalled.load(Ordering::SeqCst) {
+                                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                                }
+                                sent.fetch_add(n as u64, Ordering::SeqCst);
+                                to_server.write_all(&buffer[..n]).await?;
+                            }
+                        };
                         tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = upward => {}
+                            _ = tokio::io::copy(&mut from_server, &mut to_client) => {}
                             _ = cut.changed() => {}
                         }
                     });
@@ -348,7 +380,10 @@ impl TcpProxy {
         Self {
             addr,
             up,
+            stalled,
             generation,
+            sent,
+            upstream_addrs,
             task,
         }
     }
@@ -359,8 +394,27 @@ impl TcpProxy {
         self.generation.send_modify(|g| *g += 1);
     }
 
+    /// Keeps every connection open but holds what clients send until [`restore`]: requests
+    /// go unanswered (a network partition), so only timeouts end them.
+    ///
+    /// [`restore`]: Self::restore
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
+        self.stalled.store(false, Ordering::SeqCst);
+    }
+
+    /// Bytes clients have sent upstream so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    /// The local address of every upstream connection opened so far, oldest first.
+    pub fn upstream_addrs(&self) -> Vec<SocketAddr> {
+        self.upstream_addrs.lock().unwrap().clone()
     }
 }
 
