@@ -168,3 +168,173 @@ async fn quickstart_runs_on_a_fresh_machine_with_nothing_configured() {
 
     child.kill().await.unwrap();
 }
+
+/// Starts example `name` in an empty temporary directory with only `PATH`, `HOME` and `env`
+/// set, and reads its output until `listening on <addr>`; the other lines printed after it
+/// come on the returned channel.
+async fn start_example(
+    name: &str,
+    env: &[(&str, &str)],
+) -> (
+    tokio::process::Child,
+    tempfile::TempDir,
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let binary = example(name);
+    assert!(binary.exists(), "{} is missing", binary.display());
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(&binary);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::var("HOME").unwrap_or_default());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut printed = Vec::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                return format!("http://{addr}");
+            }
+            printed.push(line);
+        }
+        panic!("{name} exited before listening:\n{}", printed.join("\n"));
+    })
+    .await
+    .expect("not listening within 60 s");
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = sender.send(line);
+        }
+    });
+    (child, dir, base, receiver)
+}
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+#[tokio::test]
+async fn the_rate_limited_example_limits_through_redis() {
+    let (mut child, _dir, base, _lines) = start_example(
+        "rate_limited_api",
+        &[
+            ("RATE_LIMIT_STORE", "redis"),
+            ("REDIS_URL", &redis_url()),
+            ("RATE_LIMITS", "free=3/h"),
+        ],
+    )
+    .await;
+    // A user of its own: the example's keys use the default prefix.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let user = format!("user_example_{nanos}");
+    let http = reqwest::Client::new();
+    let token = http
+        .get(format!("{base}/dev/token/{user}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut statuses = Vec::new();
+    let mut last = None;
+    for _ in 0..4 {
+        let response = http
+            .get(format!("{base}/me"))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+        last = Some(response);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    let refused = last.unwrap();
+    assert_eq!(refused.headers()["retry-after"], "1200");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited");
+
+    let mut redis = redis::Client::open(redis_url().as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!("clerk_sync:rl:{{user:{user}}}");
+    let deleted: i64 = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1, "the budget lived in Redis under {key}");
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_webhooks_example_publishes_evictions_on_redis() {
+    let client = redis::Client::open(redis_url().as_str()).unwrap();
+    let mut subscriber = client.get_async_pubsub().await.unwrap();
+    subscriber.subscribe("clerk_sync_users").await.unwrap();
+    let (mut child, _dir, _base, mut lines) = start_example(
+        "webhooks",
+        &[("INVALIDATION", "redis"), ("REDIS_URL", &redis_url())],
+    )
+    .await;
+    // The example prints a signed `curl` delivering `user.updated`:
+    // curl -X POST <url> -H '…' -H 'svix-id: …' -H 'svix-timestamp: …' -H 'svix-signature: …' -d '<body>'
+    let curl = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.recv().await {
+            if line.trim_start().starts_with("curl -X POST") {
+                return line;
+            }
+        }
+        panic!("no webhook curl printed");
+    })
+    .await
+    .unwrap();
+    let url = curl.split_whitespace().nth(3).unwrap().to_owned();
+    let header = |name: &str| {
+        let start = curl.find(&format!("-H '{name}: ")).unwrap() + name.len() + 6;
+        curl[start..].split('\'').next().unwrap().to_owned()
+    };
+    let body = curl
+        .split_once(" -d '")
+        .unwrap()
+        .1
+        .trim_end()
+        .trim_end_matches('\'');
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("svix-id", header("svix-id"))
+        .header("svix-timestamp", header("svix-timestamp"))
+        .header("svix-signature", header("svix-signature"))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+
+    use futures_util::StreamExt as _;
+    let mut messages = subscriber.on_message();
+    let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
+        .await
+        .expect("no eviction published on Redis")
+        .unwrap();
+    assert_eq!(message.get_payload::<String>().unwrap(), "user_quickstart");
+    child.kill().await.unwrap();
+}
