@@ -22,8 +22,11 @@
 //!   (with a database, measured paired with `layer/new_token_cached_user`);
 //! - `peer/jwt_authorizer`: the same handler behind `jwt-authorizer` 0.15 (axum 0.7, its
 //!   `RegisteredClaims`, the same PEM key and tokens, issuer checked);
-//! - `layer/both_hit+ratelimit_memory`, `layer/both_hit+ratelimit_postgres`: the both-hit path
-//!   with `RateLimitLayer` inside it, on each store (a limit no request reaches);
+//! - `layer/both_hit+ratelimit_memory`, `layer/both_hit+ratelimit_postgres`,
+//!   `layer/both_hit+ratelimit_redis`: the both-hit path with `RateLimitLayer` inside it, on
+//!   each store (a limit no request reaches); the Redis case (the local Redis, `REDIS_URL`;
+//!   skipped with a printed reason when it is down) runs paired with both-hit and the
+//!   Postgres store, for the ratio of the two stores' added costs;
 //! - `layer/api_key_hit`: an API key seen before whose user is synced, 10,000 keys of 10,000
 //!   users rotating, on a layer that `accepts` API keys (measured paired with
 //!   `layer/both_hit`; the machine-token TTL is raised to an hour so that no entry expires
@@ -52,7 +55,7 @@ use clerk_sync::store::{UserProfile, UserStore};
 use clerk_sync::testing::{DevIssuer, FakeClerkApi};
 use clerk_sync::{
     ClerkSync, ClerkUser, Limit, PgRateLimitStore, PgUserStore, ProfileSource, RateLimitLayer,
-    TierLimits, TokenType,
+    RedisRateLimitStore, TierLimits, TokenType,
 };
 use criterion::Criterion;
 use sqlx::PgPool;
@@ -292,6 +295,20 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
         generous(),
         PgRateLimitStore::new(pool.clone()),
     ));
+    // Redis at REDIS_URL (default the local one), keys under a prefix of this run.
+    let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let limited_redis = rt.block_on(async {
+        let store = RedisRateLimitStore::new(&redis_url)
+            .unwrap()
+            .key_prefix(format!("clerk_sync_bench:{run}:"));
+        match store.ping().await {
+            Ok(()) => Some(limited(RateLimitLayer::with_store(generous(), store))),
+            Err(error) => {
+                println!("skipping layer/both_hit+ratelimit_redis: {error}");
+                None
+            }
+        }
+    });
     let verifying = Router::new()
         .route("/me", get(handler))
         .layer(uncached.layer());
@@ -396,6 +413,43 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
             limited_postgres.clone().oneshot(request(&tokens[i]))
         })
     });
+    // The Redis store's added cost against the Postgres store's: every sample runs a block
+    // of the both-hit path alone, one with each shared store, and keeps
+    // (redis − hit) ÷ (postgres − hit).
+    // And against the floor of any Redis store: one `PING` round trip on a connection of
+    // the bench's own (the redis crate's multiplexed connection, as the store uses).
+    let mut redis_pair = Pair::new("ratelimit_redis added ÷ ratelimit_postgres added", "≤ 0.25");
+    let mut ping_pair = Pair::new("ratelimit_redis added ÷ redis PING round trip", "");
+    if let Some(limited_redis) = &limited_redis {
+        let mut ping = rt.block_on(async {
+            redis::Client::open(redis_url.as_str())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap()
+        });
+        group.bench_function("layer/both_hit+ratelimit_redis", |b| {
+            b.iter_custom(|iters| {
+                let [hit, postgres, redis] = [&layered, &limited_postgres, limited_redis]
+                    .map(|app| rt.block_on(block(app, &tokens, &mut i, iters)));
+                let pings = rt.block_on(async {
+                    let started = Instant::now();
+                    for _ in 0..iters {
+                        let pong: String = redis::cmd("PING").query_async(&mut ping).await.unwrap();
+                        std::hint::black_box(pong);
+                    }
+                    started.elapsed()
+                });
+                redis_pair.add(
+                    iters,
+                    redis.saturating_sub(hit),
+                    postgres.saturating_sub(hit),
+                );
+                ping_pair.add(iters, redis.saturating_sub(hit), pings);
+                redis
+            })
+        });
+    }
     // Paired like bare and both_hit: a block of raw RSA verifications and a block of
     // new-token requests in every sample.
     let mut token_pair = Pair::new("layer/new_token_cached_user ÷ rsa_floor", "≤ 1.4");
@@ -589,6 +643,8 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
         token_pair,
         new_user_pair,
         key_miss_pair,
+        redis_pair,
+        ping_pair,
     ]
 }
 
@@ -642,6 +698,7 @@ fn print_ratios(group_dir: &Path) {
         "layer/both_hit",
         "layer/both_hit+ratelimit_memory",
         "layer/both_hit+ratelimit_postgres",
+        "layer/both_hit+ratelimit_redis",
         "layer/api_key_hit",
         "layer/guarded_hit",
         "layer/api_key_miss",

@@ -13,7 +13,16 @@
 # server's one core is then the bottleneck, so the ratio compares server CPU per request
 # without the two processes taking each other's time.
 #
-# Installs wrk (Debian package) when missing. Everything binds to 127.0.0.1; the server stops
+# LOADTEST_PROCESSES="1 2" runs the shared-limiter rounds instead: for each count N, N server
+# processes on N loopback ports verify the same tokens and share one RedisRateLimitStore (the
+# Redis at REDIS_URL, default the local one; keys under a prefix of this run). For each N it
+# prints requests/s per process and in total through the limiter (a limit no request reaches:
+# every request is one Redis round trip), then drives `/limited` (LOADTEST_LIMIT per user,
+# default 5/h) on every port at once for the same duration and checks that the admitted total
+# across all processes equals users x limit.
+#
+# Builds into CARGO_TARGET_DIR when it is set (./target otherwise). Installs wrk (Debian
+# package) when missing. Everything binds to 127.0.0.1; the server stops
 # by itself after the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +37,10 @@ if [ "${LOADTEST_PIN:-0}" = 1 ]; then
   SERVER_CPU=(taskset -c 1)
   CLIENT_CPU=(taskset -c 0)
 fi
-TOKENS="$PWD/target/loadtest-tokens.txt"
+TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
+case "$TARGET" in /*) ;; *) TARGET="$PWD/$TARGET" ;; esac
+SERVER_BIN="$TARGET/release/examples/loadtest_server"
+TOKENS="$TARGET/loadtest-tokens.txt"
 
 if ! command -v wrk >/dev/null; then
   echo "installing wrk" >&2
@@ -40,29 +52,14 @@ if ! command -v wrk >/dev/null; then
 fi
 
 cargo build --release --example loadtest_server >/dev/null
-LOG="$(mktemp)"
-# Bounded: every run plus warm-up, then the server exits on its own.
-LOADTEST_USERS="$USERS" LOADTEST_TOKENS="$TOKENS" LOADTEST_SECONDS=$((2 * ROUNDS * DURATION + 60)) \
-  "${SERVER_CPU[@]}" target/release/examples/loadtest_server >"$LOG" 2>&1 &
-SERVER=$!
-trap 'kill "$SERVER" 2>/dev/null || true; rm -f "$LOG"' EXIT
 
-for _ in $(seq 1 600); do
-  grep -q '^ready' "$LOG" && break
-  kill -0 "$SERVER" 2>/dev/null || { cat "$LOG" >&2; exit 1; }
-  sleep 0.1
-done
-READY="$(grep '^ready' "$LOG")" || { echo "server did not start" >&2; cat "$LOG" >&2; exit 1; }
-BARE_PORT="$(sed -E 's/.*bare=([0-9]+).*/\1/' <<<"$READY")"
-LAYERED_PORT="$(sed -E 's/.*layered=([0-9]+).*/\1/' <<<"$READY")"
-echo "$READY"
-
-# Every request carries the next token of the list (per wrk thread, offset by thread).
-SCRIPT="$(mktemp --suffix=.lua)"
-cat >"$SCRIPT" <<LUA
+# write_script <tokens file> <script file>: every request carries the next token of the list
+# (per wrk thread, offset by thread), to the URL's path.
+write_script() {
+  cat >"$2" <<LUA
 -- Requests are formatted once per thread (in init): per request, wrk only picks the next.
 local tokens = {}
-for line in io.lines("$TOKENS") do tokens[#tokens + 1] = line end
+for line in io.lines("$1") do tokens[#tokens + 1] = line end
 local counter = 0
 function setup(thread) counter = counter + 1; thread:set("offset", counter * 7919) end
 local requests = {}
@@ -70,7 +67,7 @@ local i = 0
 init = function(args)
   for n = 1, #tokens do
     local token = tokens[((n + (offset or 0)) % #tokens) + 1]
-    requests[n] = wrk.format("GET", "/me", { ["Authorization"] = "Bearer " .. token })
+    requests[n] = wrk.format("GET", nil, { ["Authorization"] = "Bearer " .. token })
   end
 end
 request = function()
@@ -78,13 +75,103 @@ request = function()
   return requests[i]
 end
 done = function(summary, latency, requests)
-  io.write(string.format("RESULT %.0f %.3f %.3f %d %d\n",
+  io.write(string.format("RESULT %.0f %.3f %.3f %d %d %d\n",
     summary.requests / (summary.duration / 1e6),
     latency:percentile(50) / 1000, latency:percentile(99) / 1000,
-    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.requests))
 end
 LUA
+}
+
+# wait_ready <log> <pid>: prints the server's `ready` line once it is up.
+wait_ready() {
+  for _ in $(seq 1 600); do
+    grep -q '^ready' "$1" && break
+    kill -0 "$2" 2>/dev/null || { cat "$1" >&2; exit 1; }
+    sleep 0.1
+  done
+  grep '^ready' "$1" || { echo "server did not start" >&2; cat "$1" >&2; exit 1; }
+}
+
+port_of() { sed -E "s/.*$1=([0-9]+).*/\1/" <<<"$2"; }
+
+if [ -n "${LOADTEST_PROCESSES:-}" ]; then
+  REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+  LIMIT="${LOADTEST_LIMIT:-5/h}"
+  LIMIT_COUNT="${LIMIT%%/*}"
+  RUN="$(date +%s%N)"
+  WORK="$(mktemp -d)"
+  PIDS=()
+  trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+  echo "shared Redis limiter ($REDIS_URL): $USERS users, /limited at $LIMIT per user, ${DURATION} s per run, $CONNECTIONS connections in all"
+  printf '%-10s %-9s %12s %10s %10s %10s %10s\n' "processes" "process" "requests/s" "p50 ms" "p99 ms" "admitted" "refused"
+  for N in $LOADTEST_PROCESSES; do
+    KEYS="$WORK/keys-$N"
+    mkdir -p "$KEYS"
+    PORTS=()
+    for p in $(seq 1 "$N"); do
+      # The first process mints the tokens and publishes its key; the others wait for it.
+      LOADTEST_USERS="$USERS" LOADTEST_TOKENS="$KEYS/tokens.txt" LOADTEST_KEY_DIR="$KEYS" \
+        LOADTEST_REDIS_PREFIX="clerk_sync_loadtest:$RUN:$N:" LOADTEST_LIMIT="$LIMIT" REDIS_URL="$REDIS_URL" \
+        LOADTEST_SECONDS=$((2 * DURATION + 60)) "$SERVER_BIN" >"$WORK/server-$N-$p.log" 2>&1 &
+      PIDS+=($!)
+      READY="$(wait_ready "$WORK/server-$N-$p.log" "${PIDS[-1]}")"
+      PORTS+=("$(port_of layered "$READY")")
+    done
+    write_script "$KEYS/tokens.txt" "$WORK/script.lua"
+    PER=$(( CONNECTIONS / N > 0 ? CONNECTIONS / N : 1 ))
+    # Throughput: every process driven at once, each by its own wrk.
+    WRKS=()
+    for p in $(seq 1 "$N"); do
+      wrk -t1 -c"$PER" -d"${DURATION}s" -s "$WORK/script.lua" "http://127.0.0.1:${PORTS[$((p - 1))]}/me" \
+        | grep '^RESULT' >"$WORK/me-$N-$p.txt" &
+      WRKS+=($!)
+    done
+    wait "${WRKS[@]}"
+    # Admission over a window: every process's /limited at once.
+    WRKS=()
+    for p in $(seq 1 "$N"); do
+      wrk -t1 -c"$PER" -d"${DURATION}s" -s "$WORK/script.lua" "http://127.0.0.1:${PORTS[$((p - 1))]}/limited" \
+        | grep '^RESULT' >"$WORK/limited-$N-$p.txt" &
+      WRKS+=($!)
+    done
+    wait "${WRKS[@]}"
+    TOTAL_RPS=0
+    ADMITTED=0
+    for p in $(seq 1 "$N"); do
+      read -r _ rps p50 p99 _ other _ <"$WORK/me-$N-$p.txt"
+      read -r _ _ _ _ refused lother total <"$WORK/limited-$N-$p.txt"
+      admitted=$((total - refused - lother))
+      ADMITTED=$((ADMITTED + admitted))
+      TOTAL_RPS=$((TOTAL_RPS + rps))
+      printf '%-10s %-9s %12s %10s %10s %10s %10s\n' "$N" "$p" "$rps" "$p50" "$p99" "$admitted" "$refused"
+      [ "$other" = 0 ] && [ "$lother" = 0 ] || echo "  (process $p: $other + $lother socket errors)"
+    done
+    EXPECTED=$((USERS * LIMIT_COUNT))
+    VERDICT="equals the limit"
+    [ "$ADMITTED" = "$EXPECTED" ] || VERDICT="DIFFERS from the limit"
+    printf '%-10s %-9s %12s %10s %10s %10s   admitted in all %s, users x limit %s: %s\n' \
+      "$N" "total" "$TOTAL_RPS" "" "" "$ADMITTED" "$ADMITTED" "$EXPECTED" "$VERDICT"
+    kill "${PIDS[@]}" 2>/dev/null || true
+    wait "${PIDS[@]}" 2>/dev/null || true
+    PIDS=()
+  done
+  exit 0
+fi
+
+LOG="$(mktemp)"
+# Bounded: every run plus warm-up, then the server exits on its own.
+LOADTEST_USERS="$USERS" LOADTEST_TOKENS="$TOKENS" LOADTEST_SECONDS=$((2 * ROUNDS * DURATION + 60)) \
+  "${SERVER_CPU[@]}" "$SERVER_BIN" >"$LOG" 2>&1 &
+SERVER=$!
+SCRIPT="$(mktemp --suffix=.lua)"
 trap 'kill "$SERVER" 2>/dev/null || true; rm -f "$LOG" "$SCRIPT"' EXIT
+READY="$(wait_ready "$LOG" "$SERVER")"
+BARE_PORT="$(port_of bare "$READY")"
+LAYERED_PORT="$(port_of layered "$READY")"
+echo "$READY"
+write_script "$TOKENS" "$SCRIPT"
 
 run() {
   "${CLIENT_CPU[@]}" wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s "$SCRIPT" "http://127.0.0.1:$1/me" | grep '^RESULT'
@@ -95,7 +182,7 @@ for round in $(seq 1 "$ROUNDS"); do
   BARE="$(run "$BARE_PORT")"
   LAYERED="$(run "$LAYERED_PORT")"
   for row in "bare $BARE" "layered $LAYERED"; do
-    read -r name _ rps p50 p99 status other <<<"$row"
+    read -r name _ rps p50 p99 status other _ <<<"$row"
     printf '%-6s %-8s %12s %10s %10s %8s\n' "$round" "$name" "$rps" "$p50" "$p99" "$((status + other))"
   done
   read -r _ BARE_RPS _ <<<"$BARE"
