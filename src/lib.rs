@@ -24,6 +24,8 @@ mod layer;
 mod log_throttle;
 pub mod machine;
 pub mod ratelimit;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod reconcile;
 #[cfg(feature = "redis")]
 mod redis_conn;
 mod response_state;
@@ -60,6 +62,8 @@ pub use ratelimit::PgRateLimitStore;
 #[cfg(feature = "redis")]
 pub use ratelimit::RedisRateLimitStore;
 pub use ratelimit::{Limit, MemoryRateLimitStore, RateLimitLayer, TierLimit, TierLimits};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use reconcile::{ReconcileOptions, ReconcileReport, reconcile};
 pub use secret::Secret;
 pub use stats::Stats;
 pub use store::MemoryUserStore;

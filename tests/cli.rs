@@ -416,3 +416,87 @@ async fn verify_asks_the_backend_api_about_opaque_machine_tokens() {
     );
     assert_eq!(fake.unversioned_verify_requests(), 3);
 }
+
+async fn reconcile_run(url: &str, fake: &FakeClerkApi, args: &[&str]) -> (i32, String) {
+    let output = clerk_sync()
+        .arg("reconcile")
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env("CLERK_SECRET_KEY", FakeClerkApi::SECRET_KEY)
+        .env("CLERK_API_URL", fake.url())
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.code().unwrap(),
+        format!("{}{}", stdout(&output), stderr(&output)),
+    )
+}
+
+#[sqlx::test(migrations = false)]
+async fn reconcile_reports_json_repairs_with_apply_and_check_alerts(pool: PgPool) {
+    let url = database_url(&pool).await;
+    // Rows for Clerk's first 20 users, then Clerk has 25; one row Clerk never had, and one
+    // row older than Clerk's snapshot.
+    let (code, _) = backfill_json(&url, &FakeClerkApi::start(20).await.unwrap(), &[]).await;
+    assert_eq!(code, 0);
+    let fake = FakeClerkApi::start(25).await.unwrap();
+    for sql in [
+        "INSERT INTO users (id, email) VALUES ('user_stranger', 's@example.com')".to_owned(),
+        format!(
+            "UPDATE users SET email = 'old@example.com', \
+             email_version = email_version - interval '1 day' WHERE id = '{}'",
+            FakeClerkApi::user_id(0)
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+
+    let (code, out) = reconcile_run(&url, &fake, &["--json", "--check"]).await;
+    assert_eq!(code, 1, "--check: drift found\n{out}");
+    let report: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    for (key, expected) in [
+        ("clerk_users", 25),
+        ("missing", 5),
+        ("deleted_in_clerk", 1),
+        ("stale", 1),
+        ("in_sync", 19),
+    ] {
+        assert_eq!(report[key], expected, "{key}: {report}");
+    }
+    assert_eq!(report["applied"], false);
+    assert_eq!(report["examples"]["deleted_in_clerk"][0], "user_stranger");
+    assert_eq!(report["examples"]["stale"][0], FakeClerkApi::user_id(0));
+    assert_eq!(report["examples"]["missing"].as_array().unwrap().len(), 5);
+
+    // Without --check a dry run with drift is a success; nothing was written.
+    let (code, out) = reconcile_run(&url, &fake, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("dry run: nothing was written"), "{out}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE deleted_at IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 21);
+
+    // A deletion limit below the drift refuses, exit 1, nothing written.
+    let (code, out) = reconcile_run(&url, &fake, &["--apply", "--max-deletes", "0"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("refused"), "{out}");
+
+    // --apply --check repairs and still says drift was found.
+    let (code, out) = reconcile_run(&url, &fake, &["--apply", "--json", "--check"]).await;
+    assert_eq!(code, 1, "{out}");
+    let report: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(report["applied"], true);
+    assert_eq!(
+        (&report["inserted"], &report["updated"], &report["deleted"]),
+        (&Value::from(5), &Value::from(1), &Value::from(1))
+    );
+    // Then the table matches Clerk.
+    let (code, out) = reconcile_run(&url, &fake, &["--check"]).await;
+    assert_eq!(code, 0, "{out}");
+}

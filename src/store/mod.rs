@@ -23,13 +23,19 @@ pub(crate) mod organization;
 pub(crate) mod postgres;
 #[cfg(feature = "postgres")]
 mod postgres_orgs;
+#[cfg(feature = "postgres")]
+mod postgres_reconcile;
 pub(crate) mod profile;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) mod reconcile;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod sql;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 #[cfg(feature = "sqlite")]
 mod sqlite_orgs;
+#[cfg(feature = "sqlite")]
+mod sqlite_reconcile;
 
 use std::sync::Arc;
 

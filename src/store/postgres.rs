@@ -22,11 +22,11 @@ use crate::invalidate::PgChannel;
 /// sent in two parts and the second waits for the server's delayed ACK: ~40 ms per
 /// statement, measured here as 10k users/s for 500-row statements. Statements under the
 /// buffer size go out whole; a 500-user page becomes a handful of them in one transaction.
-const IMPORT_STATEMENT_BYTES: usize = 12 * 1024;
+pub(super) const IMPORT_STATEMENT_BYTES: usize = 12 * 1024;
 
 /// A row's share of an import statement's `Bind` message: its values plus a 4-byte length
 /// per array element.
-fn encoded_len(profile: &UserProfile) -> usize {
+pub(super) fn encoded_len(profile: &UserProfile) -> usize {
     let text = |value: &Option<String>| value.as_ref().map_or(0, String::len) + 4;
     profile.id.len()
         + 4
@@ -66,10 +66,10 @@ pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
 /// days are deleted by the handle's background task.
 #[derive(Clone)]
 pub struct PgUserStore {
-    pool: PgPool,
-    table: Arc<str>,
+    pub(super) pool: PgPool,
+    pub(super) table: Arc<str>,
     upsert_sql: Arc<str>,
-    delete_sql: Arc<str>,
+    pub(super) delete_sql: Arc<str>,
     import_sql: Arc<str>,
     organizations: PgOrganizations,
 }

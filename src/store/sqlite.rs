@@ -104,6 +104,18 @@ impl SqliteUserStore {
         }
     }
 
+    /// A reconcile session on one connection of the store's pool.
+    pub(crate) async fn reconcile_session(
+        &self,
+    ) -> Result<Box<dyn super::reconcile::ReconcileSession>, super::StoreError> {
+        let session = super::sqlite_reconcile::SqliteReconcile::open(
+            &self.pool,
+            self.delete_sql.as_str().into(),
+        )
+        .await?;
+        Ok(Box::new(session))
+    }
+
     /// Opens (creating if missing) the database at `url` (`sqlite://path`, `sqlite::memory:`,
     /// or a plain file path) in WAL mode with a 5 s busy timeout, and migrates it.
     pub async fn open(url: &str) -> Result<Self, sqlx::Error> {

@@ -1,10 +1,14 @@
-//! `clerk-sync`: migrate the database, backfill users from Clerk, verify a session token.
+//! `clerk-sync`: migrate the database, backfill users from Clerk, reconcile the table with
+//! Clerk, verify a session token.
 //!
 //! Exit status: 0 success; 1 the command ran but something failed (users not imported, token
-//! rejected); 2 bad usage or configuration; 3 a dependency could not be reached (database,
-//! Clerk's Backend API or JWKS) or a migration failed.
+//! rejected, a reconcile that did not complete or was refused, drift with `--check`); 2 bad
+//! usage or configuration; 3 a dependency could not be reached (database, Clerk's Backend
+//! API or JWKS) or a migration failed.
 
 #![forbid(unsafe_code)]
+
+mod reconcile;
 
 use std::io::{IsTerminal as _, Read as _};
 use std::process::ExitCode;
@@ -18,9 +22,9 @@ use clerk_sync::{
 };
 use sqlx::postgres::PgPoolOptions;
 
-const FAILED: u8 = 1;
-const USAGE: u8 = 2;
-const UNAVAILABLE: u8 = 3;
+pub(crate) const FAILED: u8 = 1;
+pub(crate) const USAGE: u8 = 2;
+pub(crate) const UNAVAILABLE: u8 = 3;
 
 /// Keeps a Postgres or SQLite database in step with a Clerk instance's users.
 #[derive(Parser)]
@@ -36,6 +40,10 @@ enum Command {
     Migrate(Database),
     /// Import every Clerk user (CLERK_SECRET_KEY, CLERK_API_URL) into DATABASE_URL.
     Backfill(BackfillArgs),
+    /// Compare Clerk's users (CLERK_SECRET_KEY, CLERK_API_URL) with DATABASE_URL's table and
+    /// report the drift: missing, deleted in Clerk, stale, in sync (and deleted here). A dry
+    /// run unless --apply.
+    Reconcile(reconcile::ReconcileArgs),
     /// Verify a token and print it as JSON: a session token with the configured keys (its
     /// claims); an M2M or OAuth JWT with the same keys, and an opaque API key, M2M or OAuth
     /// token (`ak_`, `mt_`, `oat_`) through the Backend API (CLERK_SECRET_KEY,
@@ -47,7 +55,7 @@ enum Command {
 }
 
 #[derive(Args)]
-struct Database {
+pub(crate) struct Database {
     /// `postgres://...` or `sqlite://path` (a SQLite file is created if missing).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
@@ -110,6 +118,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Migrate(database) => migrate(&database).await,
             Command::Backfill(args) => backfill(args).await,
+            Command::Reconcile(args) => reconcile::reconcile(args).await,
             Command::Verify { token } => verify(token).await,
         }
     });
@@ -122,16 +131,16 @@ fn main() -> ExitCode {
     }
 }
 
-type Outcome = Result<u8, (u8, String)>;
+pub(crate) type Outcome = Result<u8, (u8, String)>;
 
-enum Store {
+pub(crate) enum Store {
     Postgres(sqlx::PgPool),
     #[cfg(feature = "sqlite")]
     Sqlite(clerk_sync::SqliteUserStore),
 }
 
 /// Connects (and, for SQLite, creates and migrates) the database the URL names.
-async fn connect(database: &Database, connections: u32) -> Result<Store, (u8, String)> {
+pub(crate) async fn connect(database: &Database, connections: u32) -> Result<Store, (u8, String)> {
     let url = database.database_url.as_str();
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         // Generous timeouts: a Neon compute that scaled to zero takes a moment to wake.
@@ -313,7 +322,7 @@ fn print_summary(report: &BackfillReport, peak_rss_kib: Option<u64>) {
 }
 
 /// The process's peak resident memory (Linux `VmHWM`), KiB.
-fn peak_rss_kib() -> Option<u64> {
+pub(crate) fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()

@@ -1,0 +1,160 @@
+//! `clerk-sync reconcile`: the drift report, and the repair with `--apply`.
+
+use clap::Args;
+use clerk_sync::clerk_api::RetryPolicy;
+use clerk_sync::{ClerkApi, PgUserStore, ReconcileOptions, ReconcileReport};
+
+use crate::{Database, FAILED, Outcome, Store, UNAVAILABLE, USAGE, connect, peak_rss_kib};
+
+#[derive(Args)]
+pub(crate) struct ReconcileArgs {
+    #[command(flatten)]
+    database: Database,
+    /// Repair the drift: insert the missing, update the stale, soft-delete users Clerk no
+    /// longer has (each confirmed with GET /v1/users/{id} → 404). Without it nothing is
+    /// written.
+    #[arg(long)]
+    apply: bool,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Exit 1 when drift was found (before any repair, also with --apply): for a cron alert.
+    #[arg(long)]
+    check: bool,
+    /// Refuse to delete more users than this (default: the larger of 100 and 1% of the
+    /// table): a secret key of another instance must not empty the table.
+    #[arg(long)]
+    max_deletes: Option<u64>,
+    /// Delete even more than --max-deletes.
+    #[arg(long)]
+    force: bool,
+    /// Compare this table instead of `users` (PostgreSQL; same columns).
+    #[arg(long)]
+    table: Option<String>,
+    /// Users per Backend API request (Clerk serves at most 500).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=500))]
+    page_size: u32,
+    /// Retries of a failed Backend API request before the walk counts as incomplete.
+    #[arg(long, default_value_t = 5)]
+    retries: u32,
+}
+
+pub(crate) async fn reconcile(args: ReconcileArgs) -> Outcome {
+    let api = ClerkApi::from_env()
+        .map_err(|e| (USAGE, e.to_string()))?
+        .with_retry({
+            let default = RetryPolicy::default();
+            RetryPolicy::new(args.retries, default.initial_backoff, default.max_wait)
+        });
+    let mut options = ReconcileOptions::default()
+        .apply(args.apply)
+        .force(args.force)
+        .page_size(args.page_size);
+    if let Some(max) = args.max_deletes {
+        options = options.max_deletes(max);
+    }
+    // Two connections: the session's temporary table, and the repair's writes.
+    let result = match (connect(&args.database, 2).await?, &args.table) {
+        (Store::Postgres(pool), table) => {
+            let store = match table {
+                Some(table) => PgUserStore::new(pool)
+                    .with_table(table)
+                    .await
+                    .map_err(|e| (USAGE, e.to_string()))?,
+                None => {
+                    clerk_sync::migrate(&pool)
+                        .await
+                        .map_err(|e| (UNAVAILABLE, format!("migration failed: {e}")))?;
+                    PgUserStore::new(pool)
+                }
+            };
+            clerk_sync::reconcile(&api, &store, options).await
+        }
+        #[cfg(feature = "sqlite")]
+        (Store::Sqlite(_), Some(_)) => {
+            return Err((USAGE, "--table is for PostgreSQL only".to_owned()));
+        }
+        #[cfg(feature = "sqlite")]
+        (Store::Sqlite(store), None) => clerk_sync::reconcile(&api, &store, options).await,
+    };
+    let report = result.map_err(|e| (UNAVAILABLE, e.to_string()))?;
+    let peak_rss_kib = peak_rss_kib();
+    if args.json {
+        let mut value = serde_json::to_value(&report).unwrap_or_default();
+        if let Some(object) = value.as_object_mut() {
+            object.insert(
+                "users_per_second".into(),
+                report.users_per_second().round().into(),
+            );
+            object.insert("peak_rss_kib".into(), peak_rss_kib.into());
+        }
+        println!("{value}");
+    } else {
+        print_report(&report, peak_rss_kib);
+    }
+    let failed = !report.is_success() || (args.check && report.has_drift());
+    Ok(if failed { FAILED } else { 0 })
+}
+
+fn print_report(report: &ReconcileReport, peak_rss_kib: Option<u64>) {
+    let examples = |ids: &[String]| {
+        if ids.is_empty() {
+            String::new()
+        } else {
+            format!("  e.g. {}", ids.join(", "))
+        }
+    };
+    println!(
+        "reconcile of {} Clerk users against {} rows in {:.1} s ({:.0} users/s)",
+        report.clerk_users,
+        report.table_rows,
+        report.elapsed_ms as f64 / 1000.0,
+        report.users_per_second()
+    );
+    println!(
+        "  missing           {:>9}{}",
+        report.missing,
+        examples(&report.examples.missing)
+    );
+    println!(
+        "  deleted in Clerk  {:>9}{}",
+        report.deleted_in_clerk,
+        examples(&report.examples.deleted_in_clerk)
+    );
+    println!(
+        "  stale             {:>9}{}",
+        report.stale,
+        examples(&report.examples.stale)
+    );
+    println!("  in sync           {:>9}", report.in_sync);
+    println!(
+        "  deleted here      {:>9}  (still listed by Clerk; left deleted){}",
+        report.deleted_here,
+        examples(&report.examples.deleted_here)
+    );
+    if !report.walk_complete {
+        println!("  the walk of Clerk's users did not complete: nothing was deleted; run again");
+    }
+    if report.deletions_refused {
+        println!(
+            "  refused: {} deletions exceed --max-deletes {}; nothing was written (check \
+             CLERK_SECRET_KEY, or pass --force)",
+            report.deleted_in_clerk, report.max_deletes
+        );
+    }
+    if report.applied {
+        println!(
+            "  applied: inserted {}, updated {}, deleted {}, still in Clerk {}, unconfirmed {}",
+            report.inserted,
+            report.updated,
+            report.deleted,
+            report.still_in_clerk,
+            report.unconfirmed
+        );
+    } else if !report.deletions_refused {
+        println!("  dry run: nothing was written (--apply repairs)");
+    }
+    if let Some(kib) = peak_rss_kib {
+        println!("  peak memory {:.1} MiB", kib as f64 / 1024.0);
+    }
+}

@@ -1,0 +1,204 @@
+//! The SQLite [`ReconcileSession`]: a temporary table on one pooled connection.
+
+use std::sync::Arc;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{AssertSqlSafe, Sqlite};
+
+use super::reconcile::{Diff, DiffSql, EXAMPLES, ReconcileSession, TEMP_TABLE, profile_from_row};
+use super::{StoreError, StoreFuture, UserProfile};
+use crate::time::unix_now_ms;
+
+/// Rows per `INSERT` (8 parameters each, well under SQLite's 32,766).
+const ROWS_PER_INSERT: usize = 500;
+
+pub(super) struct SqliteReconcile {
+    conn: PoolConnection<Sqlite>,
+    sql: Arc<DiffSql>,
+    delete_sql: Arc<str>,
+    /// When the walk began, Unix ms (the clock the store writes `created_at` with).
+    started_ms: i64,
+}
+
+impl SqliteReconcile {
+    pub(super) async fn open(
+        pool: &sqlx::SqlitePool,
+        delete_sql: Arc<str>,
+    ) -> Result<Self, StoreError> {
+        let mut conn = pool.acquire().await?;
+        for statement in [
+            format!("DROP TABLE IF EXISTS temp.{TEMP_TABLE}"),
+            format!(
+                "CREATE TEMPORARY TABLE {TEMP_TABLE} (id TEXT PRIMARY KEY NOT NULL, email TEXT, \
+                 first_name TEXT, last_name TEXT, username TEXT, image_url TEXT, \
+                 version_ms INTEGER, clerk_updated_at INTEGER)"
+            ),
+        ] {
+            sqlx::query(AssertSqlSafe(statement))
+                .execute(&mut *conn)
+                .await?;
+        }
+        let sql = DiffSql::new(
+            "users",
+            "IS NOT",
+            |start| format!("u.created_at < {start}"),
+            |n| format!("?{n}"),
+        );
+        Ok(Self {
+            conn,
+            sql: Arc::new(sql),
+            delete_sql,
+            started_ms: unix_now_ms(),
+        })
+    }
+
+    async fn count(&mut self, from: &str, bind_start: bool) -> Result<u64, sqlx::Error> {
+        let query = format!("SELECT count(*) {from}");
+        let query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(query));
+        let query = if bind_start {
+            query.bind(self.started_ms)
+        } else {
+            query
+        };
+        Ok(u64::try_from(query.fetch_one(&mut *self.conn).await?).unwrap_or(0))
+    }
+
+    async fn examples(
+        &mut self,
+        from: &str,
+        id: &str,
+        bind_start: bool,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let query = format!("SELECT {id} {from} ORDER BY {id} LIMIT {EXAMPLES}");
+        let query = sqlx::query_scalar::<_, String>(AssertSqlSafe(query));
+        let query = if bind_start {
+            query.bind(self.started_ms)
+        } else {
+            query
+        };
+        query.fetch_all(&mut *self.conn).await
+    }
+}
+
+impl ReconcileSession for SqliteReconcile {
+    fn add<'a>(&'a mut self, profiles: &'a [UserProfile]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            for chunk in profiles.chunks(ROWS_PER_INSERT) {
+                let rows = (0..chunk.len())
+                    .map(|row| {
+                        let at = row * 7;
+                        format!(
+                            "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
+                            at + 1,
+                            at + 2,
+                            at + 3,
+                            at + 4,
+                            at + 5,
+                            at + 6,
+                            at + 7,
+                            at + 7
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let statement = format!("INSERT OR IGNORE INTO {TEMP_TABLE} VALUES {rows}");
+                let mut query = sqlx::query(AssertSqlSafe(statement));
+                for profile in chunk {
+                    query = query
+                        .bind(&profile.id)
+                        .bind(&profile.email)
+                        .bind(&profile.first_name)
+                        .bind(&profile.last_name)
+                        .bind(&profile.username)
+                        .bind(&profile.image_url)
+                        .bind(profile.version_ms);
+                }
+                query.execute(&mut *self.conn).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn diff(&mut self) -> StoreFuture<'_, Diff> {
+        Box::pin(async move {
+            let sql = self.sql.clone();
+            let mut diff = Diff {
+                clerk_users: self.count(&format!("FROM {TEMP_TABLE}"), false).await?,
+                missing: self.count(&sql.missing, false).await?,
+                deleted_in_clerk: self.count(&sql.deleted_in_clerk, true).await?,
+                stale: self.count(&sql.stale, false).await?,
+                listed_live: self.count(&sql.listed_live, false).await?,
+                deleted_here: self.count(&sql.deleted_here, false).await?,
+                table_rows: self.count(&sql.table_rows, false).await?,
+                ..Diff::default()
+            };
+            diff.missing_examples = self.examples(&sql.missing, "excluded.id", false).await?;
+            diff.deleted_in_clerk_examples =
+                self.examples(&sql.deleted_in_clerk, "u.id", true).await?;
+            diff.stale_examples = self.examples(&sql.stale, "u.id", false).await?;
+            diff.deleted_here_examples = self.examples(&sql.deleted_here, "u.id", false).await?;
+            Ok(diff)
+        })
+    }
+
+    fn to_import<'a>(
+        &'a mut self,
+        after: &'a str,
+        limit: i64,
+    ) -> StoreFuture<'a, Vec<UserProfile>> {
+        Box::pin(async move {
+            let rows = sqlx::query(AssertSqlSafe(self.sql.to_import.clone()))
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&mut *self.conn)
+                .await?;
+            Ok(rows
+                .iter()
+                .map(profile_from_row)
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn deletion_candidates<'a>(
+        &'a mut self,
+        after: &'a str,
+        limit: i64,
+    ) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            Ok(
+                sqlx::query_scalar(AssertSqlSafe(self.sql.candidates.clone()))
+                    .bind(self.started_ms)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&mut *self.conn)
+                    .await?,
+            )
+        })
+    }
+
+    fn delete<'a>(&'a mut self, id: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            // The store's `user.deleted` statement, only where the row is still live.
+            let statement = format!("{} WHERE u.deleted_at IS NULL", self.delete_sql);
+            let now = unix_now_ms();
+            let done = sqlx::query(AssertSqlSafe(statement))
+                .bind(id)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *self.conn)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn finish(&mut self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            sqlx::query(AssertSqlSafe(format!(
+                "DROP TABLE IF EXISTS temp.{TEMP_TABLE}"
+            )))
+            .execute(&mut *self.conn)
+            .await?;
+            Ok(())
+        })
+    }
+}
