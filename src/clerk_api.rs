@@ -279,7 +279,7 @@ impl ClerkApi {
     /// versioned by its `updated_at`. An unknown user is [`ApiError::Rejected`] with 404.
     pub async fn get_user(&self, user_id: &str) -> Result<UserProfile, ApiError> {
         let url = format!("{}/v1/users/{}", self.base, encode_path_segment(user_id));
-        let body = self.get(&url, &[]).await?;
+        let body = self.get("/v1/users/{id}", &url, &[]).await?;
         let user: ClerkUserObject = serde_json::from_slice(&body)
             .map_err(|e| ApiError::InvalidResponse(format!("user object: {e}")))?;
         Ok(user.into_profile())
@@ -296,7 +296,9 @@ impl ClerkApi {
         struct Jwk {
             kid: Option<String>,
         }
-        let body = self.get(&format!("{}/v1/jwks", self.base), &[]).await?;
+        let body = self
+            .get("/v1/jwks", &format!("{}/v1/jwks", self.base), &[])
+            .await?;
         let jwks: Jwks = serde_json::from_slice(&body)
             .map_err(|e| ApiError::InvalidResponse(format!("JWKS: {e}")))?;
         Ok(jwks.keys.into_iter().filter_map(|key| key.kid).collect())
@@ -336,7 +338,7 @@ impl ClerkApi {
 
     async fn list(&self, query: &[(&str, &str)]) -> Result<UserPage, ApiError> {
         let url = format!("{}/v1/users", self.base);
-        let body = self.get(&url, query).await?;
+        let body = self.get("/v1/users", &url, query).await?;
         let users: Vec<ClerkUserObject> = serde_json::from_slice(&body)
             .map_err(|e| ApiError::InvalidResponse(format!("user list: {e}")))?;
         let last_id = users.last().map(|user| user.id().to_owned());
@@ -349,29 +351,33 @@ impl ClerkApi {
         })
     }
 
-    /// One GET with the retry rules; the body of the first `2xx`.
+    /// One GET of `url` (whose path is `endpoint`, a template without ids, for the metrics)
+    /// with the retry rules; the body of the first `2xx`.
     pub(crate) async fn get(
         &self,
+        endpoint: &'static str,
         url: &str,
         query: &[(&str, &str)],
     ) -> Result<bytes::Bytes, ApiError> {
-        self.send(|| self.client.get(url).query(query)).await
+        self.send(endpoint, || self.client.get(url).query(query))
+            .await
     }
 
     /// One POST of a JSON body to `path` (after the base URL) with the retry rules.
     pub(crate) async fn post_json(
         &self,
-        path: &str,
+        path: &'static str,
         body: &serde_json::Value,
     ) -> Result<bytes::Bytes, ApiError> {
         let url = format!("{}{path}", self.base);
-        self.send(|| self.client.post(&url).json(body)).await
+        self.send(path, || self.client.post(&url).json(body)).await
     }
 
     /// Sends the request `build` makes, authenticated with the secret key, retrying as the
     /// policy says; the body of the first `2xx`.
     async fn send(
         &self,
+        endpoint: &'static str,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<bytes::Bytes, ApiError> {
         let mut attempt: u32 = 0;
@@ -379,6 +385,16 @@ impl ClerkApi {
             attempt += 1;
             let retries_left = attempt <= self.retry.max_retries;
             let sent = build().bearer_auth(self.secret.expose()).send().await;
+            let status = match &sent {
+                Ok(response) => response.status().as_u16().to_string(),
+                Err(_) => "error".to_owned(),
+            };
+            ::metrics::counter!(
+                crate::metrics::BACKEND_API_REQUESTS,
+                "endpoint" => endpoint,
+                "status" => status
+            )
+            .increment(1);
             let (failure, wait) = match sent {
                 Ok(response) => {
                     let status = response.status();

@@ -102,6 +102,8 @@ pub(crate) struct Core {
     pub(crate) no_secret_key: Throttle,
     /// Dropped with the core (the last layer, router or handle): ends the background task.
     pub(crate) alive: watch::Sender<()>,
+    /// What was handed to the metrics recorder so far.
+    pub(crate) exported: crate::metrics::Exported,
 }
 
 impl fmt::Debug for Core {
@@ -148,6 +150,7 @@ impl Core {
             // A cached machine JWT is of a type this layer may not take (the cache is shared
             // by every layer of one `ClerkSync`).
             Lookup::Hit(caller) if !accepted.contains(caller.token_type()) => {
+                Counters::bump(&self.counters.hits_not_admitted);
                 self.rejected(AuthError::TokenTypeNotAccepted(caller.token_type()))
             }
             // The cookie rule holds for cached sessions too: a browser that signed out since is
@@ -160,8 +163,14 @@ impl Core {
                 };
                 match signed_in(mode, cookie_rule) {
                     Ok(true) => Decision::Hit(Caller::User(user)),
-                    Ok(false) => Decision::Anonymous,
-                    Err(error) => self.rejected(error),
+                    Ok(false) => {
+                        Counters::bump(&self.counters.hits_not_admitted);
+                        Decision::Anonymous
+                    }
+                    Err(error) => {
+                        Counters::bump(&self.counters.hits_not_admitted);
+                        self.rejected(error)
+                    }
                 }
             }
             Lookup::Hit(machine) => Decision::Hit(machine),
@@ -189,7 +198,9 @@ impl Core {
         mode: Mode,
         client: Option<IpAddr>,
     ) -> Result<Option<Caller>, AuthError> {
+        let started = std::time::Instant::now();
         let result = self.finish_inner(pending, mode, client).await;
+        ::metrics::histogram!(crate::metrics::SYNC_DURATION).record(started.elapsed());
         if let Err(error) = &result {
             self.record_rejection(error);
         }
@@ -251,6 +262,7 @@ impl Core {
         evidence: Evidence<'_>,
     ) -> Result<(Caller, Option<Cached>), AuthError> {
         if let Some(machine) = credential.machine.as_ref().filter(|m| !is_user(&m.subject)) {
+            Counters::bump(&self.counters.requests_synced);
             let machine = ClerkMachine::new(machine.clone());
             return Ok((
                 Caller::Machine(machine.clone()),
@@ -267,6 +279,11 @@ impl Core {
             }
             _ => OrgSync::NONE,
         };
+        Counters::bump(if synced {
+            &self.counters.requests_synced
+        } else {
+            &self.counters.requests_unsynced
+        });
         let cacheable = synced && organization.cacheable;
         let answer = ClerkUser::new(credential, user.tier.clone(), synced, organization.standing);
         let cached = cacheable.then(|| Cached::User(answer.clone(), user));
@@ -350,6 +367,7 @@ impl Core {
 
     /// The marker of an anonymous request, with the client's network.
     pub(crate) fn anonymous<B>(&self, request: &http::Request<B>) -> AnonymousRequest {
+        Counters::bump(&self.counters.requests_anonymous);
         AnonymousRequest {
             network: self.client_network(request),
         }
@@ -374,7 +392,21 @@ impl Core {
         let session_hits = self.tokens.as_ref().map_or(0, TokenCache::hits);
         stats.token_cache_hits += session_hits;
         stats.user_cache_hits += session_hits;
+        stats.requests_hit = session_hits.saturating_sub(
+            self.counters
+                .hits_not_admitted
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         stats
+    }
+
+    /// Hands the counters to the metrics recorder (see [`crate::metrics`]).
+    pub(crate) fn record_metrics(&self) {
+        self.exported.export(
+            self.stats(),
+            self.syncer.cached_users(),
+            self.tokens.as_ref().map_or(0, TokenCache::len) as u64,
+        );
     }
 }
 

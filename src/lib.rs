@@ -19,10 +19,12 @@ mod error;
 mod extract;
 mod guard;
 mod handle;
+pub mod health;
 mod invalidate;
 mod layer;
 mod log_throttle;
 pub mod machine;
+pub mod metrics;
 pub mod ratelimit;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod reconcile;

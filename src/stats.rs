@@ -1,6 +1,6 @@
 //! Counters behind [`crate::ClerkSync::stats`].
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 
 use crate::error::AuthError;
 
@@ -26,10 +26,48 @@ pub(crate) struct Counters {
     pub(crate) webhooks_rejected: AtomicU64,
     pub(crate) invalidations_received: AtomicU64,
     pub(crate) listener_connects: AtomicU64,
+    /// Requests admitted on the slow path with their user synced (or a machine).
+    pub(crate) requests_synced: AtomicU64,
+    /// Requests passed under the fail-open policy.
+    pub(crate) requests_unsynced: AtomicU64,
+    pub(crate) requests_anonymous: AtomicU64,
+    /// Token-cache hits that did not admit the request (a type the layer does not take, a
+    /// signed-out cookie): subtracted from the hits to count requests by outcome.
+    pub(crate) hits_not_admitted: AtomicU64,
+    /// A [`ListenerState`].
+    listener_state: AtomicU8,
     rejected: [AtomicU64; crate::error::ERROR_CODES.len()],
 }
 
+/// Where the invalidation listener is, for [`crate::ClerkSync::health`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ListenerState {
+    /// `background()` is not running (or the handle has no channel).
+    NotRunning,
+    /// Subscribing for the first time.
+    Connecting,
+    /// Subscribed: evictions of other processes arrive.
+    Listening,
+    /// The subscription was lost; the channel is trying again.
+    Lost,
+}
+
 impl Counters {
+    pub(crate) fn set_listener(&self, state: ListenerState) {
+        self.listener_state.store(state as u8, Relaxed);
+    }
+
+    pub(crate) fn listener(&self) -> ListenerState {
+        match self.listener_state.load(Relaxed) {
+            1 => ListenerState::Connecting,
+            2 => ListenerState::Listening,
+            3 => ListenerState::Lost,
+            _ => ListenerState::NotRunning,
+        }
+    }
+
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
     }
@@ -60,6 +98,11 @@ impl Counters {
             webhooks_rejected: load(&self.webhooks_rejected),
             invalidations_received: load(&self.invalidations_received),
             listener_connects: load(&self.listener_connects),
+            // The token-cache hits are the core's to add (see `Core::stats`).
+            requests_hit: 0,
+            requests_synced: load(&self.requests_synced),
+            requests_unsynced: load(&self.requests_unsynced),
+            requests_anonymous: load(&self.requests_anonymous),
             rejected: std::array::from_fn(|i| load(&self.rejected[i])),
         }
     }
@@ -111,10 +154,24 @@ pub struct Stats {
     pub invalidations_received: u64,
     /// Times the invalidation listener (re)connected.
     pub listener_connects: u64,
+    /// Requests the verified-token cache answered (and admitted).
+    pub requests_hit: u64,
+    /// Requests whose token was verified now and whose user was synced or found in the
+    /// user cache; machines admitted on a verification count here too.
+    pub requests_synced: u64,
+    /// Requests passed with an unsynced user under [`crate::FailurePolicy::Open`].
+    pub requests_unsynced: u64,
+    /// Requests without a token under the optional layer (or a signed-out browser's).
+    pub requests_anonymous: u64,
     rejected: [u64; crate::error::ERROR_CODES.len()],
 }
 
 impl Stats {
+    /// All counters at 0.
+    pub(crate) fn zero() -> Self {
+        Counters::default().snapshot()
+    }
+
     /// Rejections with this error code (for example `"token_expired"`); 0 for unknown codes.
     pub fn rejected(&self, code: &str) -> u64 {
         crate::error::ERROR_CODES

@@ -19,6 +19,7 @@ use clerk_sync::{
     ClerkConfig, ClerkPrincipal, ClerkSync, ClerkSyncBuilder, ClerkUser, PgUserStore,
     RateLimitLayer, RedisChannel, SqliteUserStore, TokenType,
 };
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, SqlitePool};
@@ -97,6 +98,8 @@ impl Database {
 pub struct Demo {
     pub database: Database,
     pub clerk: ClerkSync,
+    /// Renders what the `metrics` recorder holds, for `GET /metrics`.
+    pub metrics: PrometheusHandle,
     /// Set when no Clerk key source is configured.
     pub dev: Option<Arc<DevIssuer>>,
     /// With the dev issuer: a local stand-in for the Backend API that knows one API key, and
@@ -112,6 +115,8 @@ pub async fn demo(dev_webhook_secret: Option<&str>) -> Result<Demo, Box<dyn Erro
             EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,clerk_sync=debug".into()),
         )
         .init();
+    // The Prometheus text format for `GET /metrics`, rendered on request.
+    let metrics = PrometheusBuilder::new().install_recorder()?;
     let (database, described) = Database::connect().await?;
     println!("users are stored in: {described}");
 
@@ -161,6 +166,7 @@ pub async fn demo(dev_webhook_secret: Option<&str>) -> Result<Demo, Box<dyn Erro
     Ok(Demo {
         database,
         clerk,
+        metrics,
         dev,
         dev_api,
     })
@@ -223,7 +229,11 @@ impl Demo {
         let mut app = me
             .merge(api)
             .merge(org)
-            .route("/healthz", get(|| async { "ok" }))
+            .route("/healthz", get(healthz).with_state(self.clerk.clone()))
+            .route(
+                "/metrics",
+                get(metrics).with_state((self.clerk.clone(), self.metrics.clone())),
+            )
             .with_state(self.database.clone());
         if let Some(dev) = &self.dev {
             let dev = dev.clone();
@@ -429,4 +439,25 @@ fn demo_token(dev: &DevIssuer, user_id: &str) -> String {
         )
         .factor_ages(1, -1)
         .build()
+}
+
+/// `GET /healthz`: `clerk.health()` as JSON; 503 when the store cannot be reached.
+async fn healthz(State(clerk): State<ClerkSync>) -> (StatusCode, Json<Value>) {
+    let health = clerk.health().await;
+    let status = if health.healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::to_value(health).unwrap_or_default()),
+    )
+}
+
+/// `GET /metrics`: the Prometheus text format, with the handle's counters handed over first
+/// so the scrape is current.
+async fn metrics(State((clerk, handle)): State<(ClerkSync, PrometheusHandle)>) -> String {
+    clerk.record_metrics();
+    handle.render()
 }

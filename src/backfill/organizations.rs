@@ -127,7 +127,7 @@ fn import_memberships(
 /// failed).
 async fn walk<'s, O, T>(
     api: &ClerkApi,
-    path: &str,
+    path: &'static str,
     options: BackfillOptions,
     parse: impl Fn(O) -> Option<(String, T)>,
     write: impl Fn(Vec<T>) -> StoreFuture<'s, ImportCounts>,
@@ -205,7 +205,12 @@ where
     report
 }
 
-async fn fetch<O>(api: &ClerkApi, path: &str, limit: u32, offset: u64) -> Result<Vec<O>, ApiError>
+async fn fetch<O>(
+    api: &ClerkApi,
+    path: &'static str,
+    limit: u32,
+    offset: u64,
+) -> Result<Vec<O>, ApiError>
 where
     O: for<'de> Deserialize<'de>,
 {
@@ -216,7 +221,7 @@ where
         ("offset", offset.as_str()),
         ("order_by", "+created_at"),
     ];
-    let body = api.get(&url, &query).await?;
+    let body = api.get(path, &url, &query).await?;
     let page: Page<O> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::InvalidResponse(format!("{path}: {e}")))?;
     Ok(page.data)

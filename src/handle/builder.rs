@@ -408,6 +408,7 @@ impl ClerkSyncBuilder {
             client_address: self.client_address,
             on_rejection: self.on_rejection,
             alive,
+            exported: crate::metrics::Exported::default(),
         };
         Ok(ClerkSync {
             core: Arc::new(core),

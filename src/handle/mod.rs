@@ -87,18 +87,35 @@ impl ClerkSync {
     /// The work that runs beside the requests, as a future for the app to spawn once:
     /// `tokio::spawn(clerk.background())`. It listens on the invalidation channel (evicting
     /// what other processes publish, and clearing the synced-user cache after a reconnect)
-    /// and forgets webhook delivery ids older than 30 days, hourly. It ends by itself when the
+    /// forgets webhook delivery ids older than 30 days, hourly, and hands the counters to the
+    /// metrics recorder every 10 seconds ([`record_metrics`](Self::record_metrics)). It ends
+    /// by itself when the
     /// last layer, webhook router and clone of this handle are gone.
     ///
     /// Nothing is spawned behind the app's back: without this task, other processes'
     /// evictions never reach this one (cached users then live out their TTL), and a
     /// configuration with a channel logs a warning once, at the first sync.
     pub fn background(&self) -> impl Future<Output = ()> + Send + 'static {
+        // Weak: the task must not keep the core (and so itself) alive.
+        let core = Arc::downgrade(&self.core);
         listener::background(
             &self.core.syncer,
             self.core.counters.clone(),
             self.core.alive.subscribe(),
+            move || {
+                if let Some(core) = core.upgrade() {
+                    core.record_metrics();
+                }
+            },
         )
+    }
+
+    /// Hands this handle's counters to the [`metrics`](https://docs.rs/metrics) recorder the
+    /// app installed (names and labels in [`crate::metrics`]); a no-op without one. The
+    /// [`background`](Self::background) task calls it every 10 seconds; call it right before
+    /// rendering a scrape (`/metrics`) to serve current counts.
+    pub fn record_metrics(&self) {
+        self.core.record_metrics();
     }
 
     /// Forgets the synced user in this process and publishes the id on the invalidation
@@ -108,7 +125,7 @@ impl ClerkSync {
     /// The local eviction always happens; the error says the other processes could not be
     /// told (their caches expire after the user-cache TTL at the latest).
     pub async fn invalidate(&self, user_id: &str) -> Result<(), StoreError> {
-        self.core.syncer.invalidate(user_id).await
+        self.core.syncer.invalidate(user_id, "invalidate").await
     }
 
     /// A router with one route, `POST path`, that receives Clerk's webhooks (Svix-signed
@@ -126,6 +143,22 @@ impl ClerkSync {
             )
         })?;
         Ok(crate::webhook::router(self.core.clone(), secret, path))
+    }
+
+    /// The handle's health: the store pinged now (within the sync timeout), the signing keys'
+    /// age and last fetch, the invalidation listener's state, and the last reconcile of this
+    /// process. [`Health::healthy`](crate::health::Health) is `false` when the store cannot
+    /// be reached; the quickstart's `/healthz` answers 503 then.
+    pub async fn health(&self) -> crate::health::Health {
+        let syncer = &self.core.syncer;
+        let store = crate::health::ping(syncer.store().as_ref(), syncer.timeout()).await;
+        crate::health::Health {
+            healthy: store.reachable,
+            store,
+            keys: self.core.verifier.key_health(),
+            listener: syncer.channel().map(|_| self.core.counters.listener()),
+            last_reconcile: crate::health::last_reconcile(),
+        }
     }
 
     /// Counters since this `ClerkSync` was built.

@@ -221,13 +221,11 @@ impl RateLimitLayer {
         self
     }
 
-    /// Keys a session with an active organization by that organization (`org:<id>`, the key
-    /// an organization's API keys already use) under the organization's tier
-    /// ([`ClerkUser::organization_tier`], `organizations.tier`): its members share one
-    /// budget. Without an active organization a user keeps their own key and tier; when the
-    /// store keeps no organizations (the organization's tier is unknown), the organization's
-    /// key is used under the member's own tier. Default: off (every user has their own
-    /// budget).
+    /// Keys a session with an active organization by that organization (`org:<id>`, as its
+    /// API keys are) under its tier ([`ClerkUser::organization_tier`]): members share one
+    /// budget. Without an active organization a user keeps their own key and tier; with a
+    /// store that keeps no organizations, the organization's key is used under the member's
+    /// tier. Default: off (every user has their own budget).
     pub fn per_organization(mut self) -> Self {
         self.settings.per_organization = true;
         self
@@ -301,6 +299,16 @@ impl Subject {
             Self::Ip(ip) => RateLimitKey::Ip(*ip),
         }
     }
+}
+
+/// Counts `decision` in `clerk_sync_rate_limit_decisions_total`.
+fn record(decision: Decision) -> Decision {
+    crate::metrics::rate_limit_decision(if decision.allowed {
+        "allowed"
+    } else {
+        "denied"
+    });
+    decision
 }
 
 fn secs_ceil(duration: Duration) -> u64 {
@@ -395,7 +403,12 @@ where
         };
         // A store that answers without I/O is decided here, and the service that was polled
         // ready is called directly: no clone of it, no boxed future.
-        if let Some(decision) = self.settings.store.check_now(subject.key(), limit) {
+        if let Some(decision) = self
+            .settings
+            .store
+            .check_now(subject.key(), limit)
+            .map(record)
+        {
             return if decision.allowed {
                 ResponseFuture::inner(self.inner.call(request), Some((limit, decision)))
             } else {
@@ -408,8 +421,9 @@ where
         let settings = self.settings.clone();
         ResponseFuture::boxed(async move {
             let decision = match settings.store.check(subject.key(), limit).await {
-                Ok(decision) => decision,
+                Ok(decision) => record(decision),
                 Err(error) => {
+                    crate::metrics::rate_limit_decision("store_error");
                     settings.failures.record(&error, settings.on_store_failure);
                     return match settings.on_store_failure {
                         StoreFailurePolicy::Allow => {

@@ -252,6 +252,7 @@ pub async fn reconcile<'a>(
     let mut report = result?;
     finished?;
     report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    crate::health::reconciled(&report);
     tracing::info!(
         clerk_users = report.clerk_users,
         missing = report.missing,

@@ -96,6 +96,13 @@ pub trait UserStore: Send + Sync + 'static {
         Box::pin(async { Err(StoreError::Unsupported("imports")) })
     }
 
+    /// Whether the store can be reached now, for [`crate::ClerkSync::health`]: PostgreSQL and
+    /// SQLite run `SELECT 1`. The default answers `Ok` (a store with nothing to reach); a
+    /// wrapper forwards its inner store's.
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// The channel the handle uses when the builder is not given one
     /// ([`ClerkSyncBuilder::invalidation`](crate::ClerkSyncBuilder::invalidation)): `LISTEN`/
     /// `NOTIFY` for PostgreSQL; `None` for a store that one process uses alone (SQLite,

@@ -207,6 +207,16 @@ impl UserStore for SqliteUserStore {
         Box::pin(async move { Ok(self.apply_in_transaction(delivery_id, change).await?) })
     }
 
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .persistent(false)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
     fn import<'a>(&'a self, profiles: &'a [UserProfile]) -> StoreFuture<'a, ImportCounts> {
         Box::pin(async move {
             let now = unix_now_ms();

@@ -363,7 +363,13 @@ impl Syncer {
     /// Evicts the user here, then publishes the id for the other processes (when there is
     /// a channel). The local eviction always happens; the error says the others could not be
     /// told.
-    pub(crate) async fn invalidate(&self, id: &str) -> Result<(), StoreError> {
+    /// `source` labels the eviction in the metrics (`webhook`, `invalidate`).
+    pub(crate) async fn invalidate(
+        &self,
+        id: &str,
+        source: &'static str,
+    ) -> Result<(), StoreError> {
+        crate::metrics::invalidation(source);
         self.evict(id).await;
         self.publish(id).await
     }
@@ -410,7 +416,7 @@ impl Syncer {
         .unwrap_or_else(|_| Err(StoreError::Other("the webhook write timed out".into())));
         let outcome =
             applied.inspect_err(|error| tracing::error!(%error, "webhook write failed"))?;
-        self.invalidate(change.user_id())
+        self.invalidate(change.user_id(), "webhook")
             .await
             .inspect_err(|error| tracing::error!(%error, "webhook applied, but the invalidation could not be published"))?;
         Ok(outcome)
@@ -438,7 +444,7 @@ impl Syncer {
         let outcome =
             applied.inspect_err(|error| tracing::error!(%error, "webhook write failed"))?;
         let evicted = change.user_id().unwrap_or(change.organization_id());
-        self.invalidate(evicted)
+        self.invalidate(evicted, "webhook")
             .await
             .inspect_err(|error| tracing::error!(%error, "webhook applied, but the invalidation could not be published"))?;
         Ok(Some(outcome))
@@ -455,6 +461,11 @@ impl Syncer {
     }
 
     /// The store, for the background task.
+    /// The sync timeout: store calls give up after it.
+    pub(crate) fn timeout(&self) -> std::time::Duration {
+        self.options.timeout
+    }
+
     pub(crate) fn store(&self) -> &Arc<dyn UserStore> {
         &self.store
     }

@@ -70,6 +70,7 @@ impl KeyStore {
             keys: RwLock::new(Arc::new(KeySet::default())),
             refresh: Mutex::new(RefreshState::default()),
             removals: KeyEpoch::default(),
+            last_fetch: std::sync::atomic::AtomicU8::new(0),
         })))
     }
 
@@ -78,6 +79,31 @@ impl KeyStore {
         match self {
             Self::Pem(_) => KeyEpoch::default(),
             Self::Jwks(jwks) => jwks.removals.clone(),
+        }
+    }
+
+    /// What [`crate::ClerkSync::health`] reports about the keys.
+    pub(crate) fn health(&self) -> crate::health::KeyHealth {
+        match self {
+            Self::Pem(_) => crate::health::KeyHealth {
+                source: "pem",
+                keys: 1,
+                age_secs: None,
+                last_fetch: None,
+            },
+            Self::Jwks(jwks) => {
+                let set = jwks.current();
+                crate::health::KeyHealth {
+                    source: "jwks",
+                    keys: set.keys.len(),
+                    age_secs: set.fetched_at.map(|at| at.elapsed().as_secs()),
+                    last_fetch: match jwks.last_fetch.load(std::sync::atomic::Ordering::Relaxed) {
+                        1 => Some("ok"),
+                        2 => Some("error"),
+                        _ => None,
+                    },
+                }
+            }
         }
     }
 
@@ -112,6 +138,8 @@ pub(crate) struct JwksKeys {
     // Held across a fetch: requests with unknown `kid`s queue here instead of each fetching.
     refresh: Mutex<RefreshState>,
     removals: KeyEpoch,
+    /// The last fetch: 0 none yet, 1 succeeded, 2 failed.
+    last_fetch: std::sync::atomic::AtomicU8,
 }
 
 impl JwksKeys {
@@ -182,6 +210,8 @@ impl JwksKeys {
             Ok(keys) => {
                 tracing::debug!(url = %self.url, keys = keys.len(), "fetched JWKS");
                 state.last_failed = false;
+                self.last_fetch
+                    .store(1, std::sync::atomic::Ordering::Relaxed);
                 let removed = self
                     .current()
                     .keys
@@ -206,6 +236,8 @@ impl JwksKeys {
                 // The last good keys stay in use.
                 Counters::bump(&self.counters.jwks_fetch_failures);
                 state.last_failed = true;
+                self.last_fetch
+                    .store(2, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(url = %self.url, %error, "JWKS fetch failed; keeping the last good keys");
             }
         }

@@ -350,6 +350,10 @@ impl Verifier {
     }
 
     /// The key-removal epoch of this verifier's key set.
+    pub(crate) fn key_health(&self) -> crate::health::KeyHealth {
+        self.inner.keys.health()
+    }
+
     pub(crate) fn key_epoch(&self) -> super::keys::KeyEpoch {
         self.inner.keys.epoch()
     }

@@ -93,7 +93,20 @@ async fn handle(
     body: Body,
 ) -> Response {
     let counters = &state.core.counters;
-    match process(&state, &headers, body).await {
+    // Clerk's event type once the signature is verified and the body parsed.
+    let mut kind = None;
+    let result = process(&state, &headers, body, &mut kind).await;
+    let outcome = match &result {
+        Ok(delivery) => delivery.status(),
+        Err(error) => error.code(),
+    };
+    ::metrics::counter!(
+        crate::metrics::WEBHOOKS,
+        "type" => kind.unwrap_or_else(|| "unknown".to_owned()),
+        "outcome" => outcome
+    )
+    .increment(1);
+    match result {
         Ok(delivery) => {
             Counters::bump(delivery.counter(counters));
             Json(json!({ "status": delivery.status() })).into_response()
@@ -115,6 +128,7 @@ async fn process(
     state: &WebhookState,
     headers: &HeaderMap,
     body: Body,
+    kind: &mut Option<String>,
 ) -> Result<Delivery, WebhookError> {
     let bytes = Limited::new(body, BODY_LIMIT)
         .collect()
@@ -132,6 +146,7 @@ async fn process(
     tracing::Span::current().record("delivery.id", delivery_id.as_str());
     let malformed = |error: serde_json::Error| WebhookError::MalformedPayload(error.to_string());
     let event: Event = serde_json::from_slice(&bytes).map_err(malformed)?;
+    *kind = Some(event.kind.clone());
     let version_ms = event.timestamp.map(seconds_or_millis_to_millis);
     let change = match event.kind.as_str() {
         "user.created" | "user.updated" => {

@@ -136,6 +136,10 @@ impl<S: UserStore> UserStore for CountingStore<S> {
         self.inner.invalidation_channel()
     }
 
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        self.inner.ping()
+    }
+
     fn organizations(&self) -> Option<&dyn clerk_sync::store::OrganizationStore> {
         self.inner.organizations()
     }
