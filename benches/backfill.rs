@@ -1,5 +1,7 @@
-//! Backfill throughput and memory: the release `clerk-sync backfill` binary imports 10,000
-//! and 100,000 users from `FakeClerkApi` (served by this process) into the local PostgreSQL.
+//! Backfill and reconcile throughput and memory: the release `clerk-sync backfill` binary
+//! imports 10,000 and 100,000 users from `FakeClerkApi` (served by this process) into the
+//! local PostgreSQL, then `clerk-sync reconcile` compares them (a dry run of a table in sync),
+//! and, after every user's `updated_at` moved, repairs them (`--apply`: every row stale).
 //!
 //! Not a criterion bench: one import of 100k users is the measurement. Each size runs as a
 //! fresh import (every row inserted) and a re-run (every row unchanged). Users per second
@@ -96,6 +98,49 @@ async fn run(base: &str) -> Result<(), Box<dyn std::error::Error>> {
                 users as f64 / wall.as_secs_f64(),
                 report["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
                 if ok { expected } else { "WRONG" }
+            );
+            if !ok {
+                return Err(format!("unexpected report: {report}").into());
+            }
+        }
+        for run in ["reconcile", "reconcile --apply"] {
+            let apply = run.ends_with("--apply");
+            if apply {
+                // Every user edited their profile: every row is stale.
+                fake.touch_all(60_000);
+            }
+            let started = Instant::now();
+            let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_clerk-sync"));
+            command.args(["reconcile", "--json"]);
+            if apply {
+                command.arg("--apply");
+            }
+            let output = command
+                .env("DATABASE_URL", &url)
+                .env("CLERK_SECRET_KEY", FakeClerkApi::SECRET_KEY)
+                .env("CLERK_API_URL", fake.url())
+                .env("RUST_LOG", "warn")
+                .output()
+                .await?;
+            let wall = started.elapsed();
+            let report: Value = serde_json::from_slice(&output.stdout)
+                .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&output.stderr)))?;
+            let (class, expected) = if apply {
+                ("updated", users)
+            } else {
+                ("in_sync", users)
+            };
+            let ok = output.status.success()
+                && report["clerk_users"].as_u64() == Some(users)
+                && report[class].as_u64() == Some(expected);
+            println!(
+                "{:>8} {:>18} {:>14} {:>16.0} {:>9.1} MiB {:>10}",
+                users,
+                run,
+                report["users_per_second"],
+                users as f64 / wall.as_secs_f64(),
+                report["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
+                if ok { class } else { "WRONG" }
             );
             if !ok {
                 return Err(format!("unexpected report: {report}").into());

@@ -152,6 +152,31 @@ async fn quickstart_runs_on_a_fresh_machine_with_nothing_configured() {
         .unwrap();
     assert_eq!(response.status(), 401);
 
+    // Health and metrics, outside the auth layer.
+    let health: serde_json::Value = reqwest::get(format!("{base}/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["healthy"], true, "{health}");
+    assert_eq!(health["store"]["reachable"], true);
+    assert_eq!(health["keys"]["last_fetch"], "ok");
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "clerk_sync_requests_total{outcome=\"synced\"}",
+        "clerk_sync_upserts_total{result=\"ok\"}",
+        "clerk_sync_jwks_fetches_total{result=\"ok\"} 1",
+        "clerk_sync_cached_sessions",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+
     // The row is in the SQLite file the quickstart created in its working directory.
     let file = dir.path().join("clerk-sync-quickstart.db");
     assert!(file.exists(), "no SQLite file in {}", dir.path().display());
@@ -337,4 +362,39 @@ async fn the_webhooks_example_publishes_evictions_on_redis() {
         .unwrap();
     assert_eq!(message.get_payload::<String>().unwrap(), "user_quickstart");
     child.kill().await.unwrap();
+}
+
+#[test]
+fn the_alert_rules_use_only_documented_metric_names() {
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/alerts.yml"),
+    )
+    .unwrap();
+    let known = [
+        clerk_sync::metrics::REQUESTS,
+        clerk_sync::metrics::REJECTIONS,
+        clerk_sync::metrics::UPSERTS,
+        clerk_sync::metrics::SYNC_DURATION,
+        clerk_sync::metrics::JWKS_FETCHES,
+        clerk_sync::metrics::BACKEND_API_REQUESTS,
+        clerk_sync::metrics::WEBHOOKS,
+        clerk_sync::metrics::RATE_LIMIT_DECISIONS,
+        clerk_sync::metrics::INVALIDATIONS,
+        clerk_sync::metrics::CACHED_USERS,
+        clerk_sync::metrics::CACHED_SESSIONS,
+    ];
+    let mut used = 0;
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("clerk_sync_") {
+            assert!(
+                known.contains(&word),
+                "examples/alerts.yml uses an unknown metric: {word}"
+            );
+            used += 1;
+        }
+    }
+    assert!(
+        used >= 6,
+        "the rules reference the metrics ({used} references)"
+    );
 }
