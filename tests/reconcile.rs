@@ -338,3 +338,37 @@ async fn a_user_who_signs_up_during_the_walk_is_not_deleted(pool: PgPool) {
         Some((Some("new@example.com".into()), false))
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_repair_evicts_what_it_changed_from_running_processes(pool: PgPool) {
+    let db = postgres(pool.clone()).await;
+    let fake = FakeClerkApi::start(CLERK_USERS).await.unwrap();
+    seed(&db, &fake).await;
+    // A running process that listens (LISTEN/NOTIFY on the same database).
+    let issuer = clerk_sync::testing::DevIssuer::start().await.unwrap();
+    let config = issuer.config().build().unwrap();
+    let running = clerk_sync::ClerkSync::builder(config, PgUserStore::new(pool.clone()))
+        .build()
+        .unwrap();
+    tokio::spawn(running.background());
+    let started = std::time::Instant::now();
+    while running.stats().listener_connects == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "not listening");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let report = db
+        .run(&api(&fake), ReconcileOptions::default().apply(true))
+        .await;
+    assert_eq!((report.updated, report.deleted), (STALE, GONE as u64));
+    // One message per updated or deleted user.
+    let expected = STALE + GONE as u64;
+    while running.stats().invalidations_received < expected {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            running.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(running.stats().invalidations_received, expected);
+}

@@ -430,10 +430,21 @@ async fn a_webhook_on_one_instance_evicts_on_the_other_through_redis(
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     assert_eq!(error_code(&reply), "user_deleted");
 
+    // A batch (a reconcile's repair) in one pipeline: one message per id.
+    use clerk_sync::store::InvalidationChannel as _;
+    let batch = RedisChannel::new(&redis_url())
+        .unwrap()
+        .channel_name(&channel);
+    batch
+        .publish_many(&["user_x".to_owned(), "user_y".to_owned()])
+        .await
+        .unwrap();
+    wait_for(&b.clerk, "the batch", |s| s.invalidations_received >= 4).await;
+
     // Another channel name is another group of processes: it hears nothing.
     let c = process(&issuer, &options, &redis_url(), &unique("other")).await;
     a.clerk.invalidate("user_shared").await.unwrap();
-    wait_for(&b.clerk, "the eviction", |s| s.invalidations_received >= 3).await;
+    wait_for(&b.clerk, "the eviction", |s| s.invalidations_received >= 5).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(c.clerk.stats().invalidations_received, 0);
 }

@@ -49,6 +49,17 @@ pub trait InvalidationChannel: Send + Sync + 'static {
     /// Sends `id` (a bare Clerk id) to every process listening, this one included.
     fn publish<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()>;
 
+    /// Sends every id of `ids` (a repair's batch). The default publishes them one by one;
+    /// the PostgreSQL and Redis channels send a batch in one round trip.
+    fn publish_many<'a>(&'a self, ids: &'a [String]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            for id in ids {
+                self.publish(id).await?;
+            }
+            Ok(())
+        })
+    }
+
     /// Subscribes: a stream that starts with [`ChannelEvent::Listening`] once subscribed,
     /// then yields messages, and reconnects by itself after a [`ChannelEvent::Lost`].
     fn listen(&self) -> ChannelStream;

@@ -105,6 +105,18 @@ impl InvalidationChannel for PgChannel {
         })
     }
 
+    fn publish_many<'a>(&'a self, ids: &'a [String]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query("SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id")
+                .persistent(false)
+                .bind(CHANNEL)
+                .bind(ids)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
     fn listen(&self) -> ChannelStream {
         let max = self.pool.options().get_max_connections();
         if max < 2 {

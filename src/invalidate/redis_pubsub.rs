@@ -165,6 +165,18 @@ impl InvalidationChannel for RedisChannel {
         })
     }
 
+    fn publish_many<'a>(&'a self, ids: &'a [String]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut connection = self.publisher.clone();
+            let mut pipeline = redis::pipe();
+            for id in ids {
+                pipeline.cmd("PUBLISH").arg(&*self.channel).arg(id).ignore();
+            }
+            let sent = pipeline.query_async::<()>(&mut connection);
+            redis_conn::bounded(self.timeout, sent).await
+        })
+    }
+
     fn listen(&self) -> ChannelStream {
         let state = Listening {
             client: self.client.clone(),

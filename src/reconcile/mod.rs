@@ -294,13 +294,14 @@ async fn run(
     report.applied = true;
     let store = target.store();
     let channel = store.invalidation_channel();
-    let publish = |id: String| {
+    // One message per changed user, a batch at a time.
+    let publish = |ids: Vec<String>| {
         let channel = channel.clone();
         async move {
             if let Some(channel) = channel
-                && let Err(error) = channel.publish(&id).await
+                && let Err(error) = channel.publish_many(&ids).await
             {
-                tracing::warn!(%error, user.id = id, "could not publish an eviction");
+                tracing::warn!(%error, users = ids.len(), "could not publish evictions");
             }
         }
     };
@@ -309,15 +310,20 @@ async fn run(
     let mut after = String::new();
     loop {
         let batch = session.to_import(&after, APPLY_BATCH).await?;
-        let Some(last) = batch.last() else { break };
+        let Some((last, _)) = batch.last() else { break };
         after.clone_from(&last.id);
-        let counts = store.import(&batch).await?;
+        let (profiles, existing): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let counts = store.import(&profiles).await?;
         report.inserted += counts.inserted;
         report.updated += counts.updated;
-        if counts.updated > 0 {
-            for profile in batch {
-                publish(profile.id).await;
-            }
+        // The stale rows' users may be cached by running processes; new rows' are not.
+        let stale: Vec<String> = profiles
+            .into_iter()
+            .zip(existing)
+            .filter_map(|(profile, existing)| existing.then_some(profile.id))
+            .collect();
+        if counts.updated > 0 && !stale.is_empty() {
+            publish(stale).await;
         }
     }
     if !walk_complete {
@@ -336,7 +342,7 @@ async fn run(
                 Err(ApiError::Rejected { status, .. }) if status == http::StatusCode::NOT_FOUND => {
                     if session.delete(&id).await? {
                         report.deleted += 1;
-                        publish(id).await;
+                        publish(vec![id]).await;
                     }
                 }
                 Ok(profile) => {
@@ -356,27 +362,42 @@ async fn run(
     Ok(report)
 }
 
-/// Lists every user into the session; `false` when a page failed past the retries.
+/// Lists every user into the session; `false` when a page failed past the retries. The next
+/// page is fetched while the last one is written.
 async fn walk(
     api: &ClerkApi,
     session: &mut dyn ReconcileSession,
     page_size: u32,
 ) -> Result<bool, StoreError> {
     let limit = page_size.clamp(1, MAX_PAGE_SIZE);
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = match api.list_users(limit, cursor.as_deref()).await {
-            Ok(page) => page,
-            Err(error) => {
-                tracing::error!(%error, "listing Clerk's users failed");
-                return Ok(false);
+    let (pages, mut received) = tokio::sync::mpsc::channel(2);
+    let api = api.clone();
+    let fetcher = tokio::spawn(async move {
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = match api.list_users(limit, cursor.as_deref()).await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::error!(%error, "listing Clerk's users failed");
+                    return false;
+                }
+            };
+            let full = page.users.len() as u64 >= u64::from(limit);
+            let next = page.last_id.clone().filter(|_| full);
+            if pages.send(page.users).await.is_err() {
+                return false;
             }
-        };
-        let full = page.users.len() as u64 >= u64::from(limit);
-        session.add(&page.users).await?;
-        match page.last_id {
-            Some(last) if full => cursor = Some(last),
-            _ => return Ok(true),
+            match next {
+                Some(last) => cursor = Some(last),
+                None => return true,
+            }
+        }
+    });
+    while let Some(users) = received.recv().await {
+        if let Err(error) = session.add(&users).await {
+            fetcher.abort();
+            return Err(error);
         }
     }
+    Ok(fetcher.await.unwrap_or(false))
 }

@@ -169,7 +169,7 @@ impl ReconcileSession for PgReconcile {
         &'a mut self,
         after: &'a str,
         limit: i64,
-    ) -> StoreFuture<'a, Vec<UserProfile>> {
+    ) -> StoreFuture<'a, Vec<(UserProfile, bool)>> {
         Box::pin(async move {
             let rows = sqlx::query(AssertSqlSafe(self.sql.to_import.clone()))
                 .persistent(false)

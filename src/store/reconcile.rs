@@ -41,9 +41,13 @@ pub(crate) trait ReconcileSession: Send {
     /// Compares the table with what was added.
     fn diff(&mut self) -> StoreFuture<'_, Diff>;
 
-    /// Up to `limit` snapshots of missing or stale users with ids after `after`, by id.
-    fn to_import<'a>(&'a mut self, after: &'a str, limit: i64)
-    -> StoreFuture<'a, Vec<UserProfile>>;
+    /// Up to `limit` snapshots of missing or stale users with ids after `after`, by id, each
+    /// with whether its row exists (stale) or not (missing).
+    fn to_import<'a>(
+        &'a mut self,
+        after: &'a str,
+        limit: i64,
+    ) -> StoreFuture<'a, Vec<(UserProfile, bool)>>;
 
     /// Up to `limit` ids after `after` of live rows that existed before the walk began and
     /// that Clerk did not list, by id.
@@ -105,7 +109,8 @@ impl DiffSql {
             deleted_here: format!("FROM {joined} WHERE u.deleted_at IS NOT NULL"),
             to_import: format!(
                 "SELECT excluded.id, excluded.email, excluded.first_name, excluded.last_name, \
-                        excluded.username, excluded.image_url, excluded.version_ms \
+                        excluded.username, excluded.image_url, excluded.version_ms, \
+                        u.id IS NOT NULL AS existing \
                  FROM {TEMP_TABLE} excluded LEFT JOIN {table} u ON u.id = excluded.id \
                  WHERE excluded.id > {} AND (u.id IS NULL OR ({changes})) \
                  ORDER BY excluded.id LIMIT {}",
@@ -122,11 +127,12 @@ impl DiffSql {
     }
 }
 
-/// A row of [`DiffSql::to_import`] as a profile.
-pub(crate) fn profile_from_row<R>(row: &R) -> Result<UserProfile, sqlx::Error>
+/// A row of [`DiffSql::to_import`]: the profile, and whether its row exists.
+pub(crate) fn profile_from_row<R>(row: &R) -> Result<(UserProfile, bool), sqlx::Error>
 where
     R: sqlx::Row,
     usize: sqlx::ColumnIndex<R>,
+    bool: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     Option<i64>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
@@ -138,5 +144,5 @@ where
     profile.username = row.try_get(4)?;
     profile.image_url = row.try_get(5)?;
     profile.version_ms = row.try_get(6)?;
-    Ok(profile)
+    Ok((profile, row.try_get(7)?))
 }

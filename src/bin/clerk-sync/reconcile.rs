@@ -53,8 +53,8 @@ pub(crate) async fn reconcile(args: ReconcileArgs) -> Outcome {
     if let Some(max) = args.max_deletes {
         options = options.max_deletes(max);
     }
-    // Two connections: the session's temporary table, and the repair's writes.
-    let result = match (connect(&args.database, 2).await?, &args.table) {
+    // One connection for the session's temporary table, the others for the repair's writes.
+    let result = match (connect(&args.database, 6).await?, &args.table) {
         (Store::Postgres(pool), table) => {
             let store = match table {
                 Some(table) => PgUserStore::new(pool)
