@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::clerk_api::{ApiError, ClerkApi, MAX_PAGE_SIZE};
 use crate::store::reconcile::{Diff, ReconcileSession};
-use crate::store::{StoreError, UserStore};
+use crate::store::{StoreError, UserProfile, UserStore};
 
 /// Rows read back from the temporary table per batch while repairing.
 const APPLY_BATCH: i64 = 500;
@@ -309,19 +309,26 @@ async fn run(
     // Missing and stale users, in batches read back from the temporary table.
     let mut after = String::new();
     loop {
-        let batch = session.to_import(&after, APPLY_BATCH).await?;
-        let Some((last, _)) = batch.last() else { break };
-        after.clone_from(&last.id);
-        let (profiles, existing): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let counts = store.import(&profiles).await?;
+        let chunk = session.to_import(&after, APPLY_BATCH).await?;
+        let Some(last) = chunk.last() else { break };
+        after.clone_from(&last.profile.id);
+        let (needed, stale): (Vec<UserProfile>, Vec<String>) = chunk
+            .into_iter()
+            .filter(|row| row.needed)
+            .fold((Vec::new(), Vec::new()), |(mut needed, mut stale), row| {
+                // The stale rows' users may be cached by running processes; new rows' not.
+                if row.existing {
+                    stale.push(row.profile.id.clone());
+                }
+                needed.push(row.profile);
+                (needed, stale)
+            });
+        if needed.is_empty() {
+            continue;
+        }
+        let counts = store.import(&needed).await?;
         report.inserted += counts.inserted;
         report.updated += counts.updated;
-        // The stale rows' users may be cached by running processes; new rows' are not.
-        let stale: Vec<String> = profiles
-            .into_iter()
-            .zip(existing)
-            .filter_map(|(profile, existing)| existing.then_some(profile.id))
-            .collect();
         if counts.updated > 0 && !stale.is_empty() {
             publish(stale).await;
         }

@@ -6,7 +6,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::{AssertSqlSafe, Postgres};
 
 use super::postgres::{IMPORT_STATEMENT_BYTES, PgUserStore, encoded_len};
-use super::reconcile::{Diff, DiffSql, EXAMPLES, ReconcileSession, TEMP_TABLE, profile_from_row};
+use super::reconcile::{
+    Diff, DiffSql, EXAMPLES, ImportRow, ReconcileSession, TEMP_TABLE, profile_from_row,
+};
 use super::{StoreError, StoreFuture, UserProfile};
 
 impl PgUserStore {
@@ -145,6 +147,12 @@ impl ReconcileSession for PgReconcile {
 
     fn diff(&mut self) -> StoreFuture<'_, Diff> {
         Box::pin(async move {
+            // Autovacuum never analyzes temporary tables: without statistics the planner
+            // takes the table for empty and joins it row by row.
+            sqlx::query(AssertSqlSafe(format!("ANALYZE {TEMP_TABLE}")))
+                .persistent(false)
+                .execute(&mut *self.conn)
+                .await?;
             let sql = self.sql.clone();
             let mut diff = Diff {
                 clerk_users: self.count(&format!("FROM {TEMP_TABLE}"), false).await?,
@@ -165,11 +173,7 @@ impl ReconcileSession for PgReconcile {
         })
     }
 
-    fn to_import<'a>(
-        &'a mut self,
-        after: &'a str,
-        limit: i64,
-    ) -> StoreFuture<'a, Vec<(UserProfile, bool)>> {
+    fn to_import<'a>(&'a mut self, after: &'a str, limit: i64) -> StoreFuture<'a, Vec<ImportRow>> {
         Box::pin(async move {
             let rows = sqlx::query(AssertSqlSafe(self.sql.to_import.clone()))
                 .persistent(false)

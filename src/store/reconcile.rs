@@ -41,13 +41,9 @@ pub(crate) trait ReconcileSession: Send {
     /// Compares the table with what was added.
     fn diff(&mut self) -> StoreFuture<'_, Diff>;
 
-    /// Up to `limit` snapshots of missing or stale users with ids after `after`, by id, each
-    /// with whether its row exists (stale) or not (missing).
-    fn to_import<'a>(
-        &'a mut self,
-        after: &'a str,
-        limit: i64,
-    ) -> StoreFuture<'a, Vec<(UserProfile, bool)>>;
+    /// The next `limit` of Clerk's snapshots with ids after `after`, by id, each with
+    /// whether its row exists and whether it is missing or stale (to import).
+    fn to_import<'a>(&'a mut self, after: &'a str, limit: i64) -> StoreFuture<'a, Vec<ImportRow>>;
 
     /// Up to `limit` ids after `after` of live rows that existed before the walk began and
     /// that Clerk did not list, by id.
@@ -107,13 +103,16 @@ impl DiffSql {
             stale: format!("FROM {joined} WHERE {changes}"),
             listed_live: format!("FROM {joined} WHERE u.deleted_at IS NULL"),
             deleted_here: format!("FROM {joined} WHERE u.deleted_at IS NOT NULL"),
+            // The keyset chunk first (an index range of the temporary table), then each
+            // row's join: a filter before the LIMIT makes the planner join both tables whole.
             to_import: format!(
-                "SELECT excluded.id, excluded.email, excluded.first_name, excluded.last_name, \
+                "WITH chunk AS (SELECT * FROM {TEMP_TABLE} WHERE id > {} ORDER BY id LIMIT {}) \
+                 SELECT excluded.id, excluded.email, excluded.first_name, excluded.last_name, \
                         excluded.username, excluded.image_url, excluded.version_ms, \
-                        u.id IS NOT NULL AS existing \
-                 FROM {TEMP_TABLE} excluded LEFT JOIN {table} u ON u.id = excluded.id \
-                 WHERE excluded.id > {} AND (u.id IS NULL OR ({changes})) \
-                 ORDER BY excluded.id LIMIT {}",
+                        u.id IS NOT NULL AS existing, \
+                        COALESCE(u.id IS NULL OR ({changes}), false) AS needed \
+                 FROM chunk excluded LEFT JOIN {table} u ON u.id = excluded.id \
+                 ORDER BY excluded.id",
                 param(1),
                 param(2)
             ),
@@ -127,8 +126,17 @@ impl DiffSql {
     }
 }
 
-/// A row of [`DiffSql::to_import`]: the profile, and whether its row exists.
-pub(crate) fn profile_from_row<R>(row: &R) -> Result<(UserProfile, bool), sqlx::Error>
+/// A row of [`DiffSql::to_import`].
+pub(crate) struct ImportRow {
+    pub(crate) profile: UserProfile,
+    /// The users table has a row for it.
+    pub(crate) existing: bool,
+    /// Missing or stale: an import would change the table.
+    pub(crate) needed: bool,
+}
+
+/// A row of [`DiffSql::to_import`].
+pub(crate) fn profile_from_row<R>(row: &R) -> Result<ImportRow, sqlx::Error>
 where
     R: sqlx::Row,
     usize: sqlx::ColumnIndex<R>,
@@ -144,5 +152,9 @@ where
     profile.username = row.try_get(4)?;
     profile.image_url = row.try_get(5)?;
     profile.version_ms = row.try_get(6)?;
-    Ok((profile, row.try_get(7)?))
+    Ok(ImportRow {
+        profile,
+        existing: row.try_get(7)?,
+        needed: row.try_get(8)?,
+    })
 }

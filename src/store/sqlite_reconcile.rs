@@ -5,7 +5,9 @@ use std::sync::Arc;
 use sqlx::pool::PoolConnection;
 use sqlx::{AssertSqlSafe, Sqlite};
 
-use super::reconcile::{Diff, DiffSql, EXAMPLES, ReconcileSession, TEMP_TABLE, profile_from_row};
+use super::reconcile::{
+    Diff, DiffSql, EXAMPLES, ImportRow, ReconcileSession, TEMP_TABLE, profile_from_row,
+};
 use super::{StoreError, StoreFuture, UserProfile};
 use crate::time::unix_now_ms;
 
@@ -141,11 +143,7 @@ impl ReconcileSession for SqliteReconcile {
         })
     }
 
-    fn to_import<'a>(
-        &'a mut self,
-        after: &'a str,
-        limit: i64,
-    ) -> StoreFuture<'a, Vec<(UserProfile, bool)>> {
+    fn to_import<'a>(&'a mut self, after: &'a str, limit: i64) -> StoreFuture<'a, Vec<ImportRow>> {
         Box::pin(async move {
             let rows = sqlx::query(AssertSqlSafe(self.sql.to_import.clone()))
                 .bind(after)
