@@ -1,5 +1,6 @@
 //! [`Health`]: what [`crate::ClerkSync::health`] reports.
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 

@@ -474,6 +474,7 @@ async fn reconcile_reports_json_repairs_with_apply_and_check_alerts(pool: PgPool
 
     // Without --check a dry run with drift is a success; nothing was written.
     let (code, out) = reconcile_run(&url, &fake, &[]).await;
+    println!("{out}");
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("dry run: nothing was written"), "{out}");
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE deleted_at IS NULL")
