@@ -106,6 +106,16 @@ if [ -n "${LOADTEST_PROCESSES:-}" ]; then
   trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
   echo "shared Redis limiter ($REDIS_URL): $USERS users, /limited at $LIMIT per user, ${DURATION} s per run, $CONNECTIONS connections in all"
   printf '%-10s %-9s %12s %10s %10s %10s %10s\n' "processes" "process" "requests/s" "p50 ms" "p99 ms" "admitted" "refused"
+  # drive <path>: every process's <path> at once, each by its own wrk, for DURATION.
+  drive() {
+    local wrks=()
+    for p in $(seq 1 "$N"); do
+      wrk -t1 -c"$PER" -d"${DURATION}s" -s "$WORK/script.lua" "http://127.0.0.1:${PORTS[$((p - 1))]}/$1" \
+        | grep '^RESULT' >"$WORK/$1-$N-$p.txt" &
+      wrks+=($!)
+    done
+    wait "${wrks[@]}"
+  }
   for N in $LOADTEST_PROCESSES; do
     KEYS="$WORK/keys-$N"
     mkdir -p "$KEYS"
@@ -122,21 +132,9 @@ if [ -n "${LOADTEST_PROCESSES:-}" ]; then
     write_script "$KEYS/tokens.txt" "$WORK/script.lua"
     PER=$(( CONNECTIONS / N > 0 ? CONNECTIONS / N : 1 ))
     # Throughput: every process driven at once, each by its own wrk.
-    WRKS=()
-    for p in $(seq 1 "$N"); do
-      wrk -t1 -c"$PER" -d"${DURATION}s" -s "$WORK/script.lua" "http://127.0.0.1:${PORTS[$((p - 1))]}/me" \
-        | grep '^RESULT' >"$WORK/me-$N-$p.txt" &
-      WRKS+=($!)
-    done
-    wait "${WRKS[@]}"
+    drive me
     # Admission over a window: every process's /limited at once.
-    WRKS=()
-    for p in $(seq 1 "$N"); do
-      wrk -t1 -c"$PER" -d"${DURATION}s" -s "$WORK/script.lua" "http://127.0.0.1:${PORTS[$((p - 1))]}/limited" \
-        | grep '^RESULT' >"$WORK/limited-$N-$p.txt" &
-      WRKS+=($!)
-    done
-    wait "${WRKS[@]}"
+    drive limited
     TOTAL_RPS=0
     ADMITTED=0
     for p in $(seq 1 "$N"); do

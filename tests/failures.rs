@@ -8,39 +8,16 @@ use std::time::{Duration, Instant};
 
 use clerk_sync::testing::DevIssuer;
 use clerk_sync::{FailurePolicy, PgUserStore};
-use common::{TcpProxy, app, clerk, error_code, get_with_token, user_rows};
+use common::{app, clerk, error_code, get_with_token, proxied_pool, user_rows};
 use http::{StatusCode, header};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Migrates the test database and returns the proxy, a pool that reaches the database through
-/// it, and a direct pool for the handler and the assertions.
-async fn proxied_pool(options: &PgConnectOptions) -> (TcpProxy, PgPool, PgPool) {
-    let direct = PgPoolOptions::new()
-        .connect_with(options.clone())
-        .await
-        .unwrap();
-    clerk_sync::migrate(&direct).await.unwrap();
-    let upstream = tokio::net::lookup_host((options.get_host(), options.get_port()))
-        .await
-        .unwrap()
-        .find(|addr| addr.is_ipv4())
-        .unwrap();
-    let proxy = TcpProxy::start(upstream).await;
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options.clone().host("127.0.0.1").port(proxy.addr.port()))
-        .await
-        .unwrap();
-    (proxy, pool, direct)
-}
-
 #[sqlx::test(migrations = false)]
 async fn outage_gives_fast_503s_then_recovers(_: PgPoolOptions, options: PgConnectOptions) {
-    let (proxy, pool, direct) = proxied_pool(&options).await;
+    let (proxy, pool, direct) = proxied_pool(&options, ACQUIRE_TIMEOUT).await;
     let issuer = DevIssuer::start().await.unwrap();
     let clerk = clerk(&issuer, PgUserStore::new(pool.clone()), |b| b);
     let router = app(&clerk, direct.clone());
@@ -91,7 +68,7 @@ async fn outage_gives_fast_503s_then_recovers(_: PgPoolOptions, options: PgConne
 
 #[sqlx::test(migrations = false)]
 async fn fail_open_passes_unsynced_users_through(_: PgPoolOptions, options: PgConnectOptions) {
-    let (proxy, pool, direct) = proxied_pool(&options).await;
+    let (proxy, pool, direct) = proxied_pool(&options, ACQUIRE_TIMEOUT).await;
     let issuer = DevIssuer::start().await.unwrap();
     let clerk = clerk(&issuer, PgUserStore::new(pool.clone()), |b| {
         b.failure_policy(FailurePolicy::Open).default_tier("basic")

@@ -13,7 +13,7 @@ use axum::Router;
 use axum::routing::get;
 use clerk_sync::testing::{DevIssuer, FakeClerkApi, signed_webhook_request};
 use clerk_sync::{ClerkUser, Limit, PgUserStore, RateLimitLayer, TierLimits};
-use common::{TcpProxy, WEBHOOK_PATH, WEBHOOK_SECRET, app, clerk, get_with_token, send};
+use common::{WEBHOOK_PATH, WEBHOOK_SECRET, app, clerk, get_with_token, proxied_pool, send};
 use http::StatusCode;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde_json::json;
@@ -42,24 +42,11 @@ fn user_updated(id: &str, updated_at: i64) -> String {
 
 #[sqlx::test(migrations = false)]
 async fn the_rendered_metrics_count_exactly_what_happened(
-    pool_options: PgPoolOptions,
+    _: PgPoolOptions,
     options: PgConnectOptions,
 ) {
     let handle = PrometheusBuilder::new().install_recorder().unwrap();
-    let direct = pool_options.connect_with(options.clone()).await.unwrap();
-    clerk_sync::migrate(&direct).await.unwrap();
-    let upstream = tokio::net::lookup_host((options.get_host(), options.get_port()))
-        .await
-        .unwrap()
-        .find(|addr| addr.is_ipv4())
-        .unwrap();
-    let proxy = TcpProxy::start(upstream).await;
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_millis(500))
-        .connect_with(options.clone().host("127.0.0.1").port(proxy.addr.port()))
-        .await
-        .unwrap();
+    let (proxy, pool, direct) = proxied_pool(&options, Duration::from_millis(500)).await;
     let issuer = DevIssuer::start().await.unwrap();
     let clerk = clerk(&issuer, PgUserStore::new(pool.clone()), |b| {
         b.sync_timeout(Duration::from_secs(1))

@@ -271,7 +271,7 @@ async fn run(
     options: ReconcileOptions,
 ) -> Result<ReconcileReport, ReconcileError> {
     let walk_complete = walk(api, session, options.page_size).await?;
-    let diff = session.diff().await?;
+    let diff = crate::store::reconcile::diff(session).await?;
     let table_rows = diff.table_rows;
     let mut report = ReconcileReport::from_diff(diff);
     report.walk_complete = walk_complete;

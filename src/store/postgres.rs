@@ -22,11 +22,11 @@ use crate::invalidate::PgChannel;
 /// sent in two parts and the second waits for the server's delayed ACK: ~40 ms per
 /// statement, measured here as 10k users/s for 500-row statements. Statements under the
 /// buffer size go out whole; a 500-user page becomes a handful of them in one transaction.
-pub(super) const IMPORT_STATEMENT_BYTES: usize = 12 * 1024;
+const IMPORT_STATEMENT_BYTES: usize = 12 * 1024;
 
 /// A row's share of an import statement's `Bind` message: its values plus a 4-byte length
 /// per array element.
-pub(super) fn encoded_len(profile: &UserProfile) -> usize {
+fn encoded_len(profile: &UserProfile) -> usize {
     let text = |value: &Option<String>| value.as_ref().map_or(0, String::len) + 4;
     profile.id.len()
         + 4
@@ -36,6 +36,31 @@ pub(super) fn encoded_len(profile: &UserProfile) -> usize {
         + text(&profile.username)
         + text(&profile.image_url)
         + 12
+}
+
+/// `profiles` cut into runs of at most [`IMPORT_STATEMENT_BYTES`] (at least one profile
+/// each), one statement per run.
+pub(super) fn statement_chunks<P: std::borrow::Borrow<UserProfile>>(
+    profiles: &[P],
+) -> impl Iterator<Item = &[P]> {
+    let mut rest = profiles;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let take = rest
+            .iter()
+            .take_while(|profile| {
+                bytes += encoded_len(profile.borrow());
+                bytes <= IMPORT_STATEMENT_BYTES
+            })
+            .count()
+            .max(1);
+        let (chunk, tail) = rest.split_at(take);
+        rest = tail;
+        Some(chunk)
+    })
 }
 
 /// The table that records which of this crate's migrations ran. It is not `_sqlx_migrations`,
@@ -363,19 +388,7 @@ impl UserStore for PgUserStore {
             // One transaction per batch, one statement per chunk of at most
             // IMPORT_STATEMENT_BYTES of parameters (see there why).
             let mut tx = self.pool.begin().await?;
-            let mut rest = profiles.as_slice();
-            while !rest.is_empty() {
-                let mut bytes = 0;
-                let take = rest
-                    .iter()
-                    .take_while(|profile| {
-                        bytes += encoded_len(profile);
-                        bytes <= IMPORT_STATEMENT_BYTES
-                    })
-                    .count()
-                    .max(1);
-                let (chunk, tail) = rest.split_at(take);
-                rest = tail;
+            for chunk in statement_chunks(&profiles) {
                 counts += self.import_chunk(&mut tx, chunk).await?;
             }
             tx.commit().await?;

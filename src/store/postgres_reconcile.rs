@@ -5,9 +5,9 @@ use std::sync::Arc;
 use sqlx::pool::PoolConnection;
 use sqlx::{AssertSqlSafe, Postgres};
 
-use super::postgres::{IMPORT_STATEMENT_BYTES, PgUserStore, encoded_len};
+use super::postgres::{PgUserStore, statement_chunks};
 use super::reconcile::{
-    Diff, DiffSql, EXAMPLES, ImportRow, ReconcileSession, TEMP_TABLE, profile_from_row,
+    DiffSql, EXAMPLES, ImportRow, ReconcileSession, TEMP_TABLE, profile_from_row,
 };
 use super::{StoreError, StoreFuture, UserProfile};
 
@@ -67,33 +67,6 @@ impl PgReconcile {
         })
     }
 
-    async fn count(&mut self, from: &str, bind_start: bool) -> Result<u64, sqlx::Error> {
-        let query = format!("SELECT count(*) {from}");
-        let query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(query)).persistent(false);
-        let query = if bind_start {
-            query.bind(self.started_ms)
-        } else {
-            query
-        };
-        Ok(u64::try_from(query.fetch_one(&mut *self.conn).await?).unwrap_or(0))
-    }
-
-    async fn examples(
-        &mut self,
-        from: &str,
-        id: &str,
-        bind_start: bool,
-    ) -> Result<Vec<String>, sqlx::Error> {
-        let query = format!("SELECT {id} {from} ORDER BY {id} LIMIT {EXAMPLES}");
-        let query = sqlx::query_scalar::<_, String>(AssertSqlSafe(query)).persistent(false);
-        let query = if bind_start {
-            query.bind(self.started_ms)
-        } else {
-            query
-        };
-        query.fetch_all(&mut *self.conn).await
-    }
-
     async fn add_chunk(&mut self, profiles: &[UserProfile]) -> Result<(), sqlx::Error> {
         let column = |field: fn(&UserProfile) -> &Option<String>| -> Vec<Option<&str>> {
             profiles.iter().map(|p| field(p).as_deref()).collect()
@@ -125,27 +98,19 @@ impl PgReconcile {
 impl ReconcileSession for PgReconcile {
     fn add<'a>(&'a mut self, profiles: &'a [UserProfile]) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            // Statements under the socket's send buffer (see IMPORT_STATEMENT_BYTES).
-            let mut rest = profiles;
-            while !rest.is_empty() {
-                let mut bytes = 0;
-                let take = rest
-                    .iter()
-                    .take_while(|profile| {
-                        bytes += encoded_len(profile);
-                        bytes <= IMPORT_STATEMENT_BYTES
-                    })
-                    .count()
-                    .max(1);
-                let (chunk, tail) = rest.split_at(take);
-                rest = tail;
+            // Statements under the socket's send buffer, as the import's.
+            for chunk in statement_chunks(profiles) {
                 self.add_chunk(chunk).await?;
             }
             Ok(())
         })
     }
 
-    fn diff(&mut self) -> StoreFuture<'_, Diff> {
+    fn sql(&self) -> Arc<DiffSql> {
+        self.sql.clone()
+    }
+
+    fn prepare(&mut self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             // Autovacuum never analyzes temporary tables: without statistics the planner
             // takes the table for empty and joins it row by row.
@@ -153,23 +118,38 @@ impl ReconcileSession for PgReconcile {
                 .persistent(false)
                 .execute(&mut *self.conn)
                 .await?;
-            let sql = self.sql.clone();
-            let mut diff = Diff {
-                clerk_users: self.count(&format!("FROM {TEMP_TABLE}"), false).await?,
-                missing: self.count(&sql.missing, false).await?,
-                deleted_in_clerk: self.count(&sql.deleted_in_clerk, true).await?,
-                stale: self.count(&sql.stale, false).await?,
-                listed_live: self.count(&sql.listed_live, false).await?,
-                deleted_here: self.count(&sql.deleted_here, false).await?,
-                ..Diff::default()
+            Ok(())
+        })
+    }
+
+    fn count<'a>(&'a mut self, from: &'a str, bind_start: bool) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            let query = format!("SELECT count(*) {from}");
+            let query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(query)).persistent(false);
+            let query = if bind_start {
+                query.bind(self.started_ms)
+            } else {
+                query
             };
-            diff.table_rows = self.count(&sql.table_rows, false).await?;
-            diff.missing_examples = self.examples(&sql.missing, "excluded.id", false).await?;
-            diff.deleted_in_clerk_examples =
-                self.examples(&sql.deleted_in_clerk, "u.id", true).await?;
-            diff.stale_examples = self.examples(&sql.stale, "u.id", false).await?;
-            diff.deleted_here_examples = self.examples(&sql.deleted_here, "u.id", false).await?;
-            Ok(diff)
+            Ok(u64::try_from(query.fetch_one(&mut *self.conn).await?).unwrap_or(0))
+        })
+    }
+
+    fn examples<'a>(
+        &'a mut self,
+        from: &'a str,
+        id: &'a str,
+        bind_start: bool,
+    ) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let query = format!("SELECT {id} {from} ORDER BY {id} LIMIT {EXAMPLES}");
+            let query = sqlx::query_scalar::<_, String>(AssertSqlSafe(query)).persistent(false);
+            let query = if bind_start {
+                query.bind(self.started_ms)
+            } else {
+                query
+            };
+            Ok(query.fetch_all(&mut *self.conn).await?)
         })
     }
 

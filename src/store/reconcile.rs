@@ -38,8 +38,22 @@ pub(crate) trait ReconcileSession: Send {
     /// Adds Clerk's snapshots (a page) to the temporary table; a repeated id keeps its first.
     fn add<'a>(&'a mut self, profiles: &'a [UserProfile]) -> StoreFuture<'a, ()>;
 
-    /// Compares the table with what was added.
-    fn diff(&mut self) -> StoreFuture<'_, Diff>;
+    /// The comparison's SQL of this dialect.
+    fn sql(&self) -> std::sync::Arc<DiffSql>;
+
+    /// Readies the temporary table for the comparison (statistics), once it is filled.
+    fn prepare(&mut self) -> StoreFuture<'_, ()>;
+
+    /// `SELECT count(*) <from>`, with the walk's start bound first when `bind_start`.
+    fn count<'a>(&'a mut self, from: &'a str, bind_start: bool) -> StoreFuture<'a, u64>;
+
+    /// `SELECT <id> <from>`, the first [`EXAMPLES`] by id.
+    fn examples<'a>(
+        &'a mut self,
+        from: &'a str,
+        id: &'a str,
+        bind_start: bool,
+    ) -> StoreFuture<'a, Vec<String>>;
 
     /// The next `limit` of Clerk's snapshots with ids after `after`, by id, each with
     /// whether its row exists and whether it is missing or stale (to import).
@@ -59,6 +73,29 @@ pub(crate) trait ReconcileSession: Send {
 
     /// Drops the temporary table.
     fn finish(&mut self) -> StoreFuture<'_, ()>;
+}
+
+/// Compares the table with what was added to the session.
+pub(crate) async fn diff(session: &mut dyn ReconcileSession) -> Result<Diff, super::StoreError> {
+    session.prepare().await?;
+    let sql = session.sql();
+    let mut diff = Diff {
+        clerk_users: session.count(&format!("FROM {TEMP_TABLE}"), false).await?,
+        missing: session.count(&sql.missing, false).await?,
+        deleted_in_clerk: session.count(&sql.deleted_in_clerk, true).await?,
+        stale: session.count(&sql.stale, false).await?,
+        listed_live: session.count(&sql.listed_live, false).await?,
+        deleted_here: session.count(&sql.deleted_here, false).await?,
+        table_rows: session.count(&sql.table_rows, false).await?,
+        ..Diff::default()
+    };
+    diff.missing_examples = session.examples(&sql.missing, "excluded.id", false).await?;
+    diff.deleted_in_clerk_examples = session
+        .examples(&sql.deleted_in_clerk, "u.id", true)
+        .await?;
+    diff.stale_examples = session.examples(&sql.stale, "u.id", false).await?;
+    diff.deleted_here_examples = session.examples(&sql.deleted_here, "u.id", false).await?;
+    Ok(diff)
 }
 
 /// The comparison's SQL for one dialect.

@@ -6,7 +6,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{AssertSqlSafe, Sqlite};
 
 use super::reconcile::{
-    Diff, DiffSql, EXAMPLES, ImportRow, ReconcileSession, TEMP_TABLE, profile_from_row,
+    DiffSql, EXAMPLES, ImportRow, ReconcileSession, TEMP_TABLE, profile_from_row,
 };
 use super::{StoreError, StoreFuture, UserProfile};
 use crate::time::unix_now_ms;
@@ -53,33 +53,6 @@ impl SqliteReconcile {
             started_ms: unix_now_ms(),
         })
     }
-
-    async fn count(&mut self, from: &str, bind_start: bool) -> Result<u64, sqlx::Error> {
-        let query = format!("SELECT count(*) {from}");
-        let query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(query));
-        let query = if bind_start {
-            query.bind(self.started_ms)
-        } else {
-            query
-        };
-        Ok(u64::try_from(query.fetch_one(&mut *self.conn).await?).unwrap_or(0))
-    }
-
-    async fn examples(
-        &mut self,
-        from: &str,
-        id: &str,
-        bind_start: bool,
-    ) -> Result<Vec<String>, sqlx::Error> {
-        let query = format!("SELECT {id} {from} ORDER BY {id} LIMIT {EXAMPLES}");
-        let query = sqlx::query_scalar::<_, String>(AssertSqlSafe(query));
-        let query = if bind_start {
-            query.bind(self.started_ms)
-        } else {
-            query
-        };
-        query.fetch_all(&mut *self.conn).await
-    }
 }
 
 impl ReconcileSession for SqliteReconcile {
@@ -121,25 +94,47 @@ impl ReconcileSession for SqliteReconcile {
         })
     }
 
-    fn diff(&mut self) -> StoreFuture<'_, Diff> {
+    fn sql(&self) -> Arc<DiffSql> {
+        self.sql.clone()
+    }
+
+    fn prepare(&mut self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            let sql = self.sql.clone();
-            let mut diff = Diff {
-                clerk_users: self.count(&format!("FROM {TEMP_TABLE}"), false).await?,
-                missing: self.count(&sql.missing, false).await?,
-                deleted_in_clerk: self.count(&sql.deleted_in_clerk, true).await?,
-                stale: self.count(&sql.stale, false).await?,
-                listed_live: self.count(&sql.listed_live, false).await?,
-                deleted_here: self.count(&sql.deleted_here, false).await?,
-                table_rows: self.count(&sql.table_rows, false).await?,
-                ..Diff::default()
+            sqlx::query(AssertSqlSafe(format!("ANALYZE temp.{TEMP_TABLE}")))
+                .execute(&mut *self.conn)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn count<'a>(&'a mut self, from: &'a str, bind_start: bool) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            let query = format!("SELECT count(*) {from}");
+            let query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(query));
+            let query = if bind_start {
+                query.bind(self.started_ms)
+            } else {
+                query
             };
-            diff.missing_examples = self.examples(&sql.missing, "excluded.id", false).await?;
-            diff.deleted_in_clerk_examples =
-                self.examples(&sql.deleted_in_clerk, "u.id", true).await?;
-            diff.stale_examples = self.examples(&sql.stale, "u.id", false).await?;
-            diff.deleted_here_examples = self.examples(&sql.deleted_here, "u.id", false).await?;
-            Ok(diff)
+            Ok(u64::try_from(query.fetch_one(&mut *self.conn).await?).unwrap_or(0))
+        })
+    }
+
+    fn examples<'a>(
+        &'a mut self,
+        from: &'a str,
+        id: &'a str,
+        bind_start: bool,
+    ) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let query = format!("SELECT {id} {from} ORDER BY {id} LIMIT {EXAMPLES}");
+            let query = sqlx::query_scalar::<_, String>(AssertSqlSafe(query));
+            let query = if bind_start {
+                query.bind(self.started_ms)
+            } else {
+                query
+            };
+            Ok(query.fetch_all(&mut *self.conn).await?)
         })
     }
 

@@ -21,6 +21,7 @@ use http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -426,6 +427,32 @@ impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Migrates the test database and returns a [`TcpProxy`] in front of it, a pool that reaches the database through
+/// it, and a direct pool for the handler and the assertions.
+pub async fn proxied_pool(
+    options: &PgConnectOptions,
+    acquire_timeout: std::time::Duration,
+) -> (TcpProxy, PgPool, PgPool) {
+    let direct = sqlx::postgres::PgPoolOptions::new()
+        .connect_with(options.clone())
+        .await
+        .unwrap();
+    clerk_sync::migrate(&direct).await.unwrap();
+    let upstream = tokio::net::lookup_host((options.get_host(), options.get_port()))
+        .await
+        .unwrap()
+        .find(|addr| addr.is_ipv4())
+        .unwrap();
+    let proxy = TcpProxy::start(upstream).await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(acquire_timeout)
+        .connect_with(options.clone().host("127.0.0.1").port(proxy.addr.port()))
+        .await
+        .unwrap();
+    (proxy, pool, direct)
 }
 
 /// A migrated database, a dev issuer, a counting store over the real Postgres store, a

@@ -235,23 +235,16 @@ async fn backfill(args: BackfillArgs) -> Outcome {
     };
     let peak_rss_kib = peak_rss_kib();
     if args.json {
-        let mut value = serde_json::to_value(&report).unwrap_or_default();
-        if let Some(object) = value.as_object_mut() {
+        let mut value = json_report(&report, report.users_per_second(), peak_rss_kib);
+        if let (Some(object), Some(walked)) = (value.as_object_mut(), &organizations) {
             object.insert(
-                "users_per_second".into(),
-                report.users_per_second().round().into(),
+                "organizations".into(),
+                serde_json::to_value(&walked.organizations).unwrap_or_default(),
             );
-            object.insert("peak_rss_kib".into(), peak_rss_kib.into());
-            if let Some(walked) = &organizations {
-                object.insert(
-                    "organizations".into(),
-                    serde_json::to_value(&walked.organizations).unwrap_or_default(),
-                );
-                object.insert(
-                    "memberships".into(),
-                    serde_json::to_value(&walked.memberships).unwrap_or_default(),
-                );
-            }
+            object.insert(
+                "memberships".into(),
+                serde_json::to_value(&walked.memberships).unwrap_or_default(),
+            );
         }
         println!("{value}");
     } else {
@@ -319,6 +312,20 @@ fn print_summary(report: &BackfillReport, peak_rss_kib: Option<u64>) {
     if let Some(kib) = peak_rss_kib {
         println!("  peak memory {:.1} MiB", kib as f64 / 1024.0);
     }
+}
+
+/// `report` as a JSON object, with `users_per_second` and `peak_rss_kib` added.
+pub(crate) fn json_report(
+    report: &impl serde::Serialize,
+    users_per_second: f64,
+    peak_rss_kib: Option<u64>,
+) -> serde_json::Value {
+    let mut value = serde_json::to_value(report).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.insert("users_per_second".into(), users_per_second.round().into());
+        object.insert("peak_rss_kib".into(), peak_rss_kib.into());
+    }
+    value
 }
 
 /// The process's peak resident memory (Linux `VmHWM`), KiB.

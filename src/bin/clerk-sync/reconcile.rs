@@ -4,7 +4,9 @@ use clap::Args;
 use clerk_sync::clerk_api::RetryPolicy;
 use clerk_sync::{ClerkApi, PgUserStore, ReconcileOptions, ReconcileReport};
 
-use crate::{Database, FAILED, Outcome, Store, UNAVAILABLE, USAGE, connect, peak_rss_kib};
+use crate::{
+    Database, FAILED, Outcome, Store, UNAVAILABLE, USAGE, connect, json_report, peak_rss_kib,
+};
 
 #[derive(Args)]
 pub(crate) struct ReconcileArgs {
@@ -80,15 +82,10 @@ pub(crate) async fn reconcile(args: ReconcileArgs) -> Outcome {
     let report = result.map_err(|e| (UNAVAILABLE, e.to_string()))?;
     let peak_rss_kib = peak_rss_kib();
     if args.json {
-        let mut value = serde_json::to_value(&report).unwrap_or_default();
-        if let Some(object) = value.as_object_mut() {
-            object.insert(
-                "users_per_second".into(),
-                report.users_per_second().round().into(),
-            );
-            object.insert("peak_rss_kib".into(), peak_rss_kib.into());
-        }
-        println!("{value}");
+        println!(
+            "{}",
+            json_report(&report, report.users_per_second(), peak_rss_kib)
+        );
     } else {
         print_report(&report, peak_rss_kib);
     }
