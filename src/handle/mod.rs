@@ -89,8 +89,7 @@ impl ClerkSync {
     /// what other processes publish, and clearing the synced-user cache after a reconnect)
     /// forgets webhook delivery ids older than 30 days, hourly, and hands the counters to the
     /// metrics recorder every 10 seconds ([`record_metrics`](Self::record_metrics)). It ends
-    /// by itself when the
-    /// last layer, webhook router and clone of this handle are gone.
+    /// by itself when the last layer, webhook router and clone of this handle are gone.
     ///
     /// Nothing is spawned behind the app's back: without this task, other processes'
     /// evictions never reach this one (cached users then live out their TTL), and a

@@ -79,14 +79,7 @@ impl ReconcileSession for SqliteReconcile {
                 let statement = format!("INSERT OR IGNORE INTO {TEMP_TABLE} VALUES {rows}");
                 let mut query = sqlx::query(AssertSqlSafe(statement));
                 for profile in chunk {
-                    query = query
-                        .bind(&profile.id)
-                        .bind(&profile.email)
-                        .bind(&profile.first_name)
-                        .bind(&profile.last_name)
-                        .bind(&profile.username)
-                        .bind(&profile.image_url)
-                        .bind(profile.version_ms);
+                    query = super::sql::bind_profile(query, profile);
                 }
                 query.execute(&mut *self.conn).await?;
             }
