@@ -64,3 +64,47 @@ pub trait InvalidationChannel: Send + Sync + 'static {
     /// then yields messages, and reconnects by itself after a [`ChannelEvent::Lost`].
     fn listen(&self) -> ChannelStream;
 }
+
+/// The channel name both built-in channels use by default; the payload is a bare Clerk id.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+const DEFAULT_CHANNEL: &str = "clerk_sync_users";
+
+/// A listening stream's wait before its next subscription attempt: none before the first,
+/// 100 ms after a loss, doubling to 10 s while attempts fail.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+#[derive(Debug, Default)]
+struct Backoff(Option<std::time::Duration>);
+
+#[cfg(any(feature = "postgres", feature = "redis"))]
+impl Backoff {
+    const MIN: std::time::Duration = std::time::Duration::from_millis(100);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Waits as long as the last outcome says, then runs one subscription attempt: on success
+    /// `slot` holds the subscription and the event is [`ChannelEvent::Listening`].
+    async fn subscribe<S>(
+        &mut self,
+        slot: &mut Option<S>,
+        attempt: impl Future<Output = Result<S, StoreError>>,
+    ) -> ChannelEvent {
+        if let Some(wait) = self.0 {
+            tokio::time::sleep(wait).await;
+        }
+        match attempt.await {
+            Ok(subscription) => {
+                *slot = Some(subscription);
+                self.0 = None;
+                ChannelEvent::Listening
+            }
+            Err(error) => {
+                self.0 = Some(self.0.map_or(Self::MIN, |wait| (wait * 2).min(Self::MAX)));
+                ChannelEvent::Lost(error)
+            }
+        }
+    }
+
+    /// A subscription was lost: the next attempt waits the shortest time.
+    fn lost(&mut self) {
+        self.0 = Some(Self::MIN);
+    }
+}

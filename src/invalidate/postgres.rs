@@ -1,18 +1,11 @@
 //! [`PgChannel`]: invalidation over PostgreSQL's `LISTEN`/`NOTIFY`.
 
-use std::time::Duration;
-
 use futures_util::StreamExt as _;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 
-use super::{ChannelEvent, ChannelStream, InvalidationChannel};
+use super::{Backoff, ChannelEvent, ChannelStream, DEFAULT_CHANNEL, InvalidationChannel};
 use crate::error::{StoreError, StoreFuture};
-
-/// The default channel name; the payload is a bare Clerk id.
-const CHANNEL: &str = "clerk_sync_users";
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Invalidation over `NOTIFY`/`LISTEN` on the channel `clerk_sync_users`: the default of
 /// [`crate::PgUserStore`], on the store's pool.
@@ -31,7 +24,7 @@ impl std::fmt::Debug for PgChannel {
     // The pool's options hold the database password.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgChannel")
-            .field("channel", &CHANNEL)
+            .field("channel", &DEFAULT_CHANNEL)
             .finish_non_exhaustive()
     }
 }
@@ -46,30 +39,16 @@ impl PgChannel {
 struct Listening {
     pool: PgPool,
     listener: Option<PgListener>,
-    /// Wait this long before the next connection attempt; `None` right after a success.
-    backoff: Option<Duration>,
+    backoff: Backoff,
 }
 
 impl Listening {
     async fn next_event(&mut self) -> ChannelEvent {
         let Some(listener) = &mut self.listener else {
-            if let Some(backoff) = self.backoff {
-                tokio::time::sleep(backoff).await;
-            }
-            return match connect(&self.pool).await {
-                Ok(listener) => {
-                    self.listener = Some(listener);
-                    self.backoff = None;
-                    ChannelEvent::Listening
-                }
-                Err(error) => {
-                    self.backoff = Some(
-                        self.backoff
-                            .map_or(MIN_BACKOFF, |b| (b * 2).min(MAX_BACKOFF)),
-                    );
-                    ChannelEvent::Lost(error.into())
-                }
-            };
+            return self
+                .backoff
+                .subscribe(&mut self.listener, async { Ok(connect(&self.pool).await?) })
+                .await;
         };
         let lost = match listener.try_recv().await {
             Ok(Some(notification)) => {
@@ -81,14 +60,14 @@ impl Listening {
         // A new listener (and a `Listening` event) rather than sqlx's silent reconnect, so
         // the handle knows to clear its cache.
         self.listener = None;
-        self.backoff = Some(MIN_BACKOFF);
+        self.backoff.lost();
         ChannelEvent::Lost(lost)
     }
 }
 
 async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(CHANNEL).await?;
+    listener.listen(DEFAULT_CHANNEL).await?;
     Ok(listener)
 }
 
@@ -97,7 +76,7 @@ impl InvalidationChannel for PgChannel {
         Box::pin(async move {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .persistent(false)
-                .bind(CHANNEL)
+                .bind(DEFAULT_CHANNEL)
                 .bind(id)
                 .execute(&self.pool)
                 .await?;
@@ -109,7 +88,7 @@ impl InvalidationChannel for PgChannel {
         Box::pin(async move {
             sqlx::query("SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id")
                 .persistent(false)
-                .bind(CHANNEL)
+                .bind(DEFAULT_CHANNEL)
                 .bind(ids)
                 .execute(&self.pool)
                 .await?;
@@ -129,7 +108,7 @@ impl InvalidationChannel for PgChannel {
         let state = Listening {
             pool: self.pool.clone(),
             listener: None,
-            backoff: None,
+            backoff: Backoff::default(),
         };
         futures_util::stream::unfold(state, |mut state| async move {
             let event = state.next_event().await;

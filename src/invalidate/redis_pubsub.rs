@@ -6,14 +6,10 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
 
-use super::{ChannelEvent, ChannelStream, InvalidationChannel};
+use super::{Backoff, ChannelEvent, ChannelStream, DEFAULT_CHANNEL, InvalidationChannel};
 use crate::error::{StoreError, StoreFuture};
 use crate::redis_conn::{self, RedisFailure};
 
-/// The default channel name, the same as [`crate::PgChannel`]'s.
-const CHANNEL: &str = "clerk_sync_users";
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A subscription with no traffic is checked this often with a `PING`: a connection that died
 /// without a word (a network partition, a NAT that forgot it) is found and replaced.
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -67,7 +63,7 @@ impl RedisChannel {
         Ok(Self {
             publisher: redis_conn::manager(client.clone(), redis_conn::DEFAULT_TIMEOUT)?,
             client,
-            channel: CHANNEL.into(),
+            channel: DEFAULT_CHANNEL.into(),
             timeout: redis_conn::DEFAULT_TIMEOUT,
         })
     }
@@ -90,38 +86,17 @@ struct Listening {
     channel: Arc<str>,
     timeout: Duration,
     subscription: Option<Subscription>,
-    /// Wait this long before the next connection attempt; `None` right after a success.
-    backoff: Option<Duration>,
+    backoff: Backoff,
 }
 
 impl Listening {
-    async fn subscribe(&self) -> Result<Subscription, StoreError> {
-        let (mut sink, stream) = redis_conn::bounded(self.timeout, self.client.get_async_pubsub())
-            .await?
-            .split();
-        redis_conn::bounded(self.timeout, sink.subscribe(&*self.channel)).await?;
-        Ok(Subscription { sink, stream })
-    }
-
     async fn next_event(&mut self) -> ChannelEvent {
         let Some(subscription) = &mut self.subscription else {
-            if let Some(backoff) = self.backoff {
-                tokio::time::sleep(backoff).await;
-            }
-            return match self.subscribe().await {
-                Ok(subscription) => {
-                    self.subscription = Some(subscription);
-                    self.backoff = None;
-                    ChannelEvent::Listening
-                }
-                Err(error) => {
-                    self.backoff = Some(
-                        self.backoff
-                            .map_or(MIN_BACKOFF, |b| (b * 2).min(MAX_BACKOFF)),
-                    );
-                    ChannelEvent::Lost(error)
-                }
-            };
+            let attempt = subscribe(&self.client, &self.channel, self.timeout);
+            return self
+                .backoff
+                .subscribe(&mut self.subscription, attempt)
+                .await;
         };
         let lost = loop {
             let message = tokio::time::timeout(PING_EVERY, subscription.stream.next()).await;
@@ -148,9 +123,22 @@ impl Listening {
         };
         // A new subscription (and a `Listening` event), so the handle clears its cache.
         self.subscription = None;
-        self.backoff = Some(MIN_BACKOFF);
+        self.backoff.lost();
         ChannelEvent::Lost(lost)
     }
+}
+
+/// One subscription attempt on `client`, each step bounded by `timeout`.
+async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+    timeout: Duration,
+) -> Result<Subscription, StoreError> {
+    let (mut sink, stream) = redis_conn::bounded(timeout, client.get_async_pubsub())
+        .await?
+        .split();
+    redis_conn::bounded(timeout, sink.subscribe(channel)).await?;
+    Ok(Subscription { sink, stream })
 }
 
 impl InvalidationChannel for RedisChannel {
@@ -183,7 +171,7 @@ impl InvalidationChannel for RedisChannel {
             channel: self.channel.clone(),
             timeout: self.timeout,
             subscription: None,
-            backoff: None,
+            backoff: Backoff::default(),
         };
         futures_util::stream::unfold(state, |mut state| async move {
             let event = state.next_event().await;
