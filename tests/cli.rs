@@ -41,6 +41,16 @@ fn clerk_sync() -> Command {
     command
 }
 
+/// The command on database `url` and the Backend API `fake`.
+fn against(url: &str, fake: &FakeClerkApi) -> Command {
+    let mut command = clerk_sync();
+    command
+        .env("DATABASE_URL", url)
+        .env("CLERK_SECRET_KEY", FakeClerkApi::SECRET_KEY)
+        .env("CLERK_API_URL", fake.url());
+    command
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -50,12 +60,9 @@ fn stderr(output: &Output) -> String {
 }
 
 async fn backfill_json(url: &str, fake: &FakeClerkApi, extra: &[&str]) -> (i32, Value) {
-    let output = clerk_sync()
+    let output = against(url, fake)
         .args(["backfill", "--json", "--page-size", "100"])
         .args(extra)
-        .env("DATABASE_URL", url)
-        .env("CLERK_SECRET_KEY", FakeClerkApi::SECRET_KEY)
-        .env("CLERK_API_URL", fake.url())
         .output()
         .await
         .unwrap();
@@ -116,11 +123,8 @@ async fn backfill_imports_reports_and_is_idempotent(pool: PgPool) {
     assert_eq!(second["inserted"], 0);
 
     // The human summary names every count.
-    let output = clerk_sync()
+    let output = against(&url, &fake)
         .args(["backfill", "--page-size", "100"])
-        .env("DATABASE_URL", &url)
-        .env("CLERK_SECRET_KEY", FakeClerkApi::SECRET_KEY)
-        .env("CLERK_API_URL", fake.url())
         .output()
         .await
         .unwrap();
@@ -418,12 +422,9 @@ async fn verify_asks_the_backend_api_about_opaque_machine_tokens() {
 }
 
 async fn reconcile_run(url: &str, fake: &FakeClerkApi, args: &[&str]) -> (i32, String) {
-    let output = clerk_sync()
+    let output = against(url, fake)
         .arg("reconcile")
         .args(args)
-        .env("DATABASE_URL", url)
-        .env("CLERK_SECRET_KEY", FakeClerkApi::SECRET_KEY)
-        .env("CLERK_API_URL", fake.url())
         .output()
         .await
         .unwrap();
