@@ -19,30 +19,12 @@ fn example(name: &str) -> PathBuf {
 
 #[tokio::test]
 async fn quickstart_runs_on_a_fresh_machine_with_nothing_configured() {
-    let binary = example("quickstart");
-    assert!(
-        binary.exists(),
-        "{} is missing: run the README's test command (`cargo test` builds the examples)",
-        binary.display()
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(&binary)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", std::env::var("HOME").unwrap_or_default())
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-
+    let (mut child, dir, _, mut lines) = start_example("quickstart", &[]).await;
     // Read until both ready-to-paste `curl` lines appear: the session's, then the API key's.
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (curl, api_curl) = tokio::time::timeout(Duration::from_secs(60), async {
         let mut printed = Vec::new();
         let mut session = None;
-        while let Some(line) = lines.next_line().await.unwrap() {
+        while let Some(line) = lines.recv().await {
             if line
                 .trim_start()
                 .starts_with("curl -H 'Authorization: Bearer ")
@@ -62,8 +44,6 @@ async fn quickstart_runs_on_a_fresh_machine_with_nothing_configured() {
     })
     .await
     .expect("no curl lines within 60 s");
-    // Keep draining the child's output so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
     // curl -H 'Authorization: Bearer <token>' http://<addr>/me
     let (header, url) = curl.trim().rsplit_once("' ").unwrap();
@@ -195,8 +175,8 @@ async fn quickstart_runs_on_a_fresh_machine_with_nothing_configured() {
 }
 
 /// Starts example `name` in an empty temporary directory with only `PATH`, `HOME` and `env`
-/// set, and reads its output until `listening on <addr>`; the other lines printed after it
-/// come on the returned channel.
+/// set, and reads its output until `listening on <addr>`; the lines printed after it come on
+/// the returned channel (the output is drained, so the child never blocks on a full pipe).
 async fn start_example(
     name: &str,
     env: &[(&str, &str)],
@@ -207,7 +187,11 @@ async fn start_example(
     tokio::sync::mpsc::UnboundedReceiver<String>,
 ) {
     let binary = example(name);
-    assert!(binary.exists(), "{} is missing", binary.display());
+    assert!(
+        binary.exists(),
+        "{} is missing: run the README's test command (`cargo test` builds the examples)",
+        binary.display()
+    );
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new(&binary);
     command
