@@ -444,7 +444,7 @@ impl ClerkApi {
 }
 
 /// Percent-encodes everything but unreserved characters, so an id cannot change the path.
-fn encode_path_segment(segment: &str) -> String {
+pub(crate) fn encode_path_segment(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for byte in segment.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {

@@ -19,7 +19,8 @@ pub struct Health {
     pub keys: KeyHealth,
     /// The invalidation listener; `None` when the handle has no channel (one process).
     pub listener: Option<ListenerState>,
-    /// The last [`crate::reconcile()`] that ran in this process, if any.
+    /// The last [`crate::reconcile()`] or [`crate::reconcile_organizations()`] that ran in
+    /// this process, if any.
     pub last_reconcile: Option<ReconcileSummary>,
 }
 
@@ -56,7 +57,7 @@ pub struct KeyHealth {
 pub struct ReconcileSummary {
     /// Seconds since it finished.
     pub finished_secs_ago: u64,
-    /// The walk of Clerk's users completed and nothing was refused.
+    /// The walk of Clerk's list(s) completed and nothing was refused.
     pub success: bool,
     /// Drift found before any repair (missing + deleted in Clerk + stale).
     pub drift: u64,
@@ -69,9 +70,8 @@ static LAST_RECONCILE: Mutex<Option<(Instant, bool, u64, bool)>> = Mutex::new(No
 
 /// Remembers a finished reconcile for [`Health::last_reconcile`].
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub(crate) fn reconciled(report: &crate::ReconcileReport) {
-    let drift = report.missing + report.deleted_in_clerk + report.stale;
-    let value = (Instant::now(), report.is_success(), drift, report.applied);
+pub(crate) fn reconciled(success: bool, drift: u64, applied: bool) {
+    let value = (Instant::now(), success, drift, applied);
     match LAST_RECONCILE.lock() {
         Ok(mut last) => *last = Some(value),
         Err(poisoned) => *poisoned.into_inner() = Some(value),

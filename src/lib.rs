@@ -65,7 +65,10 @@ pub use ratelimit::PgRateLimitStore;
 pub use ratelimit::RedisRateLimitStore;
 pub use ratelimit::{Limit, MemoryRateLimitStore, RateLimitLayer, TierLimit, TierLimits};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use reconcile::{ReconcileOptions, ReconcileReport, reconcile};
+pub use reconcile::{
+    OrganizationReconcileReport, ReconcileOptions, ReconcileReport, reconcile,
+    reconcile_organizations,
+};
 pub use secret::Secret;
 pub use stats::Stats;
 pub use store::MemoryUserStore;

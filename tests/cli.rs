@@ -502,3 +502,27 @@ async fn reconcile_reports_json_repairs_with_apply_and_check_alerts(pool: PgPool
     let (code, out) = reconcile_run(&url, &fake, &["--check"]).await;
     assert_eq!(code, 0, "{out}");
 }
+
+#[sqlx::test(migrations = false)]
+async fn reconcile_organizations_adds_both_lists_to_the_report(pool: PgPool) {
+    let url = database_url(&pool).await;
+    let fake = FakeClerkApi::start(2).await.unwrap();
+    fake.add_organization("org_a", "a", "A");
+    fake.add_membership("org_a", &FakeClerkApi::user_id(0), "org:admin");
+    let (code, out) = reconcile_run(&url, &fake, &["--json", "--check", "--organizations"]).await;
+    assert_eq!(code, 1, "--check: drift found\n{out}");
+    let report: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(report["missing"], 2, "{report}");
+    assert_eq!(report["organizations"]["missing"], 1, "{report}");
+    assert_eq!(report["memberships"]["missing"], 1, "{report}");
+    assert_eq!(
+        report["memberships"]["examples"]["missing"][0],
+        format!("org_a/{}", FakeClerkApi::user_id(0))
+    );
+
+    let (code, out) = reconcile_run(&url, &fake, &["--apply", "--organizations"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("reconcile of 1 Clerk memberships"), "{out}");
+    let (code, out) = reconcile_run(&url, &fake, &["--check", "--organizations"]).await;
+    assert_eq!(code, 0, "no drift left\n{out}");
+}

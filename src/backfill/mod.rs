@@ -6,7 +6,7 @@
 //! on separate connections, so the database's round-trip latency is overlapped instead of
 //! paid page after page.
 
-mod organizations;
+pub(crate) mod organizations;
 
 pub use organizations::{OrganizationBackfillReport, backfill_organizations};
 

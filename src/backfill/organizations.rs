@@ -205,7 +205,7 @@ where
     report
 }
 
-async fn fetch<O>(
+pub(crate) async fn fetch<O>(
     api: &ClerkApi,
     path: &'static str,
     limit: u32,

@@ -8,12 +8,11 @@
 
 use std::time::Instant;
 
-use crate::clerk_api::{ApiError, ClerkApi, MAX_PAGE_SIZE};
-use crate::store::reconcile::{Diff, ReconcileSession};
-use crate::store::{StoreError, UserProfile, UserStore};
+use crate::clerk_api::{ClerkApi, MAX_PAGE_SIZE};
+use crate::store::reconcile::{Diff, Kind, ReconcileSession};
+use crate::store::{StoreError, UserStore};
 
-/// Rows read back from the temporary table per batch while repairing.
-const APPLY_BATCH: i64 = 500;
+mod run;
 
 /// The store a reconcile compares: PostgreSQL or SQLite (the memory store has nothing to
 /// drift). Made from a reference to either store.
@@ -53,12 +52,12 @@ impl ReconcileTarget<'_> {
         }
     }
 
-    async fn session(&self) -> Result<Box<dyn ReconcileSession>, StoreError> {
+    async fn session(&self, kind: Kind) -> Result<Box<dyn ReconcileSession>, StoreError> {
         match *self {
             #[cfg(feature = "postgres")]
-            Self::Postgres(store) => store.reconcile_session().await,
+            Self::Postgres(store) => store.reconcile_session(kind).await,
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(store) => store.reconcile_session().await,
+            Self::Sqlite(store) => store.reconcile_session(kind).await,
         }
     }
 }
@@ -197,11 +196,11 @@ impl ReconcileReport {
 
     fn from_diff(diff: Diff) -> Self {
         Self {
-            clerk_users: diff.clerk_users,
+            clerk_users: diff.listed,
             missing: diff.missing,
             deleted_in_clerk: diff.deleted_in_clerk,
             stale: diff.stale,
-            in_sync: diff.listed_live.saturating_sub(diff.stale),
+            in_sync: diff.in_sync,
             deleted_here: diff.deleted_here,
             table_rows: diff.table_rows,
             examples: DriftExamples {
@@ -244,17 +243,89 @@ pub async fn reconcile<'a>(
     target: impl Into<ReconcileTarget<'a>>,
     options: ReconcileOptions,
 ) -> Result<ReconcileReport, ReconcileError> {
-    let started = Instant::now();
+    let report = reconcile_list(Kind::Users, api, &target.into(), options).await?;
+    crate::health::reconciled(report.is_success(), drift(&report), report.applied);
+    Ok(report)
+}
+
+/// What [`reconcile_organizations`] found and did: one report per list, in which "users" are
+/// organizations, and memberships (`clerk_users` counts what Clerk listed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct OrganizationReconcileReport {
+    /// `GET /v1/organizations` against the `organizations` table.
+    pub organizations: ReconcileReport,
+    /// `GET /v1/organization_memberships` against `organization_memberships`; example ids
+    /// are `<organization id>/<user id>`.
+    pub memberships: ReconcileReport,
+}
+
+impl OrganizationReconcileReport {
+    /// `true` when either list differed from Clerk.
+    pub fn has_drift(&self) -> bool {
+        self.organizations.has_drift() || self.memberships.has_drift()
+    }
+
+    /// `true` when both reconciles succeeded (see [`ReconcileReport::is_success`]).
+    pub fn is_success(&self) -> bool {
+        self.organizations.is_success() && self.memberships.is_success()
+    }
+}
+
+/// [`reconcile()`] for organizations, then memberships, with the same classes, guards and
+/// options (each list has its own deletion limit, by default the larger of 100 and 1% of its
+/// table):
+///
+/// - organizations are compared field by field under the versioned rules; one Clerk no
+///   longer has (`GET /v1/organizations/{id}` → 404) is deleted as `organization.deleted`
+///   does, its memberships with it;
+/// - a membership is stale when its role would change, or when it is deleted here by
+///   something older than Clerk's snapshot (the import restores it, as a re-invitation
+///   does); one Clerk no longer has (`GET /v1/organizations/{id}/memberships?user_id=…`
+///   does not list it) is deleted as `organizationMembership.deleted` does. Memberships of
+///   organizations deleted here are reported as deleted here, never written.
+///
+/// Both lists are paged by offset, oldest first, as
+/// [`backfill_organizations`](crate::backfill::backfill_organizations) walks them; a row the
+/// walk skipped (a deletion shifted the pages) is a deletion candidate whose check finds it
+/// and imports it instead. Evictions: the organization, or the member.
+pub async fn reconcile_organizations<'a>(
+    api: &ClerkApi,
+    target: impl Into<ReconcileTarget<'a>>,
+    options: ReconcileOptions,
+) -> Result<OrganizationReconcileReport, ReconcileError> {
     let target = target.into();
-    let mut session = target.session().await?;
-    let result = run(api, &target, session.as_mut(), options).await;
+    let report = OrganizationReconcileReport {
+        organizations: reconcile_list(Kind::Organizations, api, &target, options).await?,
+        memberships: reconcile_list(Kind::Memberships, api, &target, options).await?,
+    };
+    let drift = drift(&report.organizations) + drift(&report.memberships);
+    let applied = report.organizations.applied || report.memberships.applied;
+    crate::health::reconciled(report.is_success(), drift, applied);
+    Ok(report)
+}
+
+fn drift(report: &ReconcileReport) -> u64 {
+    report.missing + report.deleted_in_clerk + report.stale
+}
+
+/// One list's reconcile on a session of its own.
+async fn reconcile_list(
+    kind: Kind,
+    api: &ClerkApi,
+    target: &ReconcileTarget<'_>,
+    options: ReconcileOptions,
+) -> Result<ReconcileReport, ReconcileError> {
+    let started = Instant::now();
+    let mut session = target.session(kind).await?;
+    let result = run::run(kind, api, target, session.as_mut(), options).await;
     let finished = session.finish().await;
     let mut report = result?;
     finished?;
     report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    crate::health::reconciled(&report);
     tracing::info!(
-        clerk_users = report.clerk_users,
+        list = ?kind,
+        listed = report.clerk_users,
         missing = report.missing,
         deleted_in_clerk = report.deleted_in_clerk,
         stale = report.stale,
@@ -262,149 +333,4 @@ pub async fn reconcile<'a>(
         "reconcile finished"
     );
     Ok(report)
-}
-
-async fn run(
-    api: &ClerkApi,
-    target: &ReconcileTarget<'_>,
-    session: &mut dyn ReconcileSession,
-    options: ReconcileOptions,
-) -> Result<ReconcileReport, ReconcileError> {
-    let walk_complete = walk(api, session, options.page_size).await?;
-    let diff = crate::store::reconcile::diff(session).await?;
-    let table_rows = diff.table_rows;
-    let mut report = ReconcileReport::from_diff(diff);
-    report.walk_complete = walk_complete;
-    report.max_deletes = options
-        .max_deletes
-        .unwrap_or_else(|| (table_rows / 100).max(100));
-    if !options.apply {
-        return Ok(report);
-    }
-    if walk_complete && report.deleted_in_clerk > report.max_deletes && !options.force {
-        report.deletions_refused = true;
-        tracing::error!(
-            candidates = report.deleted_in_clerk,
-            max_deletes = report.max_deletes,
-            "reconcile refused: more users would be deleted than allowed (is this the right \
-             secret key for this database?); nothing was written"
-        );
-        return Ok(report);
-    }
-    report.applied = true;
-    let store = target.store();
-    let channel = store.invalidation_channel();
-    // One message per changed user, a batch at a time.
-    let publish = |ids: Vec<String>| {
-        let channel = channel.clone();
-        async move {
-            if let Some(channel) = channel
-                && let Err(error) = channel.publish_many(&ids).await
-            {
-                tracing::warn!(%error, users = ids.len(), "could not publish evictions");
-            }
-        }
-    };
-
-    // Missing and stale users, in batches read back from the temporary table.
-    let mut after = String::new();
-    loop {
-        let chunk = session.to_import(&after, APPLY_BATCH).await?;
-        let Some(last) = chunk.last() else { break };
-        after.clone_from(&last.profile.id);
-        let (needed, stale): (Vec<UserProfile>, Vec<String>) = chunk
-            .into_iter()
-            .filter(|row| row.needed)
-            .fold((Vec::new(), Vec::new()), |(mut needed, mut stale), row| {
-                // The stale rows' users may be cached by running processes; new rows' not.
-                if row.existing {
-                    stale.push(row.profile.id.clone());
-                }
-                needed.push(row.profile);
-                (needed, stale)
-            });
-        if needed.is_empty() {
-            continue;
-        }
-        let counts = store.import(&needed).await?;
-        report.inserted += counts.inserted;
-        report.updated += counts.updated;
-        if counts.updated > 0 && !stale.is_empty() {
-            publish(stale).await;
-        }
-    }
-    if !walk_complete {
-        tracing::error!("the walk of Clerk's users did not complete: nothing was deleted");
-        return Ok(report);
-    }
-
-    // Users Clerk did not list, each confirmed one by one.
-    let mut after = String::new();
-    loop {
-        let candidates = session.deletion_candidates(&after, APPLY_BATCH).await?;
-        let Some(last) = candidates.last() else { break };
-        after.clone_from(last);
-        for id in candidates {
-            match api.get_user(&id).await {
-                Err(ApiError::Rejected { status, .. }) if status == http::StatusCode::NOT_FOUND => {
-                    if session.delete(&id).await? {
-                        report.deleted += 1;
-                        publish(vec![id]).await;
-                    }
-                }
-                Ok(profile) => {
-                    // The list missed it (it changed during the walk): Clerk still has it.
-                    let counts = store.import(std::slice::from_ref(&profile)).await?;
-                    report.inserted += counts.inserted;
-                    report.updated += counts.updated;
-                    report.still_in_clerk += 1;
-                }
-                Err(error) => {
-                    report.unconfirmed += 1;
-                    tracing::warn!(user.id = id, %error, "could not confirm a deletion; left alone");
-                }
-            }
-        }
-    }
-    Ok(report)
-}
-
-/// Lists every user into the session; `false` when a page failed past the retries. The next
-/// page is fetched while the last one is written.
-async fn walk(
-    api: &ClerkApi,
-    session: &mut dyn ReconcileSession,
-    page_size: u32,
-) -> Result<bool, StoreError> {
-    let limit = page_size.clamp(1, MAX_PAGE_SIZE);
-    let (pages, mut received) = tokio::sync::mpsc::channel(2);
-    let api = api.clone();
-    let fetcher = tokio::spawn(async move {
-        let mut cursor: Option<String> = None;
-        loop {
-            let page = match api.list_users(limit, cursor.as_deref()).await {
-                Ok(page) => page,
-                Err(error) => {
-                    tracing::error!(%error, "listing Clerk's users failed");
-                    return false;
-                }
-            };
-            let full = page.users.len() as u64 >= u64::from(limit);
-            let next = page.last_id.clone().filter(|_| full);
-            if pages.send(page.users).await.is_err() {
-                return false;
-            }
-            match next {
-                Some(last) => cursor = Some(last),
-                None => return true,
-            }
-        }
-    });
-    while let Some(users) = received.recv().await {
-        if let Err(error) = session.add(&users).await {
-            fetcher.abort();
-            return Err(error);
-        }
-    }
-    Ok(fetcher.await.unwrap_or(false))
 }

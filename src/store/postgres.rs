@@ -24,26 +24,46 @@ use crate::invalidate::PgChannel;
 /// buffer size go out whole; a 500-user page becomes a handful of them in one transaction.
 const IMPORT_STATEMENT_BYTES: usize = 12 * 1024;
 
-/// A row's share of an import statement's `Bind` message: its values plus a 4-byte length
-/// per array element.
-fn encoded_len(profile: &UserProfile) -> usize {
-    let text = |value: &Option<String>| value.as_ref().map_or(0, String::len) + 4;
-    profile.id.len()
-        + 4
-        + text(&profile.email)
-        + text(&profile.first_name)
-        + text(&profile.last_name)
-        + text(&profile.username)
-        + text(&profile.image_url)
-        + 12
+/// A row's share of a statement's `Bind` message: its values plus a 4-byte length per array
+/// element.
+pub(super) trait EncodedLen {
+    fn encoded_len(&self) -> usize;
 }
 
-/// `profiles` cut into runs of at most [`IMPORT_STATEMENT_BYTES`] (at least one profile
-/// each), one statement per run.
-pub(super) fn statement_chunks<P: std::borrow::Borrow<UserProfile>>(
-    profiles: &[P],
-) -> impl Iterator<Item = &[P]> {
-    let mut rest = profiles;
+fn text_len(value: &Option<String>) -> usize {
+    value.as_ref().map_or(0, String::len) + 4
+}
+
+impl EncodedLen for UserProfile {
+    fn encoded_len(&self) -> usize {
+        self.id.len()
+            + 4
+            + text_len(&self.email)
+            + text_len(&self.first_name)
+            + text_len(&self.last_name)
+            + text_len(&self.username)
+            + text_len(&self.image_url)
+            + 12
+    }
+}
+
+impl EncodedLen for super::reconcile::Snapshot {
+    fn encoded_len(&self) -> usize {
+        let keys: usize = self.keys.iter().map(|key| key.len() + 4).sum();
+        keys + self.fields.iter().map(text_len).sum::<usize>() + 12
+    }
+}
+
+impl<T: EncodedLen> EncodedLen for &T {
+    fn encoded_len(&self) -> usize {
+        (**self).encoded_len()
+    }
+}
+
+/// `rows` cut into runs of at most [`IMPORT_STATEMENT_BYTES`] (at least one row each), one
+/// statement per run.
+pub(super) fn statement_chunks<P: EncodedLen>(rows: &[P]) -> impl Iterator<Item = &[P]> {
+    let mut rest = rows;
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
@@ -51,8 +71,8 @@ pub(super) fn statement_chunks<P: std::borrow::Borrow<UserProfile>>(
         let mut bytes = 0;
         let take = rest
             .iter()
-            .take_while(|profile| {
-                bytes += encoded_len(profile.borrow());
+            .take_while(|row| {
+                bytes += row.encoded_len();
                 bytes <= IMPORT_STATEMENT_BYTES
             })
             .count()

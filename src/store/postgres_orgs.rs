@@ -113,8 +113,23 @@ const DELETE_MEMBERSHIP: &str = "INSERT INTO organization_memberships AS m \
          deleted_version = GREATEST(m.deleted_version, excluded.deleted_version), \
          clerk_updated_at = GREATEST(m.clerk_updated_at, excluded.clerk_updated_at), \
          updated_at = now() \
-     WHERE excluded.deleted_version IS NULL OR m.clerk_updated_at IS NULL \
-        OR excluded.deleted_version >= m.clerk_updated_at";
+     WHERE (excluded.deleted_version IS NULL OR m.clerk_updated_at IS NULL \
+        OR excluded.deleted_version >= m.clerk_updated_at)";
+
+/// The statements of a reconcile's deletion of a live organization (`$1` id, `$2` version):
+/// the tombstone, only where the row is live (its row count tells), then its memberships.
+pub(super) fn reconcile_organization_deletes() -> Vec<String> {
+    vec![
+        format!("{} WHERE u.deleted_at IS NULL", DELETE.as_str()),
+        DELETE_MEMBERSHIPS.to_owned(),
+    ]
+}
+
+/// The statement of a reconcile's deletion of a live membership (`$1` organization, `$2`
+/// user, `$3` version).
+pub(super) fn reconcile_membership_deletes() -> Vec<String> {
+    vec![format!("{DELETE_MEMBERSHIP} AND m.deleted_at IS NULL")]
+}
 
 /// Records a webhook delivery id in `clerk_webhook_events` (shared by users and
 /// organizations); `false` when it was recorded before (a redelivery).

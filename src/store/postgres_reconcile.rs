@@ -6,15 +6,28 @@ use sqlx::pool::PoolConnection;
 use sqlx::{AssertSqlSafe, Postgres};
 
 use super::postgres::{PgUserStore, statement_chunks};
+use super::postgres_orgs::{reconcile_membership_deletes, reconcile_organization_deletes};
 use super::reconcile::{
-    DiffSql, EXAMPLES, ImportRow, ReconcileSession, TEMP_TABLE, profile_from_row,
+    Dialect, DiffSql, EXAMPLES, ImportRow, Kind, ReconcileSession, Snapshot, candidate_keys,
+    import_row, temp_columns,
 };
-use super::{StoreError, StoreFuture, UserProfile};
+use super::{StoreError, StoreFuture};
 
 impl PgUserStore {
-    /// A reconcile session on one connection of the store's pool.
-    pub(crate) async fn reconcile_session(&self) -> Result<Box<dyn ReconcileSession>, StoreError> {
-        let session = PgReconcile::open(&self.pool, &self.table, self.delete_sql.clone()).await?;
+    /// A reconcile session of `kind` on one connection of the store's pool.
+    pub(crate) async fn reconcile_session(
+        &self,
+        kind: Kind,
+    ) -> Result<Box<dyn ReconcileSession>, StoreError> {
+        let (table, deletes) = match kind {
+            Kind::Users => (
+                &*self.table,
+                vec![format!("{} WHERE u.deleted_at IS NULL", self.delete_sql)],
+            ),
+            Kind::Organizations => ("organizations", reconcile_organization_deletes()),
+            Kind::Memberships => ("organization_memberships", reconcile_membership_deletes()),
+        };
+        let session = PgReconcile::open(&self.pool, kind, table, deletes).await?;
         Ok(Box::new(session))
     }
 }
@@ -22,7 +35,8 @@ impl PgUserStore {
 struct PgReconcile {
     conn: PoolConnection<Postgres>,
     sql: Arc<DiffSql>,
-    delete_sql: Arc<str>,
+    /// The deletion's statements; each binds the keys, then the version (now, ms).
+    deletes: Vec<String>,
     /// When the walk began, Unix ms on the database's clock.
     started_ms: i64,
 }
@@ -31,17 +45,16 @@ impl PgReconcile {
     /// Takes a connection for the whole reconcile and (re)creates the temporary table.
     async fn open(
         pool: &sqlx::PgPool,
+        kind: Kind,
         table: &str,
-        delete_sql: Arc<str>,
+        deletes: Vec<String>,
     ) -> Result<Self, StoreError> {
         let mut conn = pool.acquire().await?;
+        let temp = kind.temp_table();
+        let columns = temp_columns(kind, "text", "bigint", "timestamptz");
         for statement in [
-            format!("DROP TABLE IF EXISTS {TEMP_TABLE}"),
-            format!(
-                "CREATE TEMPORARY TABLE {TEMP_TABLE} (id text PRIMARY KEY, email text, \
-                 first_name text, last_name text, username text, image_url text, \
-                 version_ms bigint, clerk_updated_at timestamptz)"
-            ),
+            format!("DROP TABLE IF EXISTS {temp}"),
+            format!("CREATE TEMPORARY TABLE {temp} ({columns})"),
         ] {
             sqlx::query(AssertSqlSafe(statement))
                 .persistent(false)
@@ -53,42 +66,63 @@ impl PgReconcile {
                 .persistent(false)
                 .fetch_one(&mut *conn)
                 .await?;
-        let sql = DiffSql::new(
-            table,
-            "IS DISTINCT FROM",
-            |start| format!("u.created_at < to_timestamp({start}::bigint / 1000.0)"),
-            |n| format!("${n}"),
-        );
+        let dialect = Dialect {
+            distinct: "IS DISTINCT FROM",
+            before: |alias: &str, start: &str| {
+                format!("{alias}.created_at < to_timestamp({start}::bigint / 1000.0)")
+            },
+            param: |n| format!("${n}"),
+        };
         Ok(Self {
             conn,
-            sql: Arc::new(sql),
-            delete_sql,
+            sql: Arc::new(DiffSql::new(kind, table, &dialect)),
+            deletes,
             started_ms,
         })
     }
 
-    async fn add_chunk(&mut self, profiles: &[UserProfile]) -> Result<(), sqlx::Error> {
-        let column = |field: fn(&UserProfile) -> &Option<String>| -> Vec<Option<&str>> {
-            profiles.iter().map(|p| field(p).as_deref()).collect()
-        };
+    /// One `INSERT … SELECT FROM UNNEST` of a chunk: an array per column.
+    async fn add_chunk(&mut self, snapshots: &[Snapshot]) -> Result<(), sqlx::Error> {
+        let kind = self.sql.kind;
+        let (k, f) = (kind.keys().len(), kind.fields().len());
+        let arrays = (1..=k + f)
+            .map(|n| format!("${n}::text[]"))
+            .chain(std::iter::once(format!("${}::bigint[]", k + f + 1)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let names = kind
+            .keys()
+            .iter()
+            .chain(kind.fields())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
         let statement = format!(
-            "INSERT INTO {TEMP_TABLE} \
-             SELECT id, email, first_name, last_name, username, image_url, version_ms, \
-                    to_timestamp(version_ms / 1000.0) \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                         $6::text[], $7::bigint[]) \
-                 AS t(id, email, first_name, last_name, username, image_url, version_ms) \
-             ON CONFLICT (id) DO NOTHING"
+            "INSERT INTO {temp} \
+             SELECT {names}, version_ms, to_timestamp(version_ms / 1000.0) \
+             FROM UNNEST({arrays}) AS t({names}, version_ms) \
+             ON CONFLICT DO NOTHING",
+            temp = kind.temp_table()
         );
-        sqlx::query(AssertSqlSafe(statement))
-            .persistent(false)
-            .bind(profiles.iter().map(|p| p.id.as_str()).collect::<Vec<_>>())
-            .bind(column(|p| &p.email))
-            .bind(column(|p| &p.first_name))
-            .bind(column(|p| &p.last_name))
-            .bind(column(|p| &p.username))
-            .bind(column(|p| &p.image_url))
-            .bind(profiles.iter().map(|p| p.version_ms).collect::<Vec<_>>())
+        let mut query = sqlx::query(AssertSqlSafe(statement)).persistent(false);
+        for at in 0..k {
+            query = query.bind(
+                snapshots
+                    .iter()
+                    .map(|s| s.keys[at].as_str())
+                    .collect::<Vec<_>>(),
+            );
+        }
+        for at in 0..f {
+            query = query.bind(
+                snapshots
+                    .iter()
+                    .map(|s| s.fields[at].as_deref())
+                    .collect::<Vec<_>>(),
+            );
+        }
+        query
+            .bind(snapshots.iter().map(|s| s.version_ms).collect::<Vec<_>>())
             .execute(&mut *self.conn)
             .await?;
         Ok(())
@@ -96,10 +130,10 @@ impl PgReconcile {
 }
 
 impl ReconcileSession for PgReconcile {
-    fn add<'a>(&'a mut self, profiles: &'a [UserProfile]) -> StoreFuture<'a, ()> {
+    fn add<'a>(&'a mut self, snapshots: &'a [Snapshot]) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             // Statements under the socket's send buffer, as the import's.
-            for chunk in statement_chunks(profiles) {
+            for chunk in statement_chunks(snapshots) {
                 self.add_chunk(chunk).await?;
             }
             Ok(())
@@ -114,7 +148,8 @@ impl ReconcileSession for PgReconcile {
         Box::pin(async move {
             // Autovacuum never analyzes temporary tables: without statistics the planner
             // takes the table for empty and joins it row by row.
-            sqlx::query(AssertSqlSafe(format!("ANALYZE {TEMP_TABLE}")))
+            let statement = format!("ANALYZE {}", self.sql.kind.temp_table());
+            sqlx::query(AssertSqlSafe(statement))
                 .persistent(false)
                 .execute(&mut *self.conn)
                 .await?;
@@ -142,7 +177,7 @@ impl ReconcileSession for PgReconcile {
         bind_start: bool,
     ) -> StoreFuture<'a, Vec<String>> {
         Box::pin(async move {
-            let query = format!("SELECT {id} {from} ORDER BY {id} LIMIT {EXAMPLES}");
+            let query = format!("SELECT {id} {from} ORDER BY 1 LIMIT {EXAMPLES}");
             let query = sqlx::query_scalar::<_, String>(AssertSqlSafe(query)).persistent(false);
             let query = if bind_start {
                 query.bind(self.started_ms)
@@ -153,56 +188,76 @@ impl ReconcileSession for PgReconcile {
         })
     }
 
-    fn to_import<'a>(&'a mut self, after: &'a str, limit: i64) -> StoreFuture<'a, Vec<ImportRow>> {
+    fn to_import<'a>(
+        &'a mut self,
+        after: &'a [String],
+        limit: i64,
+    ) -> StoreFuture<'a, Vec<ImportRow>> {
         Box::pin(async move {
-            let rows = sqlx::query(AssertSqlSafe(self.sql.to_import.clone()))
-                .persistent(false)
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&mut *self.conn)
-                .await?;
+            let mut query =
+                sqlx::query(AssertSqlSafe(self.sql.to_import.clone())).persistent(false);
+            for key in after {
+                query = query.bind(key);
+            }
+            let rows = query.bind(limit).fetch_all(&mut *self.conn).await?;
+            let kind = self.sql.kind;
             Ok(rows
                 .iter()
-                .map(profile_from_row)
+                .map(|row| import_row(kind, row))
                 .collect::<Result<Vec<_>, _>>()?)
         })
     }
 
     fn deletion_candidates<'a>(
         &'a mut self,
-        after: &'a str,
+        after: &'a [String],
         limit: i64,
-    ) -> StoreFuture<'a, Vec<String>> {
+    ) -> StoreFuture<'a, Vec<Vec<String>>> {
         Box::pin(async move {
-            Ok(
-                sqlx::query_scalar(AssertSqlSafe(self.sql.candidates.clone()))
-                    .persistent(false)
-                    .bind(self.started_ms)
-                    .bind(after)
-                    .bind(limit)
-                    .fetch_all(&mut *self.conn)
-                    .await?,
-            )
+            let mut query = sqlx::query(AssertSqlSafe(self.sql.candidates.clone()))
+                .persistent(false)
+                .bind(self.started_ms);
+            for key in after {
+                query = query.bind(key);
+            }
+            let rows = query.bind(limit).fetch_all(&mut *self.conn).await?;
+            let kind = self.sql.kind;
+            Ok(rows
+                .iter()
+                .map(|row| candidate_keys(kind, row))
+                .collect::<Result<Vec<_>, _>>()?)
         })
     }
 
-    fn delete<'a>(&'a mut self, id: &'a str) -> StoreFuture<'a, bool> {
+    fn delete<'a>(&'a mut self, keys: &'a [String]) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            // The store's `user.deleted` statement, only where the row is still live.
-            let statement = format!("{} WHERE u.deleted_at IS NULL", self.delete_sql);
-            let done = sqlx::query(AssertSqlSafe(statement))
-                .persistent(false)
-                .bind(id)
-                .bind(crate::time::unix_now_ms())
-                .execute(&mut *self.conn)
-                .await?;
-            Ok(done.rows_affected() == 1)
+            // The kind's deletion statements, the first only where the row is still live:
+            // the rest run when it deleted one.
+            let now = crate::time::unix_now_ms();
+            let mut tx = sqlx::Connection::begin(&mut *self.conn).await?;
+            let mut deleted = false;
+            for (at, statement) in self.deletes.iter().enumerate() {
+                let mut query = sqlx::query(AssertSqlSafe(statement.as_str())).persistent(false);
+                for key in keys {
+                    query = query.bind(key);
+                }
+                let done = query.bind(now).execute(&mut *tx).await?;
+                if at == 0 {
+                    deleted = done.rows_affected() == 1;
+                    if !deleted {
+                        break;
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok(deleted)
         })
     }
 
     fn finish(&mut self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {TEMP_TABLE}")))
+            let statement = format!("DROP TABLE IF EXISTS {}", self.sql.kind.temp_table());
+            sqlx::query(AssertSqlSafe(statement))
                 .persistent(false)
                 .execute(&mut *self.conn)
                 .await?;

@@ -104,15 +104,14 @@ impl SqliteUserStore {
         }
     }
 
-    /// A reconcile session on one connection of the store's pool.
+    /// A reconcile session of `kind` on one connection of the store's pool.
     pub(crate) async fn reconcile_session(
         &self,
+        kind: super::reconcile::Kind,
     ) -> Result<Box<dyn super::reconcile::ReconcileSession>, super::StoreError> {
-        let session = super::sqlite_reconcile::SqliteReconcile::open(
-            &self.pool,
-            self.delete_sql.as_str().into(),
-        )
-        .await?;
+        let session =
+            super::sqlite_reconcile::SqliteReconcile::open(&self.pool, kind, &self.delete_sql)
+                .await?;
         Ok(Box::new(session))
     }
 

@@ -104,10 +104,29 @@ static DELETE_MEMBERSHIP: LazyLock<String> = LazyLock::new(|| {
              deleted_version = {newest_deletion}, \
              clerk_updated_at = {newest}, \
              updated_at = ?4 \
-         WHERE excluded.deleted_version IS NULL OR m.clerk_updated_at IS NULL \
-            OR excluded.deleted_version >= m.clerk_updated_at"
+         WHERE (excluded.deleted_version IS NULL OR m.clerk_updated_at IS NULL \
+            OR excluded.deleted_version >= m.clerk_updated_at)"
     )
 });
+
+/// The statements of a reconcile's deletion of a live organization (`?1` id, `?2` version,
+/// `?3` now):
+/// the tombstone, only where the row is live (its row count tells), then its memberships.
+pub(super) fn reconcile_organization_deletes() -> Vec<String> {
+    vec![
+        format!("{} WHERE u.deleted_at IS NULL", DELETE.as_str()),
+        DELETE_MEMBERSHIPS.clone(),
+    ]
+}
+
+/// The statement of a reconcile's deletion of a live membership (`?1` organization, `?2`
+/// user, `?3` version, `?4` now).
+pub(super) fn reconcile_membership_deletes() -> Vec<String> {
+    vec![format!(
+        "{} AND m.deleted_at IS NULL",
+        DELETE_MEMBERSHIP.as_str()
+    )]
+}
 
 /// Records a webhook delivery id (shared by users and organizations); `false` when it was
 /// recorded before. A write first in its transaction, so the transaction takes the write lock

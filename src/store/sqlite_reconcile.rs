@@ -6,80 +6,95 @@ use sqlx::pool::PoolConnection;
 use sqlx::{AssertSqlSafe, Sqlite};
 
 use super::reconcile::{
-    DiffSql, EXAMPLES, ImportRow, ReconcileSession, TEMP_TABLE, profile_from_row,
+    Dialect, DiffSql, EXAMPLES, ImportRow, Kind, ReconcileSession, Snapshot, candidate_keys,
+    import_row, temp_columns,
 };
-use super::{StoreError, StoreFuture, UserProfile};
+use super::sqlite_orgs::{reconcile_membership_deletes, reconcile_organization_deletes};
+use super::{StoreError, StoreFuture};
 use crate::time::unix_now_ms;
 
-/// Rows per `INSERT` (8 parameters each, well under SQLite's 32,766).
-const ROWS_PER_INSERT: usize = 500;
+/// Most parameters per `INSERT` (SQLite allows 32,766).
+const PARAMETERS_PER_INSERT: usize = 4000;
 
 pub(super) struct SqliteReconcile {
     conn: PoolConnection<Sqlite>,
     sql: Arc<DiffSql>,
-    delete_sql: Arc<str>,
+    /// The deletion's statements; each binds the keys, then the version and now (both now).
+    deletes: Vec<String>,
     /// When the walk began, Unix ms (the clock the store writes `created_at` with).
     started_ms: i64,
 }
 
 impl SqliteReconcile {
+    /// A session of `kind`; `delete_users` is the store's `user.deleted` statement.
     pub(super) async fn open(
         pool: &sqlx::SqlitePool,
-        delete_sql: Arc<str>,
+        kind: Kind,
+        delete_users: &str,
     ) -> Result<Self, StoreError> {
-        let mut conn = pool.acquire().await?;
-        for statement in [
-            format!("DROP TABLE IF EXISTS temp.{TEMP_TABLE}"),
-            format!(
-                "CREATE TEMPORARY TABLE {TEMP_TABLE} (id TEXT PRIMARY KEY NOT NULL, email TEXT, \
-                 first_name TEXT, last_name TEXT, username TEXT, image_url TEXT, \
-                 version_ms INTEGER, clerk_updated_at INTEGER)"
+        let (table, deletes) = match kind {
+            Kind::Users => (
+                "users",
+                vec![format!("{delete_users} WHERE u.deleted_at IS NULL")],
             ),
+            Kind::Organizations => ("organizations", reconcile_organization_deletes()),
+            Kind::Memberships => ("organization_memberships", reconcile_membership_deletes()),
+        };
+        let mut conn = pool.acquire().await?;
+        let temp = kind.temp_table();
+        let columns = temp_columns(kind, "TEXT", "INTEGER", "INTEGER");
+        for statement in [
+            format!("DROP TABLE IF EXISTS temp.{temp}"),
+            format!("CREATE TEMPORARY TABLE {temp} ({columns})"),
         ] {
             sqlx::query(AssertSqlSafe(statement))
                 .execute(&mut *conn)
                 .await?;
         }
-        let sql = DiffSql::new(
-            "users",
-            "IS NOT",
-            |start| format!("u.created_at < {start}"),
-            |n| format!("?{n}"),
-        );
+        let dialect = Dialect {
+            distinct: "IS NOT",
+            before: |alias: &str, start: &str| format!("{alias}.created_at < {start}"),
+            param: |n| format!("?{n}"),
+        };
         Ok(Self {
             conn,
-            sql: Arc::new(sql),
-            delete_sql,
+            sql: Arc::new(DiffSql::new(kind, table, &dialect)),
+            deletes,
             started_ms: unix_now_ms(),
         })
     }
 }
 
 impl ReconcileSession for SqliteReconcile {
-    fn add<'a>(&'a mut self, profiles: &'a [UserProfile]) -> StoreFuture<'a, ()> {
+    fn add<'a>(&'a mut self, snapshots: &'a [Snapshot]) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            for chunk in profiles.chunks(ROWS_PER_INSERT) {
+            let kind = self.sql.kind;
+            // The keys, the fields, the version twice (as given, and as `clerk_updated_at`).
+            let width = kind.keys().len() + kind.fields().len() + 1;
+            for chunk in snapshots.chunks(PARAMETERS_PER_INSERT / width) {
                 let rows = (0..chunk.len())
                     .map(|row| {
-                        let at = row * 7;
-                        format!(
-                            "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
-                            at + 1,
-                            at + 2,
-                            at + 3,
-                            at + 4,
-                            at + 5,
-                            at + 6,
-                            at + 7,
-                            at + 7
-                        )
+                        let at = row * width;
+                        let values = (at + 1..=at + width)
+                            .chain(std::iter::once(at + width))
+                            .map(|n| format!("?{n}"))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        format!("({values})")
                     })
                     .collect::<Vec<_>>()
                     .join(", ");
-                let statement = format!("INSERT OR IGNORE INTO {TEMP_TABLE} VALUES {rows}");
+                let statement =
+                    format!("INSERT OR IGNORE INTO {} VALUES {rows}", kind.temp_table());
                 let mut query = sqlx::query(AssertSqlSafe(statement));
-                for profile in chunk {
-                    query = super::sql::bind_profile(query, profile);
+                for snapshot in chunk {
+                    for key in &snapshot.keys {
+                        query = query.bind(key);
+                    }
+                    for field in &snapshot.fields {
+                        query = query.bind(field);
+                    }
+                    query = query.bind(snapshot.version_ms);
                 }
                 query.execute(&mut *self.conn).await?;
             }
@@ -93,7 +108,8 @@ impl ReconcileSession for SqliteReconcile {
 
     fn prepare(&mut self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            sqlx::query(AssertSqlSafe(format!("ANALYZE temp.{TEMP_TABLE}")))
+            let statement = format!("ANALYZE temp.{}", self.sql.kind.temp_table());
+            sqlx::query(AssertSqlSafe(statement))
                 .execute(&mut *self.conn)
                 .await?;
             Ok(())
@@ -120,7 +136,7 @@ impl ReconcileSession for SqliteReconcile {
         bind_start: bool,
     ) -> StoreFuture<'a, Vec<String>> {
         Box::pin(async move {
-            let query = format!("SELECT {id} {from} ORDER BY {id} LIMIT {EXAMPLES}");
+            let query = format!("SELECT {id} {from} ORDER BY 1 LIMIT {EXAMPLES}");
             let query = sqlx::query_scalar::<_, String>(AssertSqlSafe(query));
             let query = if bind_start {
                 query.bind(self.started_ms)
@@ -131,59 +147,77 @@ impl ReconcileSession for SqliteReconcile {
         })
     }
 
-    fn to_import<'a>(&'a mut self, after: &'a str, limit: i64) -> StoreFuture<'a, Vec<ImportRow>> {
+    fn to_import<'a>(
+        &'a mut self,
+        after: &'a [String],
+        limit: i64,
+    ) -> StoreFuture<'a, Vec<ImportRow>> {
         Box::pin(async move {
-            let rows = sqlx::query(AssertSqlSafe(self.sql.to_import.clone()))
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&mut *self.conn)
-                .await?;
+            let mut query = sqlx::query(AssertSqlSafe(self.sql.to_import.clone()));
+            for key in after {
+                query = query.bind(key);
+            }
+            let rows = query.bind(limit).fetch_all(&mut *self.conn).await?;
+            let kind = self.sql.kind;
             Ok(rows
                 .iter()
-                .map(profile_from_row)
+                .map(|row| import_row(kind, row))
                 .collect::<Result<Vec<_>, _>>()?)
         })
     }
 
     fn deletion_candidates<'a>(
         &'a mut self,
-        after: &'a str,
+        after: &'a [String],
         limit: i64,
-    ) -> StoreFuture<'a, Vec<String>> {
+    ) -> StoreFuture<'a, Vec<Vec<String>>> {
         Box::pin(async move {
-            Ok(
-                sqlx::query_scalar(AssertSqlSafe(self.sql.candidates.clone()))
-                    .bind(self.started_ms)
-                    .bind(after)
-                    .bind(limit)
-                    .fetch_all(&mut *self.conn)
-                    .await?,
-            )
+            let mut query =
+                sqlx::query(AssertSqlSafe(self.sql.candidates.clone())).bind(self.started_ms);
+            for key in after {
+                query = query.bind(key);
+            }
+            let rows = query.bind(limit).fetch_all(&mut *self.conn).await?;
+            let kind = self.sql.kind;
+            Ok(rows
+                .iter()
+                .map(|row| candidate_keys(kind, row))
+                .collect::<Result<Vec<_>, _>>()?)
         })
     }
 
-    fn delete<'a>(&'a mut self, id: &'a str) -> StoreFuture<'a, bool> {
+    fn delete<'a>(&'a mut self, keys: &'a [String]) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            // The store's `user.deleted` statement, only where the row is still live.
-            let statement = format!("{} WHERE u.deleted_at IS NULL", self.delete_sql);
+            // The kind's deletion statements, the first only where the row is still live:
+            // the rest run when it deleted one. The first is a write, so the transaction takes
+            // the write lock at once.
             let now = unix_now_ms();
-            let done = sqlx::query(AssertSqlSafe(statement))
-                .bind(id)
-                .bind(now)
-                .bind(now)
-                .execute(&mut *self.conn)
-                .await?;
-            Ok(done.rows_affected() == 1)
+            let mut tx = sqlx::Connection::begin(&mut *self.conn).await?;
+            let mut deleted = false;
+            for (at, statement) in self.deletes.iter().enumerate() {
+                let mut query = sqlx::query(AssertSqlSafe(statement.as_str()));
+                for key in keys {
+                    query = query.bind(key);
+                }
+                let done = query.bind(now).bind(now).execute(&mut *tx).await?;
+                if at == 0 {
+                    deleted = done.rows_affected() == 1;
+                    if !deleted {
+                        break;
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok(deleted)
         })
     }
 
     fn finish(&mut self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            sqlx::query(AssertSqlSafe(format!(
-                "DROP TABLE IF EXISTS temp.{TEMP_TABLE}"
-            )))
-            .execute(&mut *self.conn)
-            .await?;
+            let statement = format!("DROP TABLE IF EXISTS temp.{}", self.sql.kind.temp_table());
+            sqlx::query(AssertSqlSafe(statement))
+                .execute(&mut *self.conn)
+                .await?;
             Ok(())
         })
     }

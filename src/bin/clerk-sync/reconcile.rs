@@ -2,7 +2,10 @@
 
 use clap::Args;
 use clerk_sync::clerk_api::RetryPolicy;
-use clerk_sync::{ClerkApi, PgUserStore, ReconcileOptions, ReconcileReport};
+use clerk_sync::reconcile::{ReconcileError, ReconcileTarget};
+use clerk_sync::{
+    ClerkApi, OrganizationReconcileReport, PgUserStore, ReconcileOptions, ReconcileReport,
+};
 
 use crate::{
     Database, FAILED, Outcome, Store, UNAVAILABLE, USAGE, connect, json_report, peak_rss_kib,
@@ -39,6 +42,10 @@ pub(crate) struct ReconcileArgs {
     /// Retries of a failed Backend API request before the walk counts as incomplete.
     #[arg(long, default_value_t = 5)]
     retries: u32,
+    /// After the users, the same for organizations (`GET /v1/organizations`) and memberships
+    /// (`GET /v1/organization_memberships`); --max-deletes applies to each list.
+    #[arg(long)]
+    organizations: bool,
 }
 
 pub(crate) async fn reconcile(args: ReconcileArgs) -> Outcome {
@@ -70,30 +77,69 @@ pub(crate) async fn reconcile(args: ReconcileArgs) -> Outcome {
                     PgUserStore::new(pool)
                 }
             };
-            clerk_sync::reconcile(&api, &store, options).await
+            run(&api, (&store).into(), options, args.organizations).await
         }
         #[cfg(feature = "sqlite")]
         (Store::Sqlite(_), Some(_)) => {
             return Err((USAGE, "--table is for PostgreSQL only".to_owned()));
         }
         #[cfg(feature = "sqlite")]
-        (Store::Sqlite(store), None) => clerk_sync::reconcile(&api, &store, options).await,
+        (Store::Sqlite(store), None) => {
+            run(&api, (&store).into(), options, args.organizations).await
+        }
     };
-    let report = result.map_err(|e| (UNAVAILABLE, e.to_string()))?;
+    let (report, organizations) = result.map_err(|e| (UNAVAILABLE, e.to_string()))?;
     let peak_rss_kib = peak_rss_kib();
     if args.json {
-        println!(
-            "{}",
-            json_report(&report, report.users_per_second(), peak_rss_kib)
-        );
+        let mut value = json_report(&report, report.users_per_second(), peak_rss_kib);
+        if let (Some(object), Some(orgs)) = (value.as_object_mut(), &organizations) {
+            for (key, list) in [
+                ("organizations", &orgs.organizations),
+                ("memberships", &orgs.memberships),
+            ] {
+                object.insert(key.into(), serde_json::to_value(list).unwrap_or_default());
+            }
+        }
+        println!("{value}");
     } else {
-        print_report(&report, peak_rss_kib);
+        print_report(&report, "users");
+        if let Some(orgs) = &organizations {
+            print_report(&orgs.organizations, "organizations");
+            print_report(&orgs.memberships, "memberships");
+        }
+        if let Some(kib) = peak_rss_kib {
+            println!("  peak memory {:.1} MiB", kib as f64 / 1024.0);
+        }
     }
-    let failed = !report.is_success() || (args.check && report.has_drift());
+    let (success, drift) = match &organizations {
+        Some(orgs) => (
+            report.is_success() && orgs.is_success(),
+            report.has_drift() || orgs.has_drift(),
+        ),
+        None => (report.is_success(), report.has_drift()),
+    };
+    let failed = !success || (args.check && drift);
     Ok(if failed { FAILED } else { 0 })
 }
 
-fn print_report(report: &ReconcileReport, peak_rss_kib: Option<u64>) {
+/// The users' reconcile, then (with `--organizations`) the organizations'.
+async fn run(
+    api: &ClerkApi,
+    target: ReconcileTarget<'_>,
+    options: ReconcileOptions,
+    organizations: bool,
+) -> Result<(ReconcileReport, Option<OrganizationReconcileReport>), ReconcileError> {
+    let users = clerk_sync::reconcile(api, target, options).await?;
+    let organizations = if organizations {
+        Some(clerk_sync::reconcile_organizations(api, target, options).await?)
+    } else {
+        None
+    };
+    Ok((users, organizations))
+}
+
+/// One list's report; `rows` names what it counts.
+fn print_report(report: &ReconcileReport, rows: &str) {
     let examples = |ids: &[String]| {
         if ids.is_empty() {
             String::new()
@@ -102,7 +148,7 @@ fn print_report(report: &ReconcileReport, peak_rss_kib: Option<u64>) {
         }
     };
     println!(
-        "reconcile of {} Clerk users against {} rows in {:.1} s ({:.0} users/s)",
+        "reconcile of {} Clerk {rows} against {} rows in {:.1} s ({:.0} {rows}/s)",
         report.clerk_users,
         report.table_rows,
         report.elapsed_ms as f64 / 1000.0,
@@ -130,7 +176,7 @@ fn print_report(report: &ReconcileReport, peak_rss_kib: Option<u64>) {
         examples(&report.examples.deleted_here)
     );
     if !report.walk_complete {
-        println!("  the walk of Clerk's users did not complete: nothing was deleted; run again");
+        println!("  the walk of Clerk's {rows} did not complete: nothing was deleted; run again");
     }
     if report.deletions_refused {
         println!(
@@ -150,8 +196,5 @@ fn print_report(report: &ReconcileReport, peak_rss_kib: Option<u64>) {
         );
     } else if !report.deletions_refused {
         println!("  dry run: nothing was written (--apply repairs)");
-    }
-    if let Some(kib) = peak_rss_kib {
-        println!("  peak memory {:.1} MiB", kib as f64 / 1024.0);
     }
 }

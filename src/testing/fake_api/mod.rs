@@ -42,7 +42,9 @@ pub enum Fault {
 /// A local stand-in for Clerk's Backend API: `GET /v1/users`, `GET /v1/users/{id}`,
 /// `GET /v1/jwks`, `GET /v1/organizations` and `GET /v1/organization_memberships` (over what
 /// [`add_organization`](Self::add_organization) and [`add_membership`](Self::add_membership)
-/// put there, `{"data", "total_count"}` pages by `limit`/`offset`/`order_by`), and the three machine-token verify endpoints (`POST /api_keys/verify`,
+/// put there, `{"data", "total_count"}` pages by `limit`/`offset`/`order_by`),
+/// `GET /v1/organizations/{id}` and `GET /v1/organizations/{id}/memberships` (`user_id`
+/// filter), and the three machine-token verify endpoints (`POST /api_keys/verify`,
 /// `/m2m_tokens/verify`, `/oauth_applications/access_tokens/verify`, with and without `/v1`)
 /// on `127.0.0.1:<random port>`.
 ///
@@ -134,6 +136,11 @@ impl FakeClerkApi {
             .route("/v1/users/{id}", get(users::get_user))
             .route("/v1/jwks", get(jwks))
             .route("/v1/organizations", get(orgs::list_organizations))
+            .route("/v1/organizations/{id}", get(orgs::get_organization))
+            .route(
+                "/v1/organizations/{id}/memberships",
+                get(orgs::organization_memberships),
+            )
             .route("/v1/organization_memberships", get(orgs::list_memberships));
         let app = machine::routes(app).with_state(state.clone());
         let server = tokio::spawn(async move {
@@ -206,7 +213,8 @@ impl FakeClerkApi {
     }
 
     /// Answers every list request whose page would start at `position` (0-based, in the
-    /// requested order) with `fault`, however often it is retried.
+    /// requested order; the `offset` of the organization lists) with `fault`, however often
+    /// it is retried.
     pub fn fail_page_at(&self, position: u64, fault: Fault) {
         lock(&self.state.page_faults).insert(position, fault);
     }

@@ -1,17 +1,18 @@
 //! The organization routes of [`super::FakeClerkApi`]: `GET /v1/organizations` and
 //! `GET /v1/organization_memberships`, paged by `limit`/`offset` as Clerk pages them, over
-//! organizations and memberships the test adds (and removes, to play a deletion mid-walk).
+//! organizations and memberships the test adds (and removes, to play a deletion mid-walk);
+//! `GET /v1/organizations/{id}` and `GET /v1/organizations/{id}/memberships?user_id=…`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, Uri};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::users::{invalid_param, query_params};
-use super::{BASE_MS, FakeClerkApi, FakeState, gate, lock};
+use super::{BASE_MS, FakeClerkApi, FakeState, clerk_errors, fault_response, gate, lock};
 use crate::clerk_api::MAX_PAGE_SIZE;
 
 /// What the fake holds: organizations and memberships in creation order.
@@ -22,6 +23,8 @@ pub(super) struct Orgs {
     created: i64,
     /// An organization deleted once this many list requests were answered.
     scheduled_removal: Option<(u64, String)>,
+    /// Organizations the lists leave out.
+    hidden: Vec<String>,
 }
 
 fn organization_object(id: &str, slug: &str, name: &str, at: i64) -> Value {
@@ -81,6 +84,20 @@ impl FakeClerkApi {
         lock(&self.state.orgs).scheduled_removal = Some((after, id.to_owned()));
     }
 
+    /// Removes `user_id`'s membership of `organization_id`, as Clerk would.
+    pub fn remove_membership(&self, organization_id: &str, user_id: &str) {
+        lock(&self.state.orgs).memberships.retain(|member| {
+            member["organization"]["id"] != organization_id
+                || member["public_user_data"]["user_id"] != user_id
+        });
+    }
+
+    /// Makes every organization list request answer without the organization `id` while
+    /// `GET /v1/organizations/{id}` still finds it: a list that missed a row.
+    pub fn hide_organization_from_lists(&self, id: &str) {
+        lock(&self.state.orgs).hidden.push(id.to_owned());
+    }
+
     /// `GET /v1/organizations` and `GET /v1/organization_memberships` requests received.
     pub fn organization_list_requests(&self) -> u64 {
         self.state.org_list_requests.load(Ordering::SeqCst)
@@ -138,11 +155,25 @@ async fn list(state: &FakeState, headers: &HeaderMap, uri: &Uri, organizations: 
     if let Some(response) = gate(state, headers).await {
         return response;
     }
+    let offset = query_params(uri)
+        .get("offset")
+        .and_then(|offset| offset.parse::<u64>().ok())
+        .unwrap_or(0);
+    let page_fault = lock(&state.page_faults).get(&offset).copied();
+    if let Some(fault) = page_fault {
+        return fault_response(state, fault);
+    }
     let mut orgs = lock(&state.orgs);
     if !organizations {
         return page(&orgs.memberships, uri);
     }
-    let response = page(&orgs.organizations, uri);
+    let listed: Vec<Value> = orgs
+        .organizations
+        .iter()
+        .filter(|org| !orgs.hidden.iter().any(|id| org["id"] == id.as_str()))
+        .cloned()
+        .collect();
+    let response = page(&listed, uri);
     if let Some((after, id)) = orgs.scheduled_removal.clone()
         && served >= after
     {
@@ -152,4 +183,67 @@ async fn list(state: &FakeState, headers: &HeaderMap, uri: &Uri, organizations: 
             .retain(|member| member["organization"]["id"] != id.as_str());
     }
     response
+}
+
+fn not_found() -> Response {
+    clerk_errors(
+        StatusCode::NOT_FOUND,
+        "resource_not_found",
+        "not found",
+        "Resource not found",
+    )
+}
+
+/// `GET /v1/organizations/{id}` (by id; Clerk also accepts a slug).
+pub(super) async fn get_organization(
+    State(state): State<Arc<FakeState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(response) = gate(&state, &headers).await {
+        return response;
+    }
+    let orgs = lock(&state.orgs);
+    match orgs
+        .organizations
+        .iter()
+        .find(|org| org["id"] == id.as_str() || org["slug"] == id.as_str())
+    {
+        Some(org) => axum::Json(org.clone()).into_response(),
+        None => not_found(),
+    }
+}
+
+/// `GET /v1/organizations/{id}/memberships`, filtered by `user_id` when given (one id, as
+/// the reconcile asks; Clerk takes up to 100); 404 for an unknown organization.
+pub(super) async fn organization_memberships(
+    State(state): State<Arc<FakeState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    if let Some(response) = gate(&state, &headers).await {
+        return response;
+    }
+    let params = query_params(&uri);
+    let orgs = lock(&state.orgs);
+    if !orgs
+        .organizations
+        .iter()
+        .any(|org| org["id"] == id.as_str())
+    {
+        return not_found();
+    }
+    let members: Vec<Value> = orgs
+        .memberships
+        .iter()
+        .filter(|member| member["organization"]["id"] == id.as_str())
+        .filter(|member| {
+            params
+                .get("user_id")
+                .is_none_or(|user| member["public_user_data"]["user_id"] == user.as_str())
+        })
+        .cloned()
+        .collect();
+    page(&members, &uri)
 }
