@@ -11,6 +11,9 @@
 //! ```text
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo bench --bench backfill
 //! ```
+//!
+//! `BENCH_USERS="100000"` runs other sizes than 10,000 and 100,000. The reconcile lines add
+//! the report's phases: the walk of Clerk's list, the comparison, and the repair.
 
 use std::time::Instant;
 
@@ -63,7 +66,12 @@ async fn run(base: &str) -> Result<(), Box<dyn std::error::Error>> {
         "{:>8} {:>10} {:>14} {:>16} {:>12} {:>10}",
         "users", "run", "users/s", "users/s (wall)", "peak RSS", "result"
     );
-    for users in [10_000_u64, 100_000] {
+    let sizes = std::env::var("BENCH_USERS").unwrap_or_else(|_| "10000 100000".to_owned());
+    let sizes = sizes
+        .split_whitespace()
+        .map(str::parse::<u64>)
+        .collect::<Result<Vec<_>, _>>()?;
+    for users in sizes {
         let fake = FakeClerkApi::start(users).await?;
         let mut db = PgConnection::connect(&url).await?;
         db.execute("DROP TABLE IF EXISTS clerk_rate_limits, clerk_rate_limits_ip, users, clerk_webhook_events, _clerk_sync_migrations")
@@ -133,14 +141,18 @@ async fn run(base: &str) -> Result<(), Box<dyn std::error::Error>> {
             let ok = output.status.success()
                 && report["clerk_users"].as_u64() == Some(users)
                 && report[class].as_u64() == Some(expected);
+            let ms = |key: &str| report[key].as_u64().unwrap_or(0);
             println!(
-                "{:>8} {:>18} {:>14} {:>16.0} {:>9.1} MiB {:>10}",
+                "{:>8} {:>18} {:>14} {:>16.0} {:>9.1} MiB {:>10}   walk {} ms, compare {} ms, repair {} ms",
                 users,
                 run,
                 report["users_per_second"],
                 users as f64 / wall.as_secs_f64(),
                 report["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
-                if ok { class } else { "WRONG" }
+                if ok { class } else { "WRONG" },
+                ms("walk_ms"),
+                ms("compare_ms"),
+                ms("elapsed_ms").saturating_sub(ms("walk_ms") + ms("compare_ms")),
             );
             if !ok {
                 return Err(format!("unexpected report: {report}").into());

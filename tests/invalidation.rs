@@ -360,3 +360,31 @@ async fn listener_clear_during_an_inflight_sync_keeps_its_result_out_of_the_cach
     assert_eq!(reply.body["tier"], "team", "{}", reply.body);
     assert_eq!(store.calls.load(Ordering::SeqCst), 2);
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_large_batch_is_published_whole_in_statements_under_the_send_buffer(pool: PgPool) {
+    use futures_util::StreamExt as _;
+    // 1,500 ids of 32 bytes (54 KiB): more than one statement under the 12 KiB limit.
+    let ids: Vec<String> = (0..1_500).map(|n| format!("user_{n:027}")).collect();
+    let channel = clerk_sync::PgChannel::new(pool);
+    let mut events = channel.listen();
+    assert!(matches!(events.next().await, Some(ChannelEvent::Listening)));
+    channel.publish_many(&ids).await.unwrap();
+    let mut received = Vec::new();
+    while received.len() < ids.len() {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("every id arrives");
+        match event {
+            Some(ChannelEvent::Message(id)) => received.push(id),
+            other => panic!("unexpected event: {other:?}"),
+        }
+    }
+    // Each id once, in order; nothing after.
+    assert_eq!(received, ids);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), events.next())
+            .await
+            .is_err()
+    );
+}

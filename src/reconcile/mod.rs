@@ -1,9 +1,10 @@
 //! [`reconcile()`]: compares Clerk's whole user list with the users table, reports the drift
-//! and, when asked, repairs it.
+//! and, when asked, repairs it; [`reconcile_organizations()`] does the same for the
+//! organization and membership lists.
 //!
 //! Clerk's ids (with their snapshots) are streamed page by page into a temporary table on one
-//! connection, and SQL finds the differences: memory holds a page or two whatever the user
-//! count. Repairs go through the store's own versioned rules, so they are safe beside live
+//! connection, and one SQL statement classifies every row: memory holds a page or two whatever
+//! the row count. Repairs go through the store's own versioned rules, so they are safe beside live
 //! traffic and webhooks.
 
 use std::time::Instant;
@@ -49,6 +50,17 @@ impl ReconcileTarget<'_> {
             Self::Postgres(store) => store,
             #[cfg(feature = "sqlite")]
             Self::Sqlite(store) => store,
+        }
+    }
+
+    /// Repair batches written at once: PostgreSQL takes several on their own connections;
+    /// SQLite has one writer.
+    fn write_concurrency(&self) -> usize {
+        match *self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(_) => 4,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(_) => 1,
         }
     }
 
@@ -132,7 +144,8 @@ pub struct DriftExamples {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ReconcileReport {
-    /// Users Clerk listed.
+    /// Users Clerk listed (in an [`OrganizationReconcileReport`]: organizations, or
+    /// memberships).
     pub clerk_users: u64,
     /// In Clerk, no row here.
     pub missing: u64,
@@ -161,7 +174,8 @@ pub struct ReconcileReport {
     pub inserted: u64,
     /// Rows updated by the repair.
     pub updated: u64,
-    /// Rows soft-deleted by the repair (each confirmed with `GET /v1/users/{id}` → 404).
+    /// Rows soft-deleted by the repair (each confirmed with Clerk first: `GET /v1/users/{id}`
+    /// → 404, or the organization's or membership's lookup).
     pub deleted: u64,
     /// Deletion candidates that Clerk still knows (`GET /v1/users/{id}` answered): imported
     /// instead of deleted.
@@ -172,6 +186,12 @@ pub struct ReconcileReport {
     pub examples: DriftExamples,
     /// Wall time, milliseconds.
     pub elapsed_ms: u64,
+    /// Of [`elapsed_ms`](Self::elapsed_ms): the walk of Clerk's list into the temporary
+    /// table.
+    pub walk_ms: u64,
+    /// Of [`elapsed_ms`](Self::elapsed_ms): the comparison (the counts and examples). The
+    /// rest is the repair.
+    pub compare_ms: u64,
 }
 
 impl ReconcileReport {

@@ -1,12 +1,13 @@
 //! One reconcile of one list (users, organizations or memberships): the walk of Clerk's list
 //! into the session, the comparison, and the repair.
 
+use futures_util::TryStreamExt as _;
 use serde::Deserialize;
 
 use super::{ReconcileError, ReconcileOptions, ReconcileReport, ReconcileTarget};
 use crate::clerk_api::{ApiError, ClerkApi, MAX_PAGE_SIZE, encode_path_segment};
 use crate::store::organization::{ClerkMembershipObject, ClerkOrganizationObject};
-use crate::store::reconcile::{Kind, ReconcileSession, Snapshot};
+use crate::store::reconcile::{Diff, Kind, ReconcileSession, Snapshot};
 use crate::store::{ImportCounts, OrganizationProfile, StoreError, UserStore};
 
 /// Rows read back from the temporary table per batch while repairing.
@@ -20,11 +21,15 @@ pub(super) async fn run(
     session: &mut dyn ReconcileSession,
     options: ReconcileOptions,
 ) -> Result<ReconcileReport, ReconcileError> {
+    let started = std::time::Instant::now();
     let walk_complete = walk(kind, api, session, options.page_size).await?;
-    let diff = crate::store::reconcile::diff(session).await?;
+    let walked = started.elapsed();
+    let diff = diff(session).await?;
     let table_rows = diff.table_rows;
     let mut report = ReconcileReport::from_diff(diff);
     report.walk_complete = walk_complete;
+    report.walk_ms = millis(walked);
+    report.compare_ms = millis(started.elapsed() - walked);
     report.max_deletes = options
         .max_deletes
         .unwrap_or_else(|| (table_rows / 100).max(100));
@@ -57,33 +62,59 @@ pub(super) async fn run(
         }
     };
 
-    // Missing and stale rows, in batches read back from the temporary table.
-    let mut after = session.sql().start();
-    loop {
-        let chunk = session.to_import(&after, APPLY_BATCH).await?;
-        let Some(last) = chunk.last() else { break };
-        after.clone_from(&last.snapshot.keys);
-        let mut needed = Vec::new();
-        let mut stale = Vec::new();
-        for row in chunk.into_iter().filter(|row| row.needed) {
-            // Existing rows may be cached by running processes; new ones not.
-            if row.existing {
-                stale.push(evicted(kind, &row.snapshot.keys).to_owned());
-            }
-            needed.push(row.snapshot);
-        }
-        if needed.is_empty() {
-            continue;
-        }
-        let counts = import(kind, store, needed).await?;
-        report.inserted += counts.inserted;
-        report.updated += counts.updated;
-        if counts.updated > 0 && !stale.is_empty() {
-            publish(stale).await;
+    // Missing and stale rows, in batches read back from the temporary table, with up to
+    // `target.write_concurrency()` imports in flight while the next batch is read (batches
+    // hold distinct keys, sorted in every statement, so concurrent ones cannot deadlock).
+    {
+        let start = session.sql().start();
+        let batches = futures_util::stream::try_unfold(
+            (&mut *session, start),
+            |(session, after)| async move {
+                let chunk = session.to_import(&after, APPLY_BATCH).await?;
+                let Some(last) = chunk.last() else {
+                    return Ok(None);
+                };
+                let next = last.snapshot.keys.clone();
+                Ok::<_, StoreError>(Some((chunk, (session, next))))
+            },
+        );
+        let imports = batches
+            .map_ok(|chunk| {
+                let mut needed = Vec::new();
+                let mut stale = Vec::new();
+                for row in chunk.into_iter().filter(|row| row.needed) {
+                    // Existing rows may be cached by running processes; new ones not.
+                    if row.existing {
+                        stale.push(evicted(kind, &row.snapshot.keys).to_owned());
+                    }
+                    needed.push(row.snapshot);
+                }
+                let publish = &publish;
+                async move {
+                    if needed.is_empty() {
+                        return Ok(ImportCounts::default());
+                    }
+                    let counts = import(kind, store, needed).await?;
+                    if counts.updated > 0 && !stale.is_empty() {
+                        publish(stale).await;
+                    }
+                    Ok(counts)
+                }
+            })
+            .try_buffer_unordered(target.write_concurrency());
+        let mut imports = std::pin::pin!(imports);
+        while let Some(counts) = imports.try_next().await? {
+            report.inserted += counts.inserted;
+            report.updated += counts.updated;
         }
     }
     if !walk_complete {
         tracing::error!(list = ?kind, "the walk of Clerk's list did not complete: nothing was deleted");
+        return Ok(report);
+    }
+    if report.deleted_in_clerk == 0 {
+        // No row was a candidate, and none can become one: rows created since the walk
+        // began never are.
         return Ok(report);
     }
 
@@ -116,6 +147,46 @@ pub(super) async fn run(
         }
     }
     Ok(report)
+}
+
+/// Compares the table with what was added to the session.
+async fn diff(session: &mut dyn ReconcileSession) -> Result<Diff, StoreError> {
+    session.prepare().await?;
+    let sql = session.sql();
+    // One pass over both tables gives every count; examples only for the classes that
+    // have rows.
+    let counts = session.counts(&sql.counts, true).await?;
+    let at = |at: usize| counts.get(at).copied().unwrap_or(0);
+    let mut diff = Diff {
+        listed: at(0),
+        table_rows: at(1),
+        missing: at(2),
+        deleted_in_clerk: at(3),
+        stale: at(4),
+        in_sync: at(5),
+        deleted_here: at(6),
+        ..Diff::default()
+    };
+    let (snapshot_id, row_id) = (&sql.snapshot_id, &sql.row_id);
+    if diff.missing > 0 {
+        diff.missing_examples = session.examples(&sql.missing, snapshot_id, false).await?;
+    }
+    if diff.deleted_in_clerk > 0 {
+        diff.deleted_in_clerk_examples = session
+            .examples(&sql.deleted_in_clerk, row_id, true)
+            .await?;
+    }
+    if diff.stale > 0 {
+        diff.stale_examples = session.examples(&sql.stale, row_id, false).await?;
+    }
+    if diff.deleted_here > 0 {
+        diff.deleted_here_examples = session.examples(&sql.deleted_here, "d.id", false).await?;
+    }
+    Ok(diff)
+}
+
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The id published when a row of `kind` changes: the user, the organization, or the

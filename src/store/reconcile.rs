@@ -182,8 +182,9 @@ pub(crate) trait ReconcileSession: Send {
     /// Readies the temporary table for the comparison (statistics), once it is filled.
     fn prepare(&mut self) -> StoreFuture<'_, ()>;
 
-    /// `SELECT count(*) <from>`, with the walk's start bound first when `bind_start`.
-    fn count<'a>(&'a mut self, from: &'a str, bind_start: bool) -> StoreFuture<'a, u64>;
+    /// The one row of counts `select` returns (every column a count), with the walk's start
+    /// bound first when `bind_start`.
+    fn counts<'a>(&'a mut self, select: &'a str, bind_start: bool) -> StoreFuture<'a, Vec<u64>>;
 
     /// `SELECT <id> <from>`, the first [`EXAMPLES`] by id.
     fn examples<'a>(
@@ -219,30 +220,6 @@ pub(crate) trait ReconcileSession: Send {
     fn finish(&mut self) -> StoreFuture<'_, ()>;
 }
 
-/// Compares the table with what was added to the session.
-pub(crate) async fn diff(session: &mut dyn ReconcileSession) -> Result<Diff, super::StoreError> {
-    session.prepare().await?;
-    let sql = session.sql();
-    let mut diff = Diff {
-        listed: session.count(&sql.listed, false).await?,
-        missing: session.count(&sql.missing, false).await?,
-        deleted_in_clerk: session.count(&sql.deleted_in_clerk, true).await?,
-        stale: session.count(&sql.stale, false).await?,
-        in_sync: session.count(&sql.in_sync, false).await?,
-        deleted_here: session.count(&sql.deleted_here, false).await?,
-        table_rows: session.count(&sql.table_rows, false).await?,
-        ..Diff::default()
-    };
-    let (snapshot_id, row_id) = (&sql.snapshot_id, &sql.row_id);
-    diff.missing_examples = session.examples(&sql.missing, snapshot_id, false).await?;
-    diff.deleted_in_clerk_examples = session
-        .examples(&sql.deleted_in_clerk, row_id, true)
-        .await?;
-    diff.stale_examples = session.examples(&sql.stale, row_id, false).await?;
-    diff.deleted_here_examples = session.examples(&sql.deleted_here, "d.id", false).await?;
-    Ok(diff)
-}
-
 /// How a dialect writes what [`DiffSql::new`] needs.
 pub(crate) struct Dialect<B, P> {
     /// The null-safe "differs" operator.
@@ -263,13 +240,13 @@ pub(crate) struct DiffSql {
     pub(crate) snapshot_id: String,
     /// The same for a row of the table (deleted in Clerk, stale).
     pub(crate) row_id: String,
-    pub(crate) listed: String,
-    pub(crate) table_rows: String,
+    /// One row of counts: listed, table rows, missing, deleted in Clerk, stale, in sync,
+    /// deleted here. Binds the walk's start.
+    pub(crate) counts: String,
     pub(crate) missing: String,
     /// Binds the walk's start (Unix ms) as the first parameter.
     pub(crate) deleted_in_clerk: String,
     pub(crate) stale: String,
-    pub(crate) in_sync: String,
     /// A subquery `d` with one column `id`.
     pub(crate) deleted_here: String,
     /// Binds the keys to start after, then the page size.
@@ -352,14 +329,39 @@ impl DiffSql {
             .map(|field| format!("excluded.{field}, "))
             .collect::<String>();
         let k = keys.len();
+        // Every class in one pass over `temp FULL JOIN table` (at most one row matches:
+        // the keys are the table's primary key).
+        let listed = format!("excluded.{} IS NOT NULL", keys[0]);
+        let here = format!("{a}.{} IS NOT NULL", keys[0]);
+        let count = |condition: String| format!("count(CASE WHEN {condition} THEN 1 END)");
+        let counts = [
+            here.clone(),
+            format!("{listed} AND NOT {here} AND {writable}"),
+            format!(
+                "{here} AND NOT {listed} AND {a}.deleted_at IS NULL AND {}",
+                (dialect.before)(a, &param(1))
+            ),
+            format!("{listed} AND {here} AND ({changes})"),
+            format!("{listed} AND {here} AND {a}.deleted_at IS NULL AND {unchanged}"),
+            format!(
+                "({listed} AND {here} AND {a}.deleted_at IS NOT NULL AND {unchanged}) \
+                 OR ({listed} AND NOT {here} AND NOT ({writable}))"
+            ),
+        ]
+        .into_iter()
+        .map(count)
+        .collect::<Vec<_>>()
+        .join(", ");
         Self {
             kind,
-            listed: format!("FROM {temp}"),
-            table_rows: format!("FROM {table}"),
+            counts: format!(
+                "SELECT count(excluded.{}), {counts} \
+                 FROM {temp} excluded FULL JOIN {table} {a} ON {same}",
+                keys[0]
+            ),
             missing: format!("FROM {temp} excluded WHERE {absent} AND {writable}"),
             deleted_in_clerk: format!("FROM {table} {a} WHERE {unlisted}"),
             stale: format!("FROM {joined} WHERE {changes}"),
-            in_sync: format!("FROM {joined} WHERE {a}.deleted_at IS NULL AND {unchanged}"),
             deleted_here: format!(
                 "FROM (SELECT {row_id} AS id FROM {joined} \
                        WHERE {a}.deleted_at IS NOT NULL AND {unchanged} \

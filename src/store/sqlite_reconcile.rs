@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use sqlx::pool::PoolConnection;
-use sqlx::{AssertSqlSafe, Sqlite};
+use sqlx::{AssertSqlSafe, Row, Sqlite};
 
 use super::reconcile::{
     Dialect, DiffSql, EXAMPLES, ImportRow, Kind, ReconcileSession, Snapshot, candidate_keys,
@@ -116,16 +116,18 @@ impl ReconcileSession for SqliteReconcile {
         })
     }
 
-    fn count<'a>(&'a mut self, from: &'a str, bind_start: bool) -> StoreFuture<'a, u64> {
+    fn counts<'a>(&'a mut self, select: &'a str, bind_start: bool) -> StoreFuture<'a, Vec<u64>> {
         Box::pin(async move {
-            let query = format!("SELECT count(*) {from}");
-            let query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(query));
+            let query = sqlx::query(AssertSqlSafe(select));
             let query = if bind_start {
                 query.bind(self.started_ms)
             } else {
                 query
             };
-            Ok(u64::try_from(query.fetch_one(&mut *self.conn).await?).unwrap_or(0))
+            let row = query.fetch_one(&mut *self.conn).await?;
+            (0..row.len())
+                .map(|at| Ok(u64::try_from(row.try_get::<i64, _>(at)?).unwrap_or(0)))
+                .collect()
         })
     }
 
