@@ -6,6 +6,11 @@
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo bench --bench overhead
 //! ```
 //!
+//! Every router is finalized with `.with_state(())`, as `axum::serve` does
+//! (`into_make_service`): without it, axum boxes the handler and applies the layers again on
+//! every call, a cost of the bench rather than of a server (figures before 2026-12-03
+//! include it).
+//!
 //! Cases (same handler, same request shape, in-process `oneshot` calls):
 //! - `bare`: the router alone (with a database, measured paired with `layer/both_hit`: each
 //!   sample runs a block of each and times its own);
@@ -188,7 +193,7 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
         .map(|i| token(&format!("user_bench_{i}")))
         .collect();
 
-    let bare = Router::new().route("/me", get(handler));
+    let bare = Router::new().route("/me", get(handler)).with_state(());
     let mut group = c.benchmark_group("overhead");
     let mut i = 0;
     let database_url = std::env::var("DATABASE_URL").ok();
@@ -278,17 +283,21 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
     let uncached = build(0);
     let layered = Router::new()
         .route("/me", get(handler))
-        .layer(cached.layer());
+        .layer(cached.layer())
+        .with_state(());
     // A limit no request in the bench reaches, so every request takes the allowed path.
     let generous = || {
         TierLimits::new(Limit::new(1_000_000_000, Duration::from_secs(1)).expect("a valid limit"))
     };
     let limited = |limiter: RateLimitLayer| {
-        Router::new().route("/me", get(handler)).layer(
-            tower::ServiceBuilder::new()
-                .layer(cached.layer())
-                .layer(limiter),
-        )
+        Router::new()
+            .route("/me", get(handler))
+            .layer(
+                tower::ServiceBuilder::new()
+                    .layer(cached.layer())
+                    .layer(limiter),
+            )
+            .with_state(())
     };
     let limited_memory = limited(RateLimitLayer::per_tier(generous()));
     let limited_postgres = limited(RateLimitLayer::with_store(
@@ -311,7 +320,8 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
     });
     let verifying = Router::new()
         .route("/me", get(handler))
-        .layer(uncached.layer());
+        .layer(uncached.layer())
+        .with_state(());
     // Session tokens with an active organization, for the guard.
     let org_tokens: Vec<String> = (0..USERS)
         .map(|i| {
@@ -329,17 +339,24 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
     let org_clerk = build(100_000);
     let org_layered = Router::new()
         .route("/me", get(handler))
-        .layer(org_clerk.layer());
-    let guarded = Router::new().route("/me", get(handler)).layer(
-        tower::ServiceBuilder::new()
-            .layer(org_clerk.layer())
-            .layer(org_clerk.require(Check::permission("org:invoices:read"))),
-    );
-    let with_keys = Router::new().route("/me", get(handler)).layer(
-        cached
-            .layer()
-            .accepts([TokenType::SessionToken, TokenType::ApiKey]),
-    );
+        .layer(org_clerk.layer())
+        .with_state(());
+    let guarded = Router::new()
+        .route("/me", get(handler))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(org_clerk.layer())
+                .layer(org_clerk.require(Check::permission("org:invoices:read"))),
+        )
+        .with_state(());
+    let with_keys = Router::new()
+        .route("/me", get(handler))
+        .layer(
+            cached
+                .layer()
+                .accepts([TokenType::SessionToken, TokenType::ApiKey]),
+        )
+        .with_state(());
 
     rt.block_on(async {
         for token in &tokens {

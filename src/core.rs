@@ -134,14 +134,14 @@ impl Core {
             Source::Cookie { .. } => accepted.sessions_only(),
         };
         // An opaque token's type is its prefix: refused here, before any lookup or I/O.
-        let opaque = TokenType::from_prefix(located.token());
+        let opaque = TokenType::from_prefix_bytes(located.bytes());
         if let Some(token_type) = opaque.filter(|t| !accepted.contains(*t)) {
             return self.rejected(AuthError::TokenTypeNotAccepted(token_type));
         }
         let Some(tokens) = &self.tokens else {
-            return Decision::Pending(pending(located, accepted, opaque, None, 0));
+            return self.pending(located, accepted, opaque, None, 0);
         };
-        match tokens.get(located.token(), unix_now(), |user, answer| {
+        match tokens.get(located.bytes(), unix_now(), |user, answer| {
             self.syncer.is_current(user)
                 && answer
                     .synced_organization()
@@ -177,13 +177,11 @@ impl Core {
             Lookup::Expired => self.rejected(AuthError::TokenExpired),
             // Claims verified under `epoch` are cached again under it.
             Lookup::Stale(credential, epoch) => {
-                Decision::Pending(pending(located, accepted, opaque, Some(credential), epoch))
+                self.pending(located, accepted, opaque, Some(credential), epoch)
             }
             // The epoch is read before verification (in `finish`): a key removed from now on
             // keeps this session out of the cache. Not read on the hit path.
-            Lookup::Absent => {
-                Decision::Pending(pending(located, accepted, opaque, None, tokens.key_epoch()))
-            }
+            Lookup::Absent => self.pending(located, accepted, opaque, None, tokens.key_epoch()),
         }
     }
 
@@ -340,6 +338,28 @@ impl Core {
         Ok(signed_in(mode, located.check_signed_in())?.then_some(located))
     }
 
+    /// What the slow path needs, once the token is known to be ASCII.
+    fn pending(
+        &self,
+        located: Located<'_>,
+        accepted: Accepted,
+        opaque: Option<TokenType>,
+        stale: Option<Credential>,
+        key_epoch: u64,
+    ) -> Decision {
+        match located.token() {
+            Ok(token) => Decision::Pending(Pending {
+                token: token.into(),
+                source: located.source(),
+                accepted,
+                opaque,
+                stale,
+                key_epoch,
+            }),
+            Err(error) => self.rejected(error),
+        }
+    }
+
     fn rejected(&self, error: AuthError) -> Decision {
         self.record_rejection(&error);
         Decision::Rejected(error)
@@ -402,28 +422,12 @@ impl Core {
 
     /// Hands the counters to the metrics recorder (see [`crate::metrics`]).
     pub(crate) fn record_metrics(&self) {
+        crate::metrics::export_rate_limit_decisions();
         self.exported.export(
             self.stats(),
             self.syncer.cached_users(),
             self.tokens.as_ref().map_or(0, TokenCache::len) as u64,
         );
-    }
-}
-
-fn pending(
-    located: Located<'_>,
-    accepted: Accepted,
-    opaque: Option<TokenType>,
-    stale: Option<Credential>,
-    key_epoch: u64,
-) -> Pending {
-    Pending {
-        token: located.token().into(),
-        source: located.source(),
-        accepted,
-        opaque,
-        stale,
-        key_epoch,
     }
 }
 

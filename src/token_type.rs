@@ -22,11 +22,16 @@ impl TokenType {
     /// The type an opaque token's prefix names, as Clerk's JS SDK reads it: `mt_` M2M, `oat_`
     /// OAuth, `ak_` API key; `None` for anything else (a JWT, whose type needs its claims).
     pub fn from_prefix(token: &str) -> Option<Self> {
-        if token.starts_with("mt_") {
+        Self::from_prefix_bytes(token.as_bytes())
+    }
+
+    /// [`from_prefix`](Self::from_prefix) of a token's bytes.
+    pub(crate) fn from_prefix_bytes(token: &[u8]) -> Option<Self> {
+        if token.starts_with(b"mt_") {
             Some(Self::M2mToken)
-        } else if token.starts_with("oat_") {
+        } else if token.starts_with(b"oat_") {
             Some(Self::OAuthToken)
-        } else if token.starts_with("ak_") {
+        } else if token.starts_with(b"ak_") {
             Some(Self::ApiKey)
         } else {
             None

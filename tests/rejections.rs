@@ -318,6 +318,38 @@ async fn other_authorization_schemes_are_malformed() {
 }
 
 #[tokio::test]
+async fn a_non_ascii_authorization_header_is_malformed() {
+    let db = MemoryUserStore::new();
+    let Harness { router, store, .. } = Harness::start(&db, |b| b).await;
+    // Not UTF-8 (a lone obs-text byte), and UTF-8 but not ASCII: the first is refused while
+    // the header is read, the second after the cache missed; both with the same answer.
+    let values: [&[u8]; 3] = [
+        b"Bearer eyJhbGciOiJSUzI1NiJ9.e30.\xff",
+        "Bearer eyJhbGciOiJSUzI1NiJ9.e30.sïgnature".as_bytes(),
+        "eyJhbGciOiJSUzI1NiJ9.é30.x".as_bytes(),
+    ];
+    for value in values {
+        let request = Request::get("/me")
+            .header(
+                header::AUTHORIZATION,
+                http::HeaderValue::from_bytes(value).unwrap(),
+            )
+            .body(Body::empty())
+            .unwrap();
+        let reply = send(&router, request).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{value:?}");
+        assert_eq!(error_code(&reply), "malformed_token");
+        assert_eq!(
+            reply.body["message"], "malformed session token: the Authorization header is not ASCII",
+            "{}",
+            reply.body
+        );
+    }
+    assert_eq!(user_rows(&db).await, 0);
+    assert_eq!(store.calls(), 0);
+}
+
+#[tokio::test]
 async fn policies_can_require_azp_or_allow_pending_sessions() {
     let db = MemoryUserStore::new();
     let issuer = DevIssuer::start().await.unwrap();

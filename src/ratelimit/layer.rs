@@ -303,11 +303,7 @@ impl Subject {
 
 /// Counts `decision` in `clerk_sync_rate_limit_decisions_total`.
 fn record(decision: Decision) -> Decision {
-    crate::metrics::rate_limit_decision(if decision.allowed {
-        "allowed"
-    } else {
-        "denied"
-    });
+    crate::metrics::rate_limit_decided(decision.allowed);
     decision
 }
 
@@ -423,7 +419,7 @@ where
             let decision = match settings.store.check(subject.key(), limit).await {
                 Ok(decision) => record(decision),
                 Err(error) => {
-                    crate::metrics::rate_limit_decision("store_error");
+                    crate::metrics::rate_limit_store_error();
                     settings.failures.record(&error, settings.on_store_failure);
                     return match settings.on_store_failure {
                         StoreFailurePolicy::Allow => {

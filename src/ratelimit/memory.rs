@@ -2,7 +2,6 @@
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,23 +15,29 @@ use crate::error::StoreFuture;
 
 const SHARDS: usize = 64;
 
+/// The keys' hash: foldhash (a few instructions where SipHash takes hundreds, on every
+/// request), randomly seeded per map, so the shard's hash and the map's are independent.
+type Hasher = foldhash::fast::RandomState;
+
 /// Keys and their theoretical arrival time (TAT), in nanoseconds since the store's origin.
 struct ShardedMap<K> {
-    shards: Box<[Mutex<HashMap<K, u64>>]>,
-    hasher: RandomState,
+    shards: Box<[Mutex<HashMap<K, u64, Hasher>>]>,
+    hasher: Hasher,
     per_shard: usize,
 }
 
 impl<K: Hash + Eq> ShardedMap<K> {
     fn new(capacity: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::with_hasher(Hasher::default())))
+                .collect(),
+            hasher: Hasher::default(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
         }
     }
 
-    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> MutexGuard<'_, HashMap<K, u64>> {
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> MutexGuard<'_, HashMap<K, u64, Hasher>> {
         let index = (self.hasher.hash_one(key) as usize) % SHARDS;
         // The map holds plain numbers; a panic elsewhere cannot leave it half-written.
         match self.shards[index].lock() {

@@ -14,8 +14,9 @@ const CLIENT_UAT_COOKIE: &str = "__client_uat";
 /// Where a request's token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Located<'a> {
-    /// `Authorization: Bearer <token>` (or a bare JWT there).
-    Header(&'a str),
+    /// `Authorization: Bearer <token>` (or a bare JWT there), as sent: not yet known to be
+    /// ASCII (see [`Located::token`]).
+    Header(&'a [u8]),
     /// The session cookie, with the value of its `__client_uat` cookie (`0` when absent or not
     /// a number: signed out, as Clerk reads it).
     Cookie { token: &'a str, client_uat: i64 },
@@ -44,10 +45,23 @@ impl Source {
 }
 
 impl<'a> Located<'a> {
-    /// The token itself.
-    pub(crate) fn token(self) -> &'a str {
+    /// The token's bytes: what the cache is looked up by.
+    pub(crate) fn bytes(self) -> &'a [u8] {
         match self {
-            Self::Header(token) | Self::Cookie { token, .. } => token,
+            Self::Header(token) => token,
+            Self::Cookie { token, .. } => token.as_bytes(),
+        }
+    }
+
+    /// The token, refused unless it is ASCII (a cookie token always is). Asked before a
+    /// token is verified, never on a cache hit.
+    pub(crate) fn token(self) -> Result<&'a str, AuthError> {
+        match self {
+            Self::Header(token) if token.is_ascii() => {
+                std::str::from_utf8(token).map_err(|_| not_ascii())
+            }
+            Self::Header(_) => Err(not_ascii()),
+            Self::Cookie { token, .. } => Ok(token),
         }
     }
 
@@ -84,21 +98,24 @@ pub(crate) fn locate<'h>(
     cookie_suffix: Option<&str>,
 ) -> Result<Option<Located<'h>>, AuthError> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value
-            .to_str()
-            .map_err(|_| AuthError::malformed("the Authorization header is not ASCII"))?
-            .trim();
-        let token = match value.split_once(' ') {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        // Bytes, on the hit path of every request: a cached token is found by its bytes,
+        // and only a token that missed is checked to be ASCII ([`Located::token`]), since only
+        // verified (ASCII) tokens are ever cached. `HeaderValue::to_str` would read every
+        // byte of every token first.
+        let value = value.as_bytes().trim_ascii();
+        let space = value.iter().position(|byte| *byte == b' ');
+        let token = match space.map(|at| (&value[..at], &value[at + 1..])) {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case(b"bearer") => rest.trim_ascii(),
+            Some(_) if !value.is_ascii() => return Err(not_ascii()),
             Some(_) => {
                 return Err(AuthError::malformed(
                     "unsupported Authorization scheme; use `Bearer`",
                 ));
             }
-            None if value.eq_ignore_ascii_case("bearer") => "",
+            None if value.eq_ignore_ascii_case(b"bearer") => b"",
             None => value,
         };
-        return checked(token).map(|token| Some(Located::Header(token)));
+        return checked(token.len()).map(|()| Some(Located::Header(token)));
     }
     if !headers.contains_key(header::COOKIE) {
         return Ok(None);
@@ -145,7 +162,7 @@ pub(crate) fn locate<'h>(
         return Ok(None);
     };
     Ok(Some(Located::Cookie {
-        token: checked(token)?,
+        token: checked(token.len()).map(|()| token)?,
         client_uat: read
             .client_uat
             .and_then(|value| value.parse().ok())
@@ -177,14 +194,19 @@ impl<'h> CookiePair<'h> {
     }
 }
 
-fn checked(token: &str) -> Result<&str, AuthError> {
-    if token.is_empty() {
+fn not_ascii() -> AuthError {
+    AuthError::malformed("the Authorization header is not ASCII")
+}
+
+/// Refuses an empty token and one longer than [`MAX_TOKEN_LEN`], given its length.
+fn checked(len: usize) -> Result<(), AuthError> {
+    if len == 0 {
         return Err(AuthError::malformed("the token is empty"));
     }
-    if token.len() > MAX_TOKEN_LEN {
+    if len > MAX_TOKEN_LEN {
         return Err(AuthError::malformed("the token is longer than 16 KiB"));
     }
-    Ok(token)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -202,7 +224,7 @@ mod tests {
     }
 
     fn token_of(map: &HeaderMap) -> Result<Option<&str>, AuthError> {
-        locate(map, None).map(|found| found.map(Located::token))
+        locate(map, None).map(|found| found.map(|located| located.token().unwrap()))
     }
 
     #[test]
@@ -211,7 +233,7 @@ mod tests {
             let map = headers(&[(header::AUTHORIZATION, value)]);
             assert_eq!(
                 locate(&map, None),
-                Ok(Some(Located::Header("a.b.c"))),
+                Ok(Some(Located::Header(b"a.b.c"))),
                 "{value}"
             );
         }
@@ -270,8 +292,8 @@ mod tests {
         }
         assert_eq!(cookie(0).check_signed_in(), Err(AuthError::SessionOutdated));
         assert_eq!(cookie(5).check_signed_in(), Ok(()));
-        assert_eq!(Located::Header("t").source().check_client_uat(1), Ok(()));
-        assert_eq!(Located::Header("t").check_signed_in(), Ok(()));
+        assert_eq!(Located::Header(b"t").source().check_client_uat(1), Ok(()));
+        assert_eq!(Located::Header(b"t").check_signed_in(), Ok(()));
     }
 
     #[test]
@@ -305,7 +327,9 @@ mod tests {
     }
 
     fn token_of_suffixed<'h>(map: &'h HeaderMap, suffix: &str) -> Option<&'h str> {
-        locate(map, Some(suffix)).unwrap().map(Located::token)
+        locate(map, Some(suffix))
+            .unwrap()
+            .map(|located| located.token().unwrap())
     }
 
     #[test]
