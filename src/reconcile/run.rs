@@ -155,7 +155,7 @@ async fn diff(session: &mut dyn ReconcileSession) -> Result<Diff, StoreError> {
     let sql = session.sql();
     // One pass over both tables gives every count; examples only for the classes that
     // have rows.
-    let counts = session.counts(&sql.counts, true).await?;
+    let counts = session.counts(&sql.counts).await?;
     let at = |at: usize| counts.get(at).copied().unwrap_or(0);
     let mut diff = Diff {
         listed: at(0),

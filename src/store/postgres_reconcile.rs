@@ -161,15 +161,13 @@ impl ReconcileSession for PgReconcile {
         })
     }
 
-    fn counts<'a>(&'a mut self, select: &'a str, bind_start: bool) -> StoreFuture<'a, Vec<u64>> {
+    fn counts<'a>(&'a mut self, select: &'a str) -> StoreFuture<'a, Vec<u64>> {
         Box::pin(async move {
-            let query = sqlx::query(AssertSqlSafe(select)).persistent(false);
-            let query = if bind_start {
-                query.bind(self.started_ms)
-            } else {
-                query
-            };
-            let row = query.fetch_one(&mut *self.conn).await?;
+            let row = sqlx::query(AssertSqlSafe(select))
+                .persistent(false)
+                .bind(self.started_ms)
+                .fetch_one(&mut *self.conn)
+                .await?;
             (0..row.len())
                 .map(|at| Ok(u64::try_from(row.try_get::<i64, _>(at)?).unwrap_or(0)))
                 .collect()

@@ -183,8 +183,8 @@ pub(crate) trait ReconcileSession: Send {
     fn prepare(&mut self) -> StoreFuture<'_, ()>;
 
     /// The one row of counts `select` returns (every column a count), with the walk's start
-    /// bound first when `bind_start`.
-    fn counts<'a>(&'a mut self, select: &'a str, bind_start: bool) -> StoreFuture<'a, Vec<u64>>;
+    /// bound as its first parameter.
+    fn counts<'a>(&'a mut self, select: &'a str) -> StoreFuture<'a, Vec<u64>>;
 
     /// `SELECT <id> <from>`, the first [`EXAMPLES`] by id.
     fn examples<'a>(
