@@ -263,7 +263,8 @@ async fn setup(case: &str) -> Option<(Router, Vec<String>)> {
         .build()
         .unwrap();
     let route = || Router::new().route("/me", get(handler));
-    let generous = || TierLimits::new(Limit::new(1_000_000_000, Duration::from_secs(1)).unwrap());
+    // A tier's size of limit that no request here reaches (two requests per user).
+    let generous = || TierLimits::new(Limit::new(1_000, Duration::from_secs(1)).unwrap());
     let limited = |limiter: RateLimitLayer| {
         route().layer(
             tower::ServiceBuilder::new()

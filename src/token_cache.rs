@@ -2,21 +2,31 @@
 //! to everything a request needs.
 //!
 //! A session pairs a verified token with its [`SyncedUser`] and the [`ClerkUser`] handed to
-//! requests. A repeat request costs one hash of the token's last bytes, one read lock on one
-//! of 64 shards, one string comparison, two atomic loads (is the user still current?) and one
+//! requests. A repeat request costs one keyed 128-bit digest of the token, one read lock on
+//! one of 64 shards, one map probe, two atomic loads (is the user still current?) and one
 //! reference count increment — no per-read bookkeeping, which is where a general-purpose cache
 //! spends its time. Entries sit in the map itself (no pointer to chase for `exp`), so a hit
-//! touches the bucket, the stored token, the synced user and the `ClerkUser`'s count. Entries
-//! leave when the shard is full (expired tokens first, then any), and a token past its `exp`
-//! is never answered.
+//! touches the bucket, the synced user and the `ClerkUser`'s count. Entries leave when the
+//! shard is full (expired tokens first, then any), and a token past its `exp` is never
+//! answered.
+//!
+//! **The token itself is not kept**, neither a session JWT nor an opaque machine secret: an
+//! entry is found by [`Digest`], XXH3-128 of the whole token under a per-process random
+//! 192-byte secret; 64 of its bits pick the entry, the other 64 must match. Storing the
+//! ~800-byte JWT to compare it whole cost 13 cache lines per hit and ~60% of an entry's
+//! memory. Why a fast keyed hash is enough here where a MAC is not needed: the digest never
+//! leaves the process, and a hit answers the *cached* token's caller (its claims), never the
+//! presented token's; so to be answered as someone, a request must bring a token with the
+//! same 128-bit digest as that someone's token, without knowing the secret or (if it knew the
+//! token) any reason to. Finding such a token blind is a 2^-128 guess per request.
 //!
 //! Machine tokens share the cache: M2M and OAuth JWTs like sessions, and opaque tokens
-//! (`ak_…`, `mt_…`, `oat_…`, secrets that only the Backend API can check) under a second
-//! keyed hash instead of the token itself, for as long as their verification is trusted. A
-//! machine or organization caller has no synced user and is always current.
+//! (`ak_…`, `mt_…`, `oat_…`, secrets that only the Backend API can check) for as long as
+//! their verification is trusted. A machine or organization caller has no synced user and is
+//! always current.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher, RandomState};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -28,28 +38,31 @@ use crate::token_type::TokenType;
 const SHARDS: usize = 64;
 /// Where the shard index starts in a key's hash (see [`TokenCache::shard`]).
 const SHARD_SHIFT: u32 = 40;
-/// Bytes of the token's end that are hashed: part of its RSA signature, so as good as random.
-const HASHED_TAIL: usize = 32;
+/// XXH3's default secret size (its minimum is 136).
+const SECRET_LEN: usize = 192;
+
+/// What an entry is found by: the keyed 128-bit digest of its token, split in two halves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Digest {
+    /// The map key (also picks the shard).
+    key: u64,
+    /// Compared on lookup: an entry whose key matches but whose check does not is absent.
+    check: u64,
+}
 
 /// A verified token with its caller: a synced user, or a machine.
 struct Session {
-    check: Check,
+    /// The other half of the token's [`Digest`].
+    check: u64,
+    /// An opaque machine token (a secret that the Backend API checks): when it is past its
+    /// trust or its user is stale, it is absent (asked again), not expired or stale.
+    opaque: bool,
     /// The token's `exp`, copied here so that the check needs no pointer; for an opaque
     /// token, the end of its trust (see [`TokenCache::insert`]).
     exp: i64,
     /// The key-removal epoch the token was verified under.
     key_epoch: u64,
     cached: Cached,
-}
-
-/// How a lookup makes sure an entry is for exactly its token.
-enum Check {
-    /// A JWT: the token itself, compared whole.
-    Token(Box<str>),
-    /// An opaque machine token (a secret that the Backend API checks): never stored; a second
-    /// keyed hash of the whole token, independent of the map key's, so that together they
-    /// are 128 keyed bits.
-    Digest(u64),
 }
 
 /// The caller a cached token stands for.
@@ -135,14 +148,8 @@ struct Shard {
 pub(crate) struct TokenCache {
     shards: Box<[Shard]>,
     shard_capacity: usize,
-    /// Hashes the map key: foldhash, a few instructions for the 32 bytes where SipHash
-    /// takes ~270. Quality is what the bucket choice needs: the tail is part of an RSA
-    /// signature (or of a random opaque secret), only verified tokens are inserted, so
-    /// nobody can fill one bucket chain, and the whole token is still compared on every
-    /// lookup (opaque ones through the SipHash digest).
-    seed: foldhash::fast::RandomState,
-    /// Seeds [`Check::Digest`].
-    check_seed: RandomState,
+    /// XXH3's secret for [`Digest`]: random, made once per cache, never leaves it.
+    secret: Box<[u8; SECRET_LEN]>,
     leeway: i64,
     /// Moves when a signing key leaves the key set: sessions verified before are absent then
     /// (verified again, and refused if their key is gone).
@@ -156,8 +163,7 @@ impl TokenCache {
         Self {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             shard_capacity: (capacity / SHARDS).max(1),
-            seed: foldhash::fast::RandomState::default(),
-            check_seed: RandomState::new(),
+            secret: random_secret(),
             leeway,
             key_epoch,
         }
@@ -168,21 +174,12 @@ impl TokenCache {
         self.key_epoch.load(Ordering::Acquire)
     }
 
-    /// Keyed by the token's tail with a per-process random seed; the whole token is compared
-    /// on lookup, so a collision is only ever a miss.
-    fn key(&self, bytes: &[u8]) -> u64 {
-        self.seed
-            .hash_one(&bytes[bytes.len().saturating_sub(HASHED_TAIL)..])
-    }
-
-    fn digest(&self, token: &[u8]) -> u64 {
-        self.check_seed.hash_one(token)
-    }
-
-    fn matches(&self, check: &Check, token: &[u8]) -> bool {
-        match check {
-            Check::Token(stored) => stored.as_bytes() == token,
-            Check::Digest(digest) => *digest == self.digest(token),
+    /// The token's [`Digest`]: XXH3-128 of all its bytes under the cache's secret.
+    fn digest(&self, token: &[u8]) -> Digest {
+        let hash = xxhash_rust::xxh3::xxh3_128_with_secret(token, &self.secret[..]);
+        Digest {
+            key: hash as u64,
+            check: (hash >> 64) as u64,
         }
     }
 
@@ -202,16 +199,15 @@ impl TokenCache {
         now: i64,
         is_current: impl FnOnce(&SyncedUser, &ClerkUser) -> bool,
     ) -> Lookup {
-        let token = token.as_ref();
-        let key = self.key(token);
-        let shard = self.shard(key);
+        let digest = self.digest(token.as_ref());
+        let shard = self.shard(digest.key);
         let map = match shard.map.read() {
             Ok(map) => map,
             Err(poisoned) => poisoned.into_inner(),
         };
         let Some(session) = map
-            .get(&key)
-            .filter(|session| self.matches(&session.check, token))
+            .get(&digest.key)
+            .filter(|session| session.check == digest.check)
         else {
             return Lookup::Absent;
         };
@@ -220,18 +216,20 @@ impl TokenCache {
         }
         if session.exp.saturating_add(self.leeway) < now {
             // An opaque token's trust ran out: the Backend API is asked again.
-            return match session.check {
-                Check::Token(_) => Lookup::Expired,
-                Check::Digest(_) => Lookup::Absent,
+            return if session.opaque {
+                Lookup::Absent
+            } else {
+                Lookup::Expired
             };
         }
         let hit = match &session.cached {
             Cached::User(answer, user) if !is_current(user, answer) => {
-                return match session.check {
-                    Check::Token(_) => Lookup::Stale(answer.credential(), session.key_epoch),
-                    // An opaque token's trust is the machine verifier's to judge again (from
-                    // its own cache, without a call while that lasts).
-                    Check::Digest(_) => Lookup::Absent,
+                // An opaque token's trust is the machine verifier's to judge again (from its
+                // own cache, without a call while that lasts).
+                return if session.opaque {
+                    Lookup::Absent
+                } else {
+                    Lookup::Stale(answer.credential(), session.key_epoch)
                 };
             }
             Cached::User(answer, _) => Caller::User(answer.clone()),
@@ -254,8 +252,7 @@ impl TokenCache {
     /// the leeway. `key_epoch` is [`key_epoch`](Self::key_epoch) as read before the token was
     /// verified.
     pub(crate) fn insert(&self, token: &str, cached: Cached, exp: i64, now: i64, key_epoch: u64) {
-        let check = Check::Token(token.into());
-        self.put(token, check, cached, exp, now, key_epoch);
+        self.put(token, false, cached, exp, now, key_epoch);
     }
 
     /// Caches the caller of an opaque machine token (`ak_…`, `mt_…`, `oat_…`) until
@@ -269,14 +266,14 @@ impl TokenCache {
         if exp.saturating_add(self.leeway) < now {
             return;
         }
-        let check = Check::Digest(self.digest(token.as_bytes()));
-        self.put(token, check, cached, exp, now, self.key_epoch());
+        self.put(token, true, cached, exp, now, self.key_epoch());
     }
 
-    fn put(&self, token: &str, check: Check, cached: Cached, exp: i64, now: i64, key_epoch: u64) {
-        let key = self.key(token.as_bytes());
+    fn put(&self, token: &str, opaque: bool, cached: Cached, exp: i64, now: i64, key_epoch: u64) {
+        let Digest { key, check } = self.digest(token.as_bytes());
         let session = Session {
             check,
+            opaque,
             exp,
             key_epoch,
             cached,
@@ -307,6 +304,20 @@ impl TokenCache {
             })
             .sum()
     }
+}
+
+/// A secret of random bytes for XXH3. Should the system's generator fail (it does not on
+/// supported platforms), std's randomly seeded SipHash keys stretch into one instead.
+fn random_secret() -> Box<[u8; SECRET_LEN]> {
+    let mut secret = Box::new([0u8; SECRET_LEN]);
+    if aws_lc_rs::rand::fill(&mut secret[..]).is_err() {
+        let state = std::hash::RandomState::new();
+        for (i, chunk) in secret.chunks_mut(8).enumerate() {
+            let word = state.hash_one(i).to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+    }
+    secret
 }
 
 #[cfg(test)]
@@ -392,9 +403,10 @@ mod tests {
         // Another key, even one with the same last 32 bytes: a miss.
         let twin = "xk_3beecc9c60adb5f9b850e91a8ee1e992";
         assert!(matches!(cache.get(twin, now, |_, _| true), Lookup::Absent));
-        // The secret is not stored.
-        let shard = cache.shard(cache.key(key.as_bytes())).map.read().unwrap();
-        assert!(shard.values().all(|s| matches!(s.check, Check::Digest(_))));
+        // Kept as an opaque entry (absent, not expired, once its trust ends).
+        let digest = cache.digest(key.as_bytes());
+        let shard = cache.shard(digest.key).map.read().unwrap();
+        assert!(shard.get(&digest.key).is_some_and(|s| s.opaque));
         drop(shard);
         // The second before `until`, then not at all, and absent (asked again), not expired.
         assert!(found_at(&cache, key, now + 29).is_some());
@@ -420,13 +432,39 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_holds_no_token_and_has_a_fixed_size() {
+        // The digest, flags, times and the caller's two pointers: nothing that grows with the
+        // token, so a session costs the same for an 800-byte JWT as for a 40-byte API key.
+        assert!(
+            std::mem::size_of::<Session>() <= 64,
+            "{}",
+            std::mem::size_of::<Session>()
+        );
+        let cache = TokenCache::new(1000, 5, KeyEpoch::default());
+        let long = format!("{}.{}.{}", "h".repeat(50), "p".repeat(600), "s".repeat(342));
+        cache.insert(&long, session("user_1", 200), 200, 100, 0);
+        assert_eq!(found(&cache, &long).as_deref(), Some("user_1"));
+        // One byte changed anywhere (first, middle, last): a miss.
+        for at in [0, long.len() / 2, long.len() - 1] {
+            let mut other = long.clone().into_bytes();
+            other[at] ^= 1;
+            assert!(matches!(
+                cache.get(&other, 100, |_, _| true),
+                Lookup::Absent
+            ));
+        }
+    }
+
+    #[test]
     fn shards_and_buckets_take_different_bits() {
         let cache = TokenCache::new(64_000, 5, KeyEpoch::default());
         // Keys of one shard must still spread over the low bits hashbrown buckets by.
         let mut low_bits = std::collections::HashSet::new();
         let mut in_shard_0 = 0;
         for i in 0..20_000 {
-            let key = cache.key(format!("header.payload.signature-{i:08}").as_bytes());
+            let key = cache
+                .digest(format!("header.payload.signature-{i:08}").as_bytes())
+                .key;
             if std::ptr::eq(cache.shard(key), &cache.shards[0]) {
                 in_shard_0 += 1;
                 low_bits.insert(key & 63);

@@ -188,7 +188,8 @@ impl ClerkSyncBuilder {
     /// token's `exp`, and only while its user is still current (not invalidated, evicted or
     /// cleared). A repeat request costs one lookup. `0` turns the cache off: every request
     /// pays one RSA verification and a synced-user lookup. Default: 100,000 (about
-    /// 1.25 KB each with Clerk-sized tokens, so at most ~120 MiB; see BENCHMARKS.md).
+    /// 1.4 KB each with Clerk-shaped claims, so at most ~140 MiB; see BENCHMARKS.md). The
+    /// token itself is not kept: an entry holds a keyed 128-bit digest of it.
     ///
     /// [`ClerkSync::verifier`] keeps a separate, smaller token cache (at most 10,000) for code
     /// outside the layer.

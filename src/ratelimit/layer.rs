@@ -7,11 +7,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use http::Request;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::headers::{add_headers, secs_ceil};
 use super::limits::{Limit, TierLimits};
 use super::memory::MemoryRateLimitStore;
 use super::rejection::{RateLimitRejection, RejectionHook};
@@ -305,29 +306,6 @@ impl Subject {
 fn record(decision: Decision) -> Decision {
     crate::metrics::rate_limit_decided(decision.allowed);
     decision
-}
-
-fn secs_ceil(duration: Duration) -> u64 {
-    let secs = duration.as_secs();
-    if duration.subsec_nanos() > 0 {
-        secs + 1
-    } else {
-        secs
-    }
-}
-
-const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
-const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
-const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
-
-fn add_headers(headers: &mut HeaderMap, limit: Limit, decision: &Decision) {
-    headers.reserve(3);
-    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(limit.count()));
-    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(decision.remaining));
-    headers.insert(
-        RATELIMIT_RESET,
-        HeaderValue::from(secs_ceil(decision.reset)),
-    );
 }
 
 impl<S> RateLimit<S> {

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "redis")]
 mod denied;
+mod headers;
 mod layer;
 mod limits;
 mod memory;
