@@ -14,7 +14,10 @@
 //! `bare`, `layer/both_hit`, `layer/org_hit` (session tokens with an active organization) and
 //! `layer/guarded_hit` (the same behind `require(Check::permission(..))`), `layer/api_key_hit`
 //! (10,000 API keys, verified once by `FakeClerkApi`), and `layer/both_hit+ratelimit_memory`,
-//! `_postgres` (needs `DATABASE_URL`), `_redis` (the local Redis, `REDIS_URL`). A case whose
+//! `_postgres` (needs `DATABASE_URL`), `_redis` (the local Redis, `REDIS_URL`); and the new
+//! token for a known user: `rsa_floor` (one RSA-2048 verification of each token's signing
+//! input with a parsed key, aws-lc-rs) beside `layer/new_token_cached_user` (every user
+//! cached by the warm-up, then a token never seen per request). A case whose
 //! service is missing is skipped with the reason. Needs `valgrind` on the `PATH`; each case's
 //! callgrind profile stays in `target/callgrind/` for `callgrind_annotate`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -41,8 +44,10 @@ mod common;
 const USERS: usize = 10_000;
 /// Requests counted per case: one more round of every user.
 const REQUESTS: usize = 10_000;
-const CASES: [&str; 8] = [
+const CASES: [&str; 10] = [
     "bare",
+    "rsa_floor",
+    "layer/new_token_cached_user",
     "layer/both_hit",
     "layer/org_hit",
     "layer/guarded_hit",
@@ -138,7 +143,8 @@ fn main() {
 
 /// Signs the tokens once, natively (RSA signing under callgrind would take minutes): the
 /// issuer and its public key in `issuer.txt`, a session token per user in `sessions.txt`, one
-/// with an active organization per user in `orgs.txt`.
+/// with an active organization per user in `orgs.txt`, and a second session token per user in
+/// `fresh.txt`.
 fn mint(dir: &std::path::Path) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -163,6 +169,11 @@ fn mint(dir: &std::path::Path) {
     std::fs::write(dir.join("issuer.txt"), issuer_file).unwrap();
     std::fs::write(dir.join("sessions.txt"), sessions.join("\n")).unwrap();
     std::fs::write(dir.join("orgs.txt"), orgs.join("\n")).unwrap();
+    // A second token per user (new `sid` and `iat`), never seen by the warm-up.
+    let fresh: Vec<String> = (0..USERS)
+        .map(|i| issuer.token_for(&user(i)).claim("exp", exp).build())
+        .collect();
+    std::fs::write(dir.join("fresh.txt"), fresh.join("\n")).unwrap();
 }
 
 fn unix_now() -> i64 {
@@ -192,8 +203,17 @@ fn child(case: &str) {
         .enable_all()
         .build()
         .unwrap();
+    if case == "rsa_floor" {
+        rsa_floor();
+        return;
+    }
     let Some((app, credentials)) = rt.block_on(setup(case)) else {
         return;
+    };
+    // The new-token case warms its users with their first tokens and counts their second.
+    let counted = match case {
+        "layer/new_token_cached_user" => lines("fresh.txt"),
+        _ => credentials.clone(),
     };
     rt.block_on(async {
         for credential in &credentials {
@@ -211,13 +231,70 @@ fn child(case: &str) {
     });
     // Built outside the counted region: the requests are the same for every case.
     let requests: Vec<Request<Body>> = (0..REQUESTS)
-        .map(|n| common::request(&credentials[n % credentials.len()]))
+        .map(|n| common::request(&counted[n % counted.len()]))
         .collect();
     let elapsed = measured_requests(&rt, &app, requests);
     println!(
         "ns_per_request={}",
         elapsed.as_nanos() as f64 / REQUESTS as f64
     );
+}
+
+/// The lines of a file the parent minted.
+fn lines(name: &str) -> Vec<String> {
+    let dir = PathBuf::from(std::env::var_os("INSTRUCTIONS_DIR").expect("INSTRUCTIONS_DIR"));
+    let text = std::fs::read_to_string(dir.join(name)).unwrap();
+    text.lines().map(str::to_owned).collect()
+}
+
+/// The floor of a new token: its RSA signature checked with a key parsed once, for the
+/// tokens `layer/new_token_cached_user` counts.
+fn rsa_floor() {
+    use base64::Engine as _;
+    let issuer_file = lines("issuer.txt");
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(
+            issuer_file[1..]
+                .iter()
+                .filter(|line| !line.starts_with("-----"))
+                .map(String::as_str)
+                .collect::<String>(),
+        )
+        .unwrap();
+    let key = aws_lc_rs::signature::ParsedPublicKey::new(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        der,
+    )
+    .unwrap();
+    let signed: Vec<(String, Vec<u8>)> = lines("fresh.txt")
+        .iter()
+        .map(|token| {
+            let (input, signature) = token.rsplit_once('.').unwrap();
+            let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(signature)
+                .unwrap();
+            (input.to_owned(), signature)
+        })
+        .collect();
+    let elapsed = measured_requests_rsa(&key, &signed);
+    println!(
+        "ns_per_request={}",
+        elapsed.as_nanos() as f64 / REQUESTS as f64
+    );
+}
+
+/// The counted region of `rsa_floor`: one verification per token.
+#[inline(never)]
+fn measured_requests_rsa(
+    key: &aws_lc_rs::signature::ParsedPublicKey,
+    signed: &[(String, Vec<u8>)],
+) -> Duration {
+    let started = Instant::now();
+    for n in 0..REQUESTS {
+        let (input, signature) = &signed[n % signed.len()];
+        key.verify_sig(input.as_bytes(), signature).unwrap();
+    }
+    started.elapsed()
 }
 
 /// The counted region: every request through `app`, each response dropped.
@@ -274,7 +351,9 @@ async fn setup(case: &str) -> Option<(Router, Vec<String>)> {
     };
     let app = match case {
         "bare" => (route(), sessions()),
-        "layer/both_hit" => (route().layer(clerk.layer()), sessions()),
+        "layer/both_hit" | "layer/new_token_cached_user" => {
+            (route().layer(clerk.layer()), sessions())
+        }
         "layer/org_hit" | "layer/guarded_hit" => {
             let tokens = lines("orgs.txt");
             let app = if case == "layer/org_hit" {

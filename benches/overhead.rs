@@ -27,6 +27,8 @@
 //!   (with a database, measured paired with `layer/new_token_cached_user`);
 //! - `peer/jwt_authorizer`: the same handler behind `jwt-authorizer` 0.15 (axum 0.7, its
 //!   `RegisteredClaims`, the same PEM key and tokens, issuer checked);
+//! - `peer/clerk_rs`: the same handler behind `clerk-rs` 0.5's `ClerkLayer` (axum 0.8), the
+//!   same key (from the issuer's JWKS, held by a `JwksProvider`) and tokens;
 //! - `layer/both_hit+ratelimit_memory`, `layer/both_hit+ratelimit_postgres`,
 //!   `layer/both_hit+ratelimit_redis`: the both-hit path with `RateLimitLayer` inside it, on
 //!   each store (a limit no request reaches); the Redis case (the local Redis, `REDIS_URL`;
@@ -238,6 +240,15 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
         b.to_async(&rt).iter(|| {
             i = (i + 1) % USERS;
             peer::call(peer.clone(), &tokens[i])
+        })
+    });
+
+    // The second peer: clerk-rs, same key (from the issuer's JWKS), same tokens.
+    let clerk_rs = clerk_rs_peer::router(&issuer.jwks());
+    group.bench_function("peer/clerk_rs", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % USERS;
+            clerk_rs_peer::call(clerk_rs.clone(), &tokens[i])
         })
     });
 
@@ -702,6 +713,51 @@ mod peer {
     }
 }
 
+/// The same handler behind clerk-rs 0.5's `ClerkLayer` (axum 0.8), its keys from a
+/// `JwksProvider` that holds the dev issuer's JWKS (clerk-rs would fetch Clerk's Backend API).
+mod clerk_rs_peer {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use clerk_rs::validators::axum::ClerkLayer;
+    use clerk_rs::validators::jwks::{JwksKey, JwksProvider, JwksProviderError};
+    use tower::ServiceExt;
+
+    /// The issuer's published keys, as clerk-rs's own providers hold them once fetched.
+    struct Keys(Vec<JwksKey>);
+
+    #[async_trait::async_trait]
+    impl JwksProvider for Keys {
+        type Error = JwksProviderError;
+
+        async fn get_key(&self, kid: &str) -> Result<JwksKey, Self::Error> {
+            self.0
+                .iter()
+                .find(|key| key.kid == kid)
+                .cloned()
+                .ok_or(JwksProviderError::UnknownKey)
+        }
+    }
+
+    async fn handler() -> &'static str {
+        "user"
+    }
+
+    pub(super) fn router(jwks: &serde_json::Value) -> Router {
+        let keys: Vec<JwksKey> = serde_json::from_value(jwks["keys"].clone()).unwrap();
+        Router::new()
+            .route("/me", get(handler))
+            .layer(ClerkLayer::new(Keys(keys), None, false))
+            .with_state(())
+    }
+
+    pub(super) async fn call(router: Router, token: &str) -> http::Response<Body> {
+        let response = router.oneshot(super::request(token)).await.unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        response
+    }
+}
+
 /// Median of each case from criterion's `new/estimates.json`, then the ratios the targets
 /// are stated in.
 fn print_ratios(group_dir: &Path) {
@@ -727,6 +783,7 @@ fn print_ratios(group_dir: &Path) {
         "verify_only",
         "rsa_floor",
         "peer/jwt_authorizer",
+        "peer/clerk_rs",
     ];
     println!("\nmedians (this run)");
     for case in cases {
@@ -750,7 +807,13 @@ fn print_ratios(group_dir: &Path) {
         "peer/jwt_authorizer ÷ layer/both_hit",
         "peer/jwt_authorizer",
         "layer/both_hit",
-        "≥ 15",
+        "≥ 20",
+    );
+    ratio(
+        "peer/clerk_rs ÷ layer/both_hit",
+        "peer/clerk_rs",
+        "layer/both_hit",
+        "≥ 20",
     );
     ratio(
         "layer/new_token_cached_user ÷ rsa_floor",

@@ -2,7 +2,7 @@
 # Load test over loopback: the same handler bare and behind the clerk-sync layer, driven by wrk
 # with tokens rotating among 1,000 users (every user synced and every token seen once before
 # the run, as on a busy server). Prints requests/s and p50/p99 latency for each, and the
-# layered/bare throughput ratio (target: >= 0.90).
+# layered/bare throughput ratio (targets: median >= 0.95, no round below 0.90).
 #
 #   scripts/loadtest.sh [seconds-per-run] [connections] [rounds]
 #
@@ -171,17 +171,33 @@ LAYERED_PORT="$(port_of layered "$READY")"
 echo "$READY"
 write_script "$TOKENS" "$SCRIPT"
 
-run() {
-  "${CLIENT_CPU[@]}" wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s "$SCRIPT" "http://127.0.0.1:$1/me" | grep '^RESULT'
+# The server's CPU time so far (user + system, in clock ticks), from /proc.
+server_ticks() {
+  awk '{ print $14 + $15 }' "/proc/$SERVER/stat"
 }
-printf '%-6s %-8s %12s %10s %10s %8s\n' "round" "app" "requests/s" "p50 ms" "p99 ms" "errors"
+TICKS_PER_SECOND="$(getconf CLK_TCK)"
+# run <port>: one wrk run; prints wrk's RESULT line followed by the server's CPU seconds.
+run() {
+  local before after result
+  before="$(server_ticks)"
+  result="$("${CLIENT_CPU[@]}" wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s "$SCRIPT" "http://127.0.0.1:$1/me" | grep '^RESULT')"
+  after="$(server_ticks)"
+  echo "$result $(awk -v t=$((after - before)) -v hz="$TICKS_PER_SECOND" 'BEGIN { printf "%.2f", t / hz }')"
+}
+# Server CPU is the whole process (both apps share it, only one is driven at a time): its %
+# of one core tells whether the server was the bottleneck (near 100% pinned, near 200% on
+# two cores less what wrk takes), and CPU µs per request compares the apps' cost per request
+# independently of how fast wrk could send.
+printf '%-6s %-8s %12s %10s %10s %8s %12s %14s\n' "round" "app" "requests/s" "p50 ms" "p99 ms" "errors" "server CPU" "CPU µs/req"
 RATIOS=()
 for round in $(seq 1 "$ROUNDS"); do
   BARE="$(run "$BARE_PORT")"
   LAYERED="$(run "$LAYERED_PORT")"
   for row in "bare $BARE" "layered $LAYERED"; do
-    read -r name _ rps p50 p99 status other _ <<<"$row"
-    printf '%-6s %-8s %12s %10s %10s %8s\n' "$round" "$name" "$rps" "$p50" "$p99" "$((status + other))"
+    read -r name _ rps p50 p99 status other _ cpu <<<"$row"
+    printf '%-6s %-8s %12s %10s %10s %8s %11s%% %14s\n' "$round" "$name" "$rps" "$p50" "$p99" "$((status + other))" \
+      "$(awk -v c="$cpu" -v d="$DURATION" 'BEGIN { printf "%.0f", 100 * c / d }')" \
+      "$(awk -v c="$cpu" -v r="$rps" -v d="$DURATION" 'BEGIN { printf "%.2f", 1e6 * c / (r * d) }')"
   done
   read -r _ BARE_RPS _ <<<"$BARE"
   read -r _ LAYERED_RPS _ <<<"$LAYERED"
@@ -190,4 +206,4 @@ done
 echo "layered / bare throughput per round: ${RATIOS[*]}"
 printf '%s\n' "${RATIOS[@]}" | sort -n | awk '{ r[NR] = $1 } END {
   m = (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
-  printf "layered / bare throughput, median of %d rounds: %.3f (target >= 0.90)\n", NR, m }'
+  printf "layered / bare throughput, median of %d rounds: %.3f (target >= 0.95); lowest round %.3f (target >= 0.90)\n", NR, m, r[1] }'

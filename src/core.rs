@@ -38,7 +38,7 @@ use crate::sync::{Evidence, OrgSync, Syncer};
 use crate::time::unix_now;
 use crate::token::Verifier;
 use crate::token::locate::{Located, Source, locate};
-use crate::token_cache::{Cached, Caller, Lookup, TokenCache};
+use crate::token_cache::{Cached, Caller, Digest, Lookup, TokenCache};
 use crate::token_type::{Accepted, TokenType};
 
 /// Whether requests without a token pass.
@@ -77,6 +77,9 @@ pub(crate) struct Pending {
     /// The key-removal epoch before verification; a session verified under an older one is
     /// not cached.
     key_epoch: u64,
+    /// The token's digest in the verified-token cache (none without one): computed for the
+    /// lookup, used again for the insert.
+    digest: Option<Digest>,
 }
 
 impl Pending {
@@ -139,9 +142,10 @@ impl Core {
             return self.rejected(AuthError::TokenTypeNotAccepted(token_type));
         }
         let Some(tokens) = &self.tokens else {
-            return self.pending(located, accepted, opaque, None, 0);
+            return self.pending(located, accepted, opaque, None, 0, None);
         };
-        match tokens.get(located.bytes(), unix_now(), |user, answer| {
+        let digest = tokens.digest(located.bytes());
+        match tokens.get(digest, unix_now(), |user, answer| {
             self.syncer.is_current(user)
                 && answer
                     .synced_organization()
@@ -176,12 +180,20 @@ impl Core {
             Lookup::Hit(machine) => Decision::Hit(machine),
             Lookup::Expired => self.rejected(AuthError::TokenExpired),
             // Claims verified under `epoch` are cached again under it.
-            Lookup::Stale(credential, epoch) => {
-                self.pending(located, accepted, opaque, Some(credential), epoch)
-            }
+            Lookup::Stale(credential, epoch) => self.pending(
+                located,
+                accepted,
+                opaque,
+                Some(credential),
+                epoch,
+                Some(digest),
+            ),
             // The epoch is read before verification (in `finish`): a key removed from now on
             // keeps this session out of the cache. Not read on the hit path.
-            Lookup::Absent => self.pending(located, accepted, opaque, None, tokens.key_epoch()),
+            Lookup::Absent => {
+                let epoch = tokens.key_epoch();
+                self.pending(located, accepted, opaque, None, epoch, Some(digest))
+            }
         }
     }
 
@@ -214,7 +226,7 @@ impl Core {
         let token = &*pending.token;
         if let Some(token_type) = pending.opaque {
             return self
-                .finish_opaque(token_type, token, client)
+                .finish_opaque(token_type, token, pending.digest, client)
                 .await
                 .map(Some);
         }
@@ -245,8 +257,8 @@ impl Core {
             Evidence::MachineJwt(token)
         };
         let (caller, cached) = self.admit(credential, evidence).await?;
-        if let (Some(tokens), Some(cached)) = (&self.tokens, cached) {
-            tokens.insert(token, cached, exp, unix_now(), pending.key_epoch);
+        if let (Some(tokens), Some(digest), Some(cached)) = (&self.tokens, pending.digest, cached) {
+            tokens.insert(digest, cached, exp, unix_now(), pending.key_epoch);
         }
         Ok(Some(caller))
     }
@@ -294,6 +306,7 @@ impl Core {
         &self,
         token_type: TokenType,
         token: &str,
+        digest: Option<Digest>,
         client: Option<IpAddr>,
     ) -> Result<Caller, AuthError> {
         let Some(verifier) = &self.machine else {
@@ -316,8 +329,8 @@ impl Core {
             machine: Some(trusted.token),
         };
         let (caller, cached) = self.admit(credential, Evidence::Opaque).await?;
-        if let (Some(tokens), Some(cached)) = (&self.tokens, cached) {
-            tokens.insert_opaque(token, cached, trusted.until_ms, now);
+        if let (Some(tokens), Some(digest), Some(cached)) = (&self.tokens, digest, cached) {
+            tokens.insert_opaque(digest, cached, trusted.until_ms, now);
         }
         Ok(caller)
     }
@@ -346,6 +359,7 @@ impl Core {
         opaque: Option<TokenType>,
         stale: Option<Credential>,
         key_epoch: u64,
+        digest: Option<Digest>,
     ) -> Decision {
         match located.token() {
             Ok(token) => Decision::Pending(Pending {
@@ -355,6 +369,7 @@ impl Core {
                 opaque,
                 stale,
                 key_epoch,
+                digest,
             }),
             Err(error) => self.rejected(error),
         }

@@ -42,8 +42,10 @@ const SHARD_SHIFT: u32 = 40;
 const SECRET_LEN: usize = 192;
 
 /// What an entry is found by: the keyed 128-bit digest of its token, split in two halves.
+/// Computed once per request ([`TokenCache::digest`]) and used for the lookup and, after a
+/// miss, for the insert.
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct Digest {
+pub(crate) struct Digest {
     /// The map key (also picks the shard).
     key: u64,
     /// Compared on lookup: an entry whose key matches but whose check does not is absent.
@@ -175,8 +177,8 @@ impl TokenCache {
     }
 
     /// The token's [`Digest`]: XXH3-128 of all its bytes under the cache's secret.
-    fn digest(&self, token: &[u8]) -> Digest {
-        let hash = xxhash_rust::xxh3::xxh3_128_with_secret(token, &self.secret[..]);
+    pub(crate) fn digest(&self, token: &(impl AsRef<[u8]> + ?Sized)) -> Digest {
+        let hash = xxhash_rust::xxh3::xxh3_128_with_secret(token.as_ref(), &self.secret[..]);
         Digest {
             key: hash as u64,
             check: (hash >> 64) as u64,
@@ -191,15 +193,14 @@ impl TokenCache {
         &self.shards[((key >> SHARD_SHIFT) as usize) % SHARDS]
     }
 
-    /// The session of exactly this token, judged at `now`; `is_current` tells whether its
-    /// synced user still is. The whole answer is read under the shard's read lock.
+    /// The session of exactly the token of `digest`, judged at `now`; `is_current` tells
+    /// whether its synced user still is. The whole answer is read under the shard's read lock.
     pub(crate) fn get(
         &self,
-        token: &(impl AsRef<[u8]> + ?Sized),
+        digest: Digest,
         now: i64,
         is_current: impl FnOnce(&SyncedUser, &ClerkUser) -> bool,
     ) -> Lookup {
-        let digest = self.digest(token.as_ref());
         let shard = self.shard(digest.key);
         let map = match shard.map.read() {
             Ok(map) => map,
@@ -251,14 +252,21 @@ impl TokenCache {
     /// Caches the caller of a JWT (a session, or an M2M or OAuth JWT) until its `exp` plus
     /// the leeway. `key_epoch` is [`key_epoch`](Self::key_epoch) as read before the token was
     /// verified.
-    pub(crate) fn insert(&self, token: &str, cached: Cached, exp: i64, now: i64, key_epoch: u64) {
-        self.put(token, false, cached, exp, now, key_epoch);
+    pub(crate) fn insert(
+        &self,
+        digest: Digest,
+        cached: Cached,
+        exp: i64,
+        now: i64,
+        key_epoch: u64,
+    ) {
+        self.put(digest, false, cached, exp, now, key_epoch);
     }
 
     /// Caches the caller of an opaque machine token (`ak_…`, `mt_…`, `oat_…`) until
     /// `until_ms`, the end of its verification's trust, and never past it: an entry ends in
     /// the second before `until_ms` (so up to a second early), and is then verified again.
-    pub(crate) fn insert_opaque(&self, token: &str, cached: Cached, until_ms: i64, now: i64) {
+    pub(crate) fn insert_opaque(&self, digest: Digest, cached: Cached, until_ms: i64, now: i64) {
         let exp = until_ms
             .div_euclid(1000)
             .saturating_sub(1)
@@ -266,11 +274,19 @@ impl TokenCache {
         if exp.saturating_add(self.leeway) < now {
             return;
         }
-        self.put(token, true, cached, exp, now, self.key_epoch());
+        self.put(digest, true, cached, exp, now, self.key_epoch());
     }
 
-    fn put(&self, token: &str, opaque: bool, cached: Cached, exp: i64, now: i64, key_epoch: u64) {
-        let Digest { key, check } = self.digest(token.as_bytes());
+    fn put(
+        &self,
+        digest: Digest,
+        opaque: bool,
+        cached: Cached,
+        exp: i64,
+        now: i64,
+        key_epoch: u64,
+    ) {
+        let Digest { key, check } = digest;
         let session = Session {
             check,
             opaque,
@@ -344,7 +360,7 @@ mod tests {
     }
 
     fn found(cache: &TokenCache, token: &str) -> Option<String> {
-        match cache.get(token, 100, |_, _| true) {
+        match cache.get(cache.digest(token), 100, |_, _| true) {
             Lookup::Hit(Caller::User(user)) => Some(user.user_id().to_owned()),
             _ => None,
         }
@@ -354,17 +370,17 @@ mod tests {
     fn exact_token_only() {
         let cache = TokenCache::new(1000, 5, KeyEpoch::default());
         let token = format!("{}.sig-{}", "a".repeat(100), "x".repeat(40));
-        cache.insert(&token, session("user_1", 200), 200, 100, 0);
+        cache.insert(cache.digest(&token), session("user_1", 200), 200, 100, 0);
         assert_eq!(found(&cache, &token).as_deref(), Some("user_1"));
         assert_eq!(cache.hits(), 1);
         // Same tail (same signature), other payload: a miss, not the cached claims.
         let forged = format!("{}.sig-{}", "b".repeat(100), "x".repeat(40));
         assert!(matches!(
-            cache.get(&forged, 100, |_, _| true),
+            cache.get(cache.digest(&forged), 100, |_, _| true),
             Lookup::Absent
         ));
         assert!(matches!(
-            cache.get("other", 100, |_, _| true),
+            cache.get(cache.digest("other"), 100, |_, _| true),
             Lookup::Absent
         ));
         assert_eq!(cache.hits(), 1, "misses are not hits");
@@ -373,17 +389,17 @@ mod tests {
     #[test]
     fn expired_and_stale_sessions_are_not_hits() {
         let cache = TokenCache::new(1000, 5, KeyEpoch::default());
-        cache.insert("token-1", session("user_1", 200), 200, 100, 0);
+        cache.insert(cache.digest("token-1"), session("user_1", 200), 200, 100, 0);
         // Within the leeway, then past it.
         assert!(matches!(
-            cache.get("token-1", 205, |_, _| true),
+            cache.get(cache.digest("token-1"), 205, |_, _| true),
             Lookup::Hit(_)
         ));
         assert!(matches!(
-            cache.get("token-1", 206, |_, _| true),
+            cache.get(cache.digest("token-1"), 206, |_, _| true),
             Lookup::Expired
         ));
-        match cache.get("token-1", 100, |_, _| false) {
+        match cache.get(cache.digest("token-1"), 100, |_, _| false) {
             Lookup::Stale(credential, epoch) => {
                 assert_eq!(credential.claims.sub, "user_1");
                 assert_eq!(epoch, 0);
@@ -398,11 +414,19 @@ mod tests {
         let cache = TokenCache::new(1000, 5, KeyEpoch::default());
         let now = 1_000;
         let key = "ak_3beecc9c60adb5f9b850e91a8ee1e992";
-        cache.insert_opaque(key, session("user_1", 0), (now + 30) * 1000, now);
+        cache.insert_opaque(
+            cache.digest(key),
+            session("user_1", 0),
+            (now + 30) * 1000,
+            now,
+        );
         assert_eq!(found_at(&cache, key, now).as_deref(), Some("user_1"));
         // Another key, even one with the same last 32 bytes: a miss.
         let twin = "xk_3beecc9c60adb5f9b850e91a8ee1e992";
-        assert!(matches!(cache.get(twin, now, |_, _| true), Lookup::Absent));
+        assert!(matches!(
+            cache.get(cache.digest(twin), now, |_, _| true),
+            Lookup::Absent
+        ));
         // Kept as an opaque entry (absent, not expired, once its trust ends).
         let digest = cache.digest(key.as_bytes());
         let shard = cache.shard(digest.key).map.read().unwrap();
@@ -411,21 +435,29 @@ mod tests {
         // The second before `until`, then not at all, and absent (asked again), not expired.
         assert!(found_at(&cache, key, now + 29).is_some());
         assert!(matches!(
-            cache.get(key, now + 30, |_, _| true),
+            cache.get(cache.digest(key), now + 30, |_, _| true),
             Lookup::Absent
         ));
         // A stale user of an opaque token is absent too: the machine verifier judges again.
-        assert!(matches!(cache.get(key, now, |_, _| false), Lookup::Absent));
-        // Trust already over: not cached at all.
-        cache.insert_opaque("ak_late", session("user_2", 0), now * 1000, now);
         assert!(matches!(
-            cache.get("ak_late", now, |_, _| true),
+            cache.get(cache.digest(key), now, |_, _| false),
+            Lookup::Absent
+        ));
+        // Trust already over: not cached at all.
+        cache.insert_opaque(
+            cache.digest("ak_late"),
+            session("user_2", 0),
+            now * 1000,
+            now,
+        );
+        assert!(matches!(
+            cache.get(cache.digest("ak_late"), now, |_, _| true),
             Lookup::Absent
         ));
     }
 
     fn found_at(cache: &TokenCache, token: &str, now: i64) -> Option<String> {
-        match cache.get(token, now, |_, _| true) {
+        match cache.get(cache.digest(token), now, |_, _| true) {
             Lookup::Hit(Caller::User(user)) => Some(user.user_id().to_owned()),
             _ => None,
         }
@@ -442,14 +474,14 @@ mod tests {
         );
         let cache = TokenCache::new(1000, 5, KeyEpoch::default());
         let long = format!("{}.{}.{}", "h".repeat(50), "p".repeat(600), "s".repeat(342));
-        cache.insert(&long, session("user_1", 200), 200, 100, 0);
+        cache.insert(cache.digest(&long), session("user_1", 200), 200, 100, 0);
         assert_eq!(found(&cache, &long).as_deref(), Some("user_1"));
         // One byte changed anywhere (first, middle, last): a miss.
         for at in [0, long.len() / 2, long.len() - 1] {
             let mut other = long.clone().into_bytes();
             other[at] ^= 1;
             assert!(matches!(
-                cache.get(&other, 100, |_, _| true),
+                cache.get(cache.digest(&other), 100, |_, _| true),
                 Lookup::Absent
             ));
         }
@@ -482,13 +514,25 @@ mod tests {
     fn full_shards_drop_expired_sessions_first_and_stay_bounded() {
         let cache = TokenCache::new(640, 5, KeyEpoch::default()); // 10 per shard
         for i in 0..5_000 {
-            cache.insert(&format!("old-{i:08}"), session("u", 50), 50, 100, 0);
+            cache.insert(
+                cache.digest(&format!("old-{i:08}")),
+                session("u", 50),
+                50,
+                100,
+                0,
+            );
         }
         assert!(cache.len() <= 640, "bounded: {}", cache.len());
         // Live sessions displace expired ones and are not themselves evicted while there is
         // anything expired to drop (100 over 64 shards stays under 10 per shard).
         for i in 0..100 {
-            cache.insert(&format!("new-{i:08}"), session("u", 500), 500, 100, 0);
+            cache.insert(
+                cache.digest(&format!("new-{i:08}")),
+                session("u", 500),
+                500,
+                100,
+                0,
+            );
         }
         for i in 0..100 {
             assert!(found(&cache, &format!("new-{i:08}")).is_some(), "new-{i}");
