@@ -252,20 +252,7 @@ fn lines(name: &str) -> Vec<String> {
 fn rsa_floor() {
     use base64::Engine as _;
     let issuer_file = lines("issuer.txt");
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(
-            issuer_file[1..]
-                .iter()
-                .filter(|line| !line.starts_with("-----"))
-                .map(String::as_str)
-                .collect::<String>(),
-        )
-        .unwrap();
-    let key = aws_lc_rs::signature::ParsedPublicKey::new(
-        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
-        der,
-    )
-    .unwrap();
+    let key = common::rsa_key(&issuer_file[1..].join("\n"));
     let signed: Vec<(String, Vec<u8>)> = lines("fresh.txt")
         .iter()
         .map(|token| {

@@ -213,18 +213,7 @@ fn overhead(c: &mut Criterion) -> Vec<Pair> {
     let (signing_input, signature) = tokens[0].rsplit_once('.').unwrap();
     let signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
     let pem = issuer.public_key_pem();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(
-            pem.lines()
-                .filter(|line| !line.starts_with("-----"))
-                .collect::<String>(),
-        )
-        .unwrap();
-    let key = aws_lc_rs::signature::ParsedPublicKey::new(
-        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
-        der,
-    )
-    .unwrap();
+    let key = common::rsa_key(&pem);
     let rsa_verify = || {
         key.verify_sig(signing_input.as_bytes(), &signature)
             .unwrap()

@@ -16,6 +16,23 @@ pub fn request(token: &str) -> Request<Body> {
         .unwrap()
 }
 
+/// An RSA public key in PEM, parsed once for aws-lc-rs (the benches' RSA floor).
+pub fn rsa_key(pem: &str) -> aws_lc_rs::signature::ParsedPublicKey {
+    use base64::Engine as _;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(
+            pem.lines()
+                .filter(|line| !line.starts_with("-----"))
+                .collect::<String>(),
+        )
+        .unwrap();
+    aws_lc_rs::signature::ParsedPublicKey::new(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        der,
+    )
+    .unwrap()
+}
+
 /// A pool (built from `options`) on the database `clerk_sync_bench`, created next to `url`'s
 /// if missing and migrated.
 pub async fn bench_pool(url: &str, options: PgPoolOptions) -> PgPool {
