@@ -211,9 +211,12 @@ fn child(case: &str) {
         return;
     };
     // The new-token case warms its users with their first tokens and counts their second.
-    let counted = match case {
-        "layer/new_token_cached_user" => lines("fresh.txt"),
-        _ => credentials.clone(),
+    let fresh;
+    let counted = if case == "layer/new_token_cached_user" {
+        fresh = lines("fresh.txt");
+        &fresh
+    } else {
+        &credentials
     };
     rt.block_on(async {
         for credential in &credentials {
@@ -240,19 +243,24 @@ fn child(case: &str) {
     );
 }
 
+/// A file the parent minted (in `INSTRUCTIONS_DIR`).
+fn read(name: &str) -> String {
+    let dir = PathBuf::from(std::env::var_os("INSTRUCTIONS_DIR").expect("INSTRUCTIONS_DIR"));
+    std::fs::read_to_string(dir.join(name)).unwrap()
+}
+
 /// The lines of a file the parent minted.
 fn lines(name: &str) -> Vec<String> {
-    let dir = PathBuf::from(std::env::var_os("INSTRUCTIONS_DIR").expect("INSTRUCTIONS_DIR"));
-    let text = std::fs::read_to_string(dir.join(name)).unwrap();
-    text.lines().map(str::to_owned).collect()
+    read(name).lines().map(str::to_owned).collect()
 }
 
 /// The floor of a new token: its RSA signature checked with a key parsed once, for the
 /// tokens `layer/new_token_cached_user` counts.
 fn rsa_floor() {
     use base64::Engine as _;
-    let issuer_file = lines("issuer.txt");
-    let key = common::rsa_key(&issuer_file[1..].join("\n"));
+    let issuer_file = read("issuer.txt");
+    let (_issuer, pem) = issuer_file.split_once('\n').unwrap();
+    let key = common::rsa_key(pem);
     let signed: Vec<(String, Vec<u8>)> = lines("fresh.txt")
         .iter()
         .map(|token| {
@@ -304,9 +312,6 @@ fn measured_requests(
 /// The router of `case` and the credentials it rotates through; `None` (after printing
 /// `skip: <reason>`) when a service it needs is missing.
 async fn setup(case: &str) -> Option<(Router, Vec<String>)> {
-    let dir = PathBuf::from(std::env::var_os("INSTRUCTIONS_DIR").expect("INSTRUCTIONS_DIR"));
-    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
-    let lines = |name: &str| -> Vec<String> { read(name).lines().map(str::to_owned).collect() };
     let issuer_file = read("issuer.txt");
     let (issuer, pem) = issuer_file.split_once('\n').unwrap();
     let config = clerk_sync::ClerkConfig::builder()
