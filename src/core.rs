@@ -74,12 +74,10 @@ pub(crate) struct Pending {
     /// An opaque machine token's type (by its prefix): the Backend API verifies it.
     opaque: Option<TokenType>,
     stale: Option<Credential>,
-    /// The key-removal epoch before verification; a session verified under an older one is
-    /// not cached.
-    key_epoch: u64,
-    /// The token's digest in the verified-token cache (none without one): computed for the
-    /// lookup, used again for the insert.
-    digest: Option<Digest>,
+    /// Where the token goes in the verified-token cache (none without one): its digest,
+    /// computed for the lookup and used again for the insert, and the key-removal epoch
+    /// before verification (a session verified under an older one is not cached).
+    slot: Option<(Digest, u64)>,
 }
 
 impl Pending {
@@ -142,7 +140,7 @@ impl Core {
             return self.rejected(AuthError::TokenTypeNotAccepted(token_type));
         }
         let Some(tokens) = &self.tokens else {
-            return self.pending(located, accepted, opaque, None, 0, None);
+            return self.pending(located, accepted, opaque, None, None);
         };
         let digest = tokens.digest(located.bytes());
         match tokens.get(digest, unix_now(), |user, answer| {
@@ -185,14 +183,13 @@ impl Core {
                 accepted,
                 opaque,
                 Some(credential),
-                epoch,
-                Some(digest),
+                Some((digest, epoch)),
             ),
             // The epoch is read before verification (in `finish`): a key removed from now on
             // keeps this session out of the cache. Not read on the hit path.
             Lookup::Absent => {
-                let epoch = tokens.key_epoch();
-                self.pending(located, accepted, opaque, None, epoch, Some(digest))
+                let slot = Some((digest, tokens.key_epoch()));
+                self.pending(located, accepted, opaque, None, slot)
             }
         }
     }
@@ -226,7 +223,12 @@ impl Core {
         let token = &*pending.token;
         if let Some(token_type) = pending.opaque {
             return self
-                .finish_opaque(token_type, token, pending.digest, client)
+                .finish_opaque(
+                    token_type,
+                    token,
+                    pending.slot.map(|(digest, _)| digest),
+                    client,
+                )
                 .await
                 .map(Some);
         }
@@ -257,8 +259,10 @@ impl Core {
             Evidence::MachineJwt(token)
         };
         let (caller, cached) = self.admit(credential, evidence).await?;
-        if let (Some(tokens), Some(digest), Some(cached)) = (&self.tokens, pending.digest, cached) {
-            tokens.insert(digest, cached, exp, unix_now(), pending.key_epoch);
+        if let (Some(tokens), Some((digest, epoch)), Some(cached)) =
+            (&self.tokens, pending.slot, cached)
+        {
+            tokens.insert(digest, cached, exp, unix_now(), epoch);
         }
         Ok(Some(caller))
     }
@@ -358,8 +362,7 @@ impl Core {
         accepted: Accepted,
         opaque: Option<TokenType>,
         stale: Option<Credential>,
-        key_epoch: u64,
-        digest: Option<Digest>,
+        slot: Option<(Digest, u64)>,
     ) -> Decision {
         match located.token() {
             Ok(token) => Decision::Pending(Pending {
@@ -368,8 +371,7 @@ impl Core {
                 accepted,
                 opaque,
                 stale,
-                key_epoch,
-                digest,
+                slot,
             }),
             Err(error) => self.rejected(error),
         }
